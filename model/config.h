@@ -1,0 +1,68 @@
+// ModelConfig: the parts of a Hugging Face config.json that the engine needs.
+//
+// Supported architectures: Qwen2ForCausalLM (attention bias, dual_chunk_attention_config) and
+// LlamaForCausalLM. Parsing validates every field it reads and names the field in its errors.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace mp {
+
+enum class Architecture { kQwen2, kLlama };
+
+// Dual Chunk Attention settings (qwen1m-spec.md §2). chunk_len() = chunk_size - local_size.
+struct DualChunkConfig {
+  int64_t chunk_size = 0;                        // S: the largest relative distance (training len)
+  int64_t local_size = 0;                        // W: the successive-chunk local window
+  int64_t original_max_position_embeddings = 0;  // L0 for the YaRN temperature
+  bool sparse_attention_enabled = false;
+  int64_t sparse_attention_threshold = 32768;
+  int64_t sparse_attention_last_q = 64;
+  int64_t chunk_len() const { return chunk_size - local_size; }
+};
+
+struct ModelConfig {
+  Architecture architecture = Architecture::kLlama;
+  std::string model_type;  // "qwen2" or "llama"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;  // hidden_size / num_attention_heads unless given explicitly
+  int64_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool attention_bias = false;  // q/k/v projections carry a bias (always true for Qwen2)
+  bool tie_word_embeddings = false;
+  std::vector<int64_t> eos_token_ids;
+  std::optional<int64_t> bos_token_id;
+  std::string torch_dtype;  // informational
+  std::optional<DualChunkConfig> dual_chunk;
+
+  int64_t q_dim() const { return num_attention_heads * head_dim; }
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  // Number of parameters of the whole model (embeddings and head included).
+  int64_t NumParameters() const;
+};
+
+// Parses config.json text. Errors are INVALID_ARGUMENT naming the field; an unknown
+// architecture is INVALID_ARGUMENT naming it and the supported ones.
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
+// Reads and parses `path` (a config.json). Missing file: NOT_FOUND naming the path.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
+// Serializes to config.json text (HF field names), e.g. for the GGUF converter.
+std::string ModelConfigToJson(const ModelConfig& config);
+
+// The published architectures of qwen1m-spec.md §1, for benchmarks with random weights.
+ModelConfig Qwen25_7BInstruct1MConfig();
+ModelConfig Qwen25_14BInstruct1MConfig();
+
+}  // namespace mp

@@ -1,0 +1,90 @@
+// Backend: the device seam of the engine. Every op the stage executor runs goes through it.
+// CpuBackend (fp32, the reference) implements it today; the CUDA backend implements the same
+// interface with bf16 storage and fp32 accumulation.
+//
+// Ops validate shapes/dtypes and return INVALID_ARGUMENT naming the tensor and the expected
+// shape before doing any work. All tensors passed to an op must live on this backend's device
+// (ids and positions may also be host tensors). Ops may run asynchronously on device backends;
+// Synchronize() waits for them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/tensor.h"
+
+namespace mp {
+
+// One layer of a paged KV cache plus one sequence's block table.
+struct KvLayerView {
+  Tensor k;            // [num_blocks, kv_heads, block_size, head_dim]
+  Tensor v;            // [num_blocks, kv_heads, block_size, head_dim]
+  Tensor block_table;  // [max_blocks_per_seq] i32: the sequence's blocks, in order
+  int64_t block_size = 0;
+};
+
+struct AttentionParams {
+  const Tensor* q = nullptr;  // [n, q_heads, head_dim]
+  KvLayerView kv;
+  int64_t key_begin = 0;  // keys [key_begin, key_end) of the sequence take part
+  int64_t key_end = 0;
+  bool causal = true;     // bottom-right: query row i sees keys j <= key_end - n + i
+  float scale = 1.0f;
+  Tensor* out = nullptr;  // [n, q_heads, head_dim]
+  Tensor* lse = nullptr;  // [q_heads, n] f32, may be null when not needed
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual DeviceKind device() const = 0;
+  virtual std::string name() const = 0;
+  // Storage/compute dtype of activations, KV and weights on this backend.
+  virtual DType compute_dtype() const = 0;
+
+  // ---- memory ----
+  virtual absl::StatusOr<Tensor> Allocate(std::vector<int64_t> shape, DType dtype) = 0;
+  // Converts a host weight (f32, f16 or bf16) to compute_dtype() on this device.
+  virtual absl::StatusOr<Tensor> UploadWeight(const Tensor& host) = 0;
+  // Byte copies between a host tensor and a tensor of this backend (same dtype and numel).
+  virtual absl::Status CopyFromHost(const Tensor& host, Tensor& dst) = 0;
+  virtual absl::Status CopyToHost(const Tensor& src, Tensor& host) = 0;
+  // Copies and converts `src` (this backend) to a host f32 tensor of the same shape.
+  virtual absl::StatusOr<Tensor> ToHostF32(const Tensor& src) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  // ---- ops ----
+  // out[i] = table[ids[i]]; ids out of [0, vocab) is INVALID_ARGUMENT.
+  virtual absl::Status Embedding(const Tensor& ids,    // [n] i32
+                                 const Tensor& table,  // [vocab, hidden]
+                                 Tensor& out) = 0;     // [n, hidden]
+  virtual absl::Status RmsNorm(const Tensor& x,       // [n, d]
+                               const Tensor& weight,  // [d]
+                               float eps,
+                               Tensor& out) = 0;  // [n, d]; may be x
+  virtual absl::Status Add(Tensor& x, const Tensor& y) = 0;  // x += y, same shape
+  virtual absl::Status Linear(const Tensor& x,     // [n, in]
+                              const Tensor& w,     // [out, in]
+                              const Tensor* bias,  // [out] or null
+                              Tensor& y) = 0;      // [n, out]
+  virtual absl::Status Rope(Tensor& x,               // [n, heads, head_dim], in place
+                            const Tensor& positions,  // [n] i32
+                            double theta) = 0;
+  virtual absl::Status SiluMul(const Tensor& gate_up,  // [n, 2 * inter]
+                               Tensor& out) = 0;       // [n, inter]
+  // Writes n tokens of K/V at sequence positions [start, start + n).
+  virtual absl::Status WriteKv(const Tensor& k,  // [n, kv_heads, head_dim]
+                               const Tensor& v,  // [n, kv_heads, head_dim]
+                               int64_t start, const KvLayerView& kv) = 0;
+  virtual absl::Status Attention(const AttentionParams& params) = 0;
+};
+
+// The fp32 reference backend on the host (kernels/cpu).
+std::unique_ptr<Backend> NewCpuBackend();
+
+}  // namespace mp

@@ -1,0 +1,83 @@
+#include "runtime/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace mp {
+
+size_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 4;
+    case DType::kF16: return 2;
+    case DType::kBF16: return 2;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+    case DType::kU8: return 1;
+  }
+  return 0;
+}
+
+const char* DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+    case DType::kI32: return "i32";
+    case DType::kI64: return "i64";
+    case DType::kU8: return "u8";
+  }
+  return "?";
+}
+
+const char* DeviceName(DeviceKind device) {
+  return device == DeviceKind::kCpu ? "cpu" : "cuda";
+}
+
+Tensor Tensor::Wrap(void* data, std::vector<int64_t> shape, DType dtype, DeviceKind device,
+                    std::shared_ptr<void> owner) {
+  Tensor t;
+  t.data_ = data;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.owner_ = std::move(owner);
+  return t;
+}
+
+Tensor Tensor::Host(std::vector<int64_t> shape, DType dtype) {
+  int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
+  size_t bytes = static_cast<size_t>(n) * DTypeSize(dtype);
+  size_t padded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, padded == 0 ? 64 : padded);
+  std::memset(p, 0, padded == 0 ? 64 : padded);
+  std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
+  return Wrap(p, std::move(shape), dtype, DeviceKind::kCpu, std::move(owner));
+}
+
+int64_t Tensor::numel() const {
+  return std::accumulate(shape_.begin(), shape_.end(), int64_t{1}, std::multiplies<>());
+}
+
+Tensor Tensor::Reshape(std::vector<int64_t> shape) const {
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::Slice(int64_t begin, int64_t end) const {
+  Tensor t = *this;
+  int64_t row = shape_.empty() ? 1 : numel() / std::max<int64_t>(shape_[0], 1);
+  t.data_ = static_cast<char*>(data_) + static_cast<size_t>(begin * row) * DTypeSize(dtype_);
+  if (!t.shape_.empty()) t.shape_[0] = end - begin;
+  return t;
+}
+
+std::string Tensor::ShapeString() const {
+  return absl::StrCat("[", absl::StrJoin(shape_, ", "), "] ", DTypeName(dtype_));
+}
+
+}  // namespace mp
