@@ -4,6 +4,8 @@
 // as exceptions. Debian's abseil (20220623) has no status_macros.h, so the two macros live here.
 #pragma once
 
+#include <string>
+#include <string_view>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -34,7 +36,10 @@ namespace mp {
 // Prefixes the message of a non-OK status with `context` ("loading model.safetensors: ...").
 inline absl::Status Annotate(const absl::Status& status, std::string_view context) {
   if (status.ok()) return status;
-  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
+  const absl::string_view message = status.message();
+  std::string text(context);
+  text.append(": ").append(message.data(), message.size());
+  return absl::Status(status.code(), text);
 }
 
 }  // namespace mp

@@ -3,8 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/status.h"
 
 namespace mp::testing {
 
@@ -29,9 +33,9 @@ const absl::Status& GetStatus(const absl::StatusOr<T>& s) {
   lhs = std::move(statusor).value()
 
 // Asserts that `expr` fails with `code` and that the message contains `substr`.
-#define MP_EXPECT_ERROR(expr, code, substr)                                          \
+#define MP_EXPECT_ERROR(expr, expected_code, substr)                                          \
   do {                                                                               \
     const ::absl::Status mp_s_ = ::mp::testing::GetStatus(expr);                     \
-    EXPECT_EQ(mp_s_.code(), code) << mp_s_;                                          \
+    EXPECT_EQ(mp_s_.code(), expected_code) << mp_s_;                                  \
     EXPECT_NE(std::string(mp_s_.message()).find(substr), std::string::npos) << mp_s_; \
   } while (false)

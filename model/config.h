@@ -22,6 +22,9 @@ struct DualChunkConfig {
   int64_t local_size = 0;                        // W: the successive-chunk local window
   int64_t original_max_position_embeddings = 0;  // L0 for the YaRN temperature
   bool sparse_attention_enabled = false;
+  // True when config.json states sparse_attention_enabled. vLLM turns sparse attention on when
+  // sparse_attention_config.json is present unless config.json says otherwise.
+  bool sparse_attention_enabled_given = false;
   int64_t sparse_attention_threshold = 32768;
   int64_t sparse_attention_last_q = 64;
   int64_t chunk_len() const { return chunk_size - local_size; }
@@ -47,16 +50,24 @@ struct ModelConfig {
   std::string torch_dtype;  // informational
   std::optional<DualChunkConfig> dual_chunk;
 
+  // Llama's o_proj carries a bias when attention_bias is set; Qwen2's never does.
+  bool o_proj_bias() const { return attention_bias && architecture == Architecture::kLlama; }
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
   // Number of parameters of the whole model (embeddings and head included).
   int64_t NumParameters() const;
 };
 
+// "Qwen2ForCausalLM" or "LlamaForCausalLM".
+const char* ArchitectureName(Architecture architecture);
+
 // Parses config.json text. Errors are INVALID_ARGUMENT naming the field; an unknown
-// architecture is INVALID_ARGUMENT naming it and the supported ones.
+// architecture is INVALID_ARGUMENT naming it and the supported ones. Features the engine does
+// not implement (rope_scaling, sliding-window layers, hidden_act other than silu, mlp_bias) are
+// UNIMPLEMENTED naming the field.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
-// Reads and parses `path` (a config.json). Missing file: NOT_FOUND naming the path.
+// Reads and parses `path`: a config.json, or a directory holding one. Missing file: NOT_FOUND
+// naming the path. Parse errors are those of ParseModelConfig, prefixed with the path.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 // Serializes to config.json text (HF field names), e.g. for the GGUF converter.
 std::string ModelConfigToJson(const ModelConfig& config);

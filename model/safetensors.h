@@ -21,15 +21,18 @@ class SafetensorsFile {
  public:
   // mmaps `path` read-only and validates the header: JSON syntax, known dtypes
   // (F32, F16, BF16, I32, I64, U8), shape × dtype size == end - begin, offsets inside the file
-  // and not overlapping. Errors name the file (and the tensor).
+  // and not overlapping, no duplicate names, a header of at most 100 MB. Errors name the file
+  // (and the tensor): NOT_FOUND for a missing file, INVALID_ARGUMENT for a malformed one.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
   ~SafetensorsFile();
 
   const std::string& path() const { return path_; }
   std::vector<std::string> TensorNames() const;
   bool Has(const std::string& name) const;
-  // A host view into the mapping (keeps the mapping alive through the tensor's owner).
-  // NOT_FOUND names the tensor and the file.
+  // A host view into the mapping (keeps the mapping alive through the tensor's owner). The
+  // memory is read-only: never write through the view. A tensor whose data is not aligned to
+  // its dtype size is returned as an aligned host copy instead. NOT_FOUND names the tensor and
+  // the file.
   absl::StatusOr<Tensor> Get(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
@@ -53,7 +56,12 @@ struct SafetensorsEntry {
   Tensor tensor;  // host tensor; its dtype and shape are written as is
 };
 
-// Writes a single safetensors file (tensors in the given order, 8-byte aligned header).
+// The safetensors spelling of a dtype ("F32", "F16", "BF16", "I32", "I64", "U8").
+const char* SafetensorsDTypeName(DType dtype);
+
+// Writes a single safetensors file (tensors in the given order without gaps, header padded with
+// spaces to a multiple of 8 bytes). The file is written under a temporary name and renamed.
+// Errors: INVALID_ARGUMENT for an empty, duplicate or reserved name or a non-host tensor.
 absl::Status WriteSafetensors(const std::string& path, std::span<const SafetensorsEntry> tensors,
                               const std::map<std::string, std::string>& metadata = {});
 

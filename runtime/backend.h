@@ -48,12 +48,16 @@ class Backend {
   virtual DType compute_dtype() const = 0;
 
   // ---- memory ----
+  // Contents are unspecified on device backends (the CPU backend zero-fills). Failure to get
+  // the memory is RESOURCE_EXHAUSTED naming the size.
   virtual absl::StatusOr<Tensor> Allocate(std::vector<int64_t> shape, DType dtype) = 0;
   // Converts a host weight (f32, f16 or bf16) to compute_dtype() on this device.
   virtual absl::StatusOr<Tensor> UploadWeight(const Tensor& host) = 0;
   // Byte copies between a host tensor and a tensor of this backend (same dtype and numel).
   virtual absl::Status CopyFromHost(const Tensor& host, Tensor& dst) = 0;
   virtual absl::Status CopyToHost(const Tensor& src, Tensor& host) = 0;
+  // Byte copy between two tensors of this backend (same dtype and numel; must not overlap).
+  virtual absl::Status Copy(const Tensor& src, Tensor& dst) = 0;
   // Copies and converts `src` (this backend) to a host f32 tensor of the same shape.
   virtual absl::StatusOr<Tensor> ToHostF32(const Tensor& src) = 0;
   virtual absl::Status Synchronize() = 0;

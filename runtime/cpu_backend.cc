@@ -1,1 +1,407 @@
-// placeholder
+// CpuBackend: the fp32 reference backend. Every op checks shapes, dtypes and devices, then calls
+// the kernels in kernels/cpu.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "common/status.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rope.h"
+#include "runtime/backend.h"
+
+namespace mp {
+namespace {
+
+constexpr int64_t kAny = -1;
+
+float FloatFromBits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+float Bf16ToFloat(uint16_t h) { return FloatFromBits(static_cast<uint32_t>(h) << 16); }
+
+float F16ToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0) {
+    // Zero or subnormal: mantissa * 2^-24.
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign != 0 ? -magnitude : magnitude;
+  }
+  if (exponent == 31) return FloatFromBits(sign | 0x7f800000u | (mantissa << 13));
+  return FloatFromBits(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+std::string Describe(const Tensor& t) {
+  if (!t.defined() && t.rank() == 0) return "an undefined tensor";
+  return absl::StrCat("shape ", t.ShapeString(), " on ", DeviceName(t.device()));
+}
+
+std::string ExpectedString(const std::vector<int64_t>& shape, DType dtype) {
+  std::vector<std::string> dims;
+  dims.reserve(shape.size());
+  for (int64_t d : shape) dims.push_back(d == kAny ? "*" : absl::StrCat(d));
+  return absl::StrCat("[", absl::StrJoin(dims, ", "), "] ", DTypeName(dtype), " on cpu");
+}
+
+// Checks dtype, rank, every dimension that is not kAny, device and storage of `t`.
+absl::Status Expect(absl::string_view op, absl::string_view name, const Tensor& t, DType dtype,
+                    const std::vector<int64_t>& shape) {
+  bool ok = t.dtype() == dtype && t.device() == DeviceKind::kCpu &&
+            t.rank() == static_cast<int>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) {
+    ok = t.shape()[i] >= 0 && (shape[i] == kAny || t.shape()[i] == shape[i]);
+  }
+  if (ok && t.numel() > 0 && !t.defined()) ok = false;
+  if (ok) return absl::OkStatus();
+  const std::string actual = !t.defined() && t.rank() == 0 ? std::string(" is undefined")
+                                                           : absl::StrCat(" has ", Describe(t));
+  return absl::InvalidArgumentError(
+      absl::StrCat(op, ": ", name, actual, ", expected ", ExpectedString(shape, dtype)));
+}
+
+absl::Status ExpectNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,
+                           absl::string_view b_name, const Tensor& b) {
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* b0 = static_cast<const char*>(b.data());
+  if (a0 == nullptr || b0 == nullptr || a.nbytes() == 0 || b.nbytes() == 0) {
+    return absl::OkStatus();
+  }
+  if (a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", a_name, " and ", b_name, " must not overlap in memory"));
+  }
+  return absl::OkStatus();
+}
+
+// The paged-cache geometry of `kv`, validated against K/V rows [n, kv_heads, head_dim] and the
+// highest sequence position the op touches (exclusive).
+absl::Status ExpectKvLayer(absl::string_view op, const KvLayerView& kv, int64_t kv_heads,
+                           int64_t head_dim, int64_t positions_end) {
+  if (kv.block_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": block_size must be positive, got ", kv.block_size));
+  }
+  if (kv.k.rank() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": K cache has ", Describe(kv.k),
+                     ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
+  }
+  const int64_t num_blocks = kv.k.dim(0);
+  const std::vector<int64_t> pool = {num_blocks, kv_heads, kv.block_size, head_dim};
+  MP_RETURN_IF_ERROR(Expect(op, "K cache", kv.k, DType::kF32, pool));
+  MP_RETURN_IF_ERROR(Expect(op, "V cache", kv.v, DType::kF32, pool));
+  MP_RETURN_IF_ERROR(Expect(op, "block table", kv.block_table, DType::kI32, {kAny}));
+  const int64_t blocks_needed = (positions_end + kv.block_size - 1) / kv.block_size;
+  if (kv.block_table.dim(0) < blocks_needed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": block table has ", kv.block_table.dim(0), " blocks but positions up to ",
+        positions_end, " need ", blocks_needed, " blocks of ", kv.block_size));
+  }
+  const int32_t* table = kv.block_table.data_as<const int32_t>();
+  for (int64_t i = 0; i < blocks_needed; ++i) {
+    if (table[i] < 0 || table[i] >= num_blocks) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": block table entry ", i, " is block ",
+                                                     table[i], ", outside [0, ", num_blocks,
+                                                     ") of the cache"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+cpu::PagedKvView ToKernelView(const KvLayerView& kv) {
+  cpu::PagedKvView view;
+  view.k = kv.k.data_as<const float>();
+  view.v = kv.v.data_as<const float>();
+  view.block_table = kv.block_table.data_as<const int32_t>();
+  view.block_size = kv.block_size;
+  view.kv_heads = kv.k.dim(1);
+  view.head_dim = kv.k.dim(3);
+  return view;
+}
+
+absl::StatusOr<Tensor> AllocateHost(const std::vector<int64_t>& shape, DType dtype) {
+  uint64_t bytes = DTypeSize(dtype);
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Allocate: negative dimension in shape [", absl::StrJoin(shape, ", "), "]"));
+    }
+    if (d != 0 && bytes > std::numeric_limits<uint64_t>::max() / 2 / static_cast<uint64_t>(d)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("Allocate: shape [", absl::StrJoin(shape, ", "), "] is too large"));
+    }
+    bytes *= static_cast<uint64_t>(d);
+  }
+  const uint64_t padded = std::max<uint64_t>((bytes + 63) / 64 * 64, 64);
+  void* p = std::aligned_alloc(64, padded);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Allocate: cannot allocate ", bytes, " bytes of host memory for [",
+                     absl::StrJoin(shape, ", "), "] ", DTypeName(dtype)));
+  }
+  std::memset(p, 0, padded);
+  std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
+  return Tensor::Wrap(p, shape, dtype, DeviceKind::kCpu, std::move(owner));
+}
+
+class CpuBackend final : public Backend {
+ public:
+  DeviceKind device() const override { return DeviceKind::kCpu; }
+  std::string name() const override { return "cpu"; }
+  DType compute_dtype() const override { return DType::kF32; }
+
+  absl::StatusOr<Tensor> Allocate(std::vector<int64_t> shape, DType dtype) override {
+    return AllocateHost(shape, dtype);
+  }
+
+  absl::StatusOr<Tensor> UploadWeight(const Tensor& host) override {
+    if (!host.defined() || host.device() != DeviceKind::kCpu) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("UploadWeight: expected a host tensor, got ", Describe(host)));
+    }
+    switch (host.dtype()) {
+      case DType::kF32:
+        return host;  // Already in the compute dtype: alias it.
+      case DType::kF16:
+      case DType::kBF16: {
+        MP_ASSIGN_OR_RETURN(Tensor out, AllocateHost(host.shape(), DType::kF32));
+        const auto* src = host.data_as<const uint16_t>();
+        float* dst = out.data_as<float>();
+        const int64_t n = host.numel();
+        if (host.dtype() == DType::kBF16) {
+          for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+        } else {
+          for (int64_t i = 0; i < n; ++i) dst[i] = F16ToFloat(src[i]);
+        }
+        return out;
+      }
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "UploadWeight: weights must be f32, f16 or bf16, got ", host.ShapeString()));
+    }
+  }
+
+  absl::Status CopyFromHost(const Tensor& host, Tensor& dst) override {
+    return CopyBytes("CopyFromHost", host, dst);
+  }
+  absl::Status CopyToHost(const Tensor& src, Tensor& host) override {
+    return CopyBytes("CopyToHost", src, host);
+  }
+  absl::Status Copy(const Tensor& src, Tensor& dst) override {
+    MP_RETURN_IF_ERROR(ExpectNoAlias("Copy", "src", src, "dst", dst));
+    return CopyBytes("Copy", src, dst);
+  }
+
+  absl::StatusOr<Tensor> ToHostF32(const Tensor& src) override {
+    if (src.device() != DeviceKind::kCpu || (!src.defined() && src.numel() > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ToHostF32: expected a cpu tensor, got ", Describe(src)));
+    }
+    if (src.dtype() != DType::kF32 && src.dtype() != DType::kF16 && src.dtype() != DType::kBF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ToHostF32: expected a floating-point tensor, got ", src.ShapeString()));
+    }
+    if (src.dtype() != DType::kF32) return UploadWeight(src);
+    MP_ASSIGN_OR_RETURN(Tensor out, AllocateHost(src.shape(), DType::kF32));
+    if (src.nbytes() > 0) std::memcpy(out.data(), src.data(), src.nbytes());
+    return out;
+  }
+
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  absl::Status Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    constexpr absl::string_view kOp = "Embedding";
+    MP_RETURN_IF_ERROR(Expect(kOp, "ids", ids, DType::kI32, {kAny}));
+    MP_RETURN_IF_ERROR(Expect(kOp, "table", table, DType::kF32, {kAny, kAny}));
+    const int64_t n = ids.dim(0), vocab = table.dim(0), hidden = table.dim(1);
+    MP_RETURN_IF_ERROR(Expect(kOp, "out", out, DType::kF32, {n, hidden}));
+    const int32_t* id = ids.data_as<const int32_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      if (id[i] < 0 || id[i] >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Embedding: token id ", id[i], " at position ", i,
+                         " is outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    if (n == 0) return absl::OkStatus();
+    cpu::Embedding(id, n, table.data_as<const float>(), hidden, out.data_as<float>());
+    return absl::OkStatus();
+  }
+
+  absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
+    constexpr absl::string_view kOp = "RmsNorm";
+    MP_RETURN_IF_ERROR(Expect(kOp, "x", x, DType::kF32, {kAny, kAny}));
+    const int64_t n = x.dim(0), d = x.dim(1);
+    MP_RETURN_IF_ERROR(Expect(kOp, "weight", weight, DType::kF32, {d}));
+    MP_RETURN_IF_ERROR(Expect(kOp, "out", out, DType::kF32, {n, d}));
+    if (!(eps >= 0.0f) || !std::isfinite(eps)) {
+      return absl::InvalidArgumentError(absl::StrCat("RmsNorm: eps must be >= 0, got ", eps));
+    }
+    if (out.data() != x.data()) MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "x", x, "out", out));
+    if (n == 0 || d == 0) return absl::OkStatus();
+    cpu::RmsNorm(x.data_as<const float>(), weight.data_as<const float>(), n, d, eps,
+                 out.data_as<float>());
+    return absl::OkStatus();
+  }
+
+  absl::Status Add(Tensor& x, const Tensor& y) override {
+    MP_RETURN_IF_ERROR(Expect("Add", "x", x, DType::kF32, std::vector<int64_t>(x.rank(), kAny)));
+    MP_RETURN_IF_ERROR(Expect("Add", "y", y, DType::kF32, x.shape()));
+    if (x.numel() == 0) return absl::OkStatus();
+    cpu::AddInPlace(x.data_as<float>(), y.data_as<const float>(), x.numel());
+    return absl::OkStatus();
+  }
+
+  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    constexpr absl::string_view kOp = "Linear";
+    MP_RETURN_IF_ERROR(Expect(kOp, "x", x, DType::kF32, {kAny, kAny}));
+    const int64_t n = x.dim(0), in = x.dim(1);
+    MP_RETURN_IF_ERROR(Expect(kOp, "w", w, DType::kF32, {kAny, in}));
+    const int64_t out = w.dim(0);
+    if (bias != nullptr) MP_RETURN_IF_ERROR(Expect(kOp, "bias", *bias, DType::kF32, {out}));
+    MP_RETURN_IF_ERROR(Expect(kOp, "y", y, DType::kF32, {n, out}));
+    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "x", x, "y", y));
+    if (n == 0 || out == 0) return absl::OkStatus();
+    cpu::Linear(x.data_as<const float>(), w.data_as<const float>(),
+                bias != nullptr ? bias->data_as<const float>() : nullptr, n, in, out,
+                y.data_as<float>());
+    return absl::OkStatus();
+  }
+
+  absl::Status Rope(Tensor& x, const Tensor& positions, double theta) override {
+    constexpr absl::string_view kOp = "Rope";
+    MP_RETURN_IF_ERROR(Expect(kOp, "x", x, DType::kF32, {kAny, kAny, kAny}));
+    const int64_t n = x.dim(0), heads = x.dim(1), head_dim = x.dim(2);
+    if (head_dim % 2 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Rope: head_dim must be even, x has shape ", x.ShapeString()));
+    }
+    MP_RETURN_IF_ERROR(Expect(kOp, "positions", positions, DType::kI32, {n}));
+    if (!(theta > 0.0) || !std::isfinite(theta)) {
+      return absl::InvalidArgumentError(absl::StrCat("Rope: theta must be > 0, got ", theta));
+    }
+    if (x.numel() == 0) return absl::OkStatus();
+    cpu::RopeNeox(x.data_as<float>(), positions.data_as<const int32_t>(), n, heads, head_dim,
+                  theta);
+    return absl::OkStatus();
+  }
+
+  absl::Status SiluMul(const Tensor& gate_up, Tensor& out) override {
+    constexpr absl::string_view kOp = "SiluMul";
+    MP_RETURN_IF_ERROR(Expect(kOp, "gate_up", gate_up, DType::kF32, {kAny, kAny}));
+    const int64_t n = gate_up.dim(0);
+    if (gate_up.dim(1) % 2 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "SiluMul: gate_up has shape ", gate_up.ShapeString(), ", expected [n, 2 * inter]"));
+    }
+    const int64_t inter = gate_up.dim(1) / 2;
+    MP_RETURN_IF_ERROR(Expect(kOp, "out", out, DType::kF32, {n, inter}));
+    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "gate_up", gate_up, "out", out));
+    if (n == 0 || inter == 0) return absl::OkStatus();
+    cpu::SiluMul(gate_up.data_as<const float>(), n, inter, out.data_as<float>());
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteKv(const Tensor& k, const Tensor& v, int64_t start,
+                       const KvLayerView& kv) override {
+    constexpr absl::string_view kOp = "WriteKv";
+    MP_RETURN_IF_ERROR(Expect(kOp, "k", k, DType::kF32, {kAny, kAny, kAny}));
+    const int64_t n = k.dim(0), kv_heads = k.dim(1), head_dim = k.dim(2);
+    MP_RETURN_IF_ERROR(Expect(kOp, "v", v, DType::kF32, {n, kv_heads, head_dim}));
+    if (start < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("WriteKv: start must be >= 0, got ", start));
+    }
+    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, kv, kv_heads, head_dim, start + n));
+    if (n == 0) return absl::OkStatus();
+    cpu::WriteKv(k.data_as<const float>(), v.data_as<const float>(), n, start,
+                 kv.k.data_as<float>(), kv.v.data_as<float>(),
+                 kv.block_table.data_as<const int32_t>(), kv.block_size, kv_heads, head_dim);
+    return absl::OkStatus();
+  }
+
+  absl::Status Attention(const AttentionParams& p) override {
+    constexpr absl::string_view kOp = "Attention";
+    if (p.q == nullptr || p.out == nullptr) {
+      return absl::InvalidArgumentError("Attention: q and out must be given");
+    }
+    MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kF32, {kAny, kAny, kAny}));
+    const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
+    MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kF32, {n, q_heads, head_dim}));
+    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
+    if (p.lse != nullptr) {
+      MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
+    }
+    if (p.key_begin < 0 || p.key_end < p.key_begin) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Attention: key range [", p.key_begin, ", ", p.key_end, ") is invalid"));
+    }
+    if (!std::isfinite(p.scale)) {
+      return absl::InvalidArgumentError("Attention: scale must be finite");
+    }
+    if (p.kv.k.rank() != 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Attention: K cache has ", Describe(p.kv.k),
+                       ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
+    }
+    const int64_t kv_heads = p.kv.k.dim(1);
+    if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("Attention: q has ", q_heads,
+                                                     " heads, not a multiple of the cache's ",
+                                                     kv_heads, " kv heads"));
+    }
+    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.key_end));
+    if (n == 0) return absl::OkStatus();
+    cpu::AttentionShape shape;
+    shape.num_queries = n;
+    shape.q_heads = q_heads;
+    shape.key_begin = p.key_begin;
+    shape.key_end = p.key_end;
+    shape.causal = p.causal;
+    shape.scale = p.scale;
+    cpu::PagedAttention(p.q->data_as<const float>(), ToKernelView(p.kv), shape,
+                        p.out->data_as<float>(),
+                        p.lse != nullptr ? p.lse->data_as<float>() : nullptr);
+    return absl::OkStatus();
+  }
+
+ private:
+  static absl::Status CopyBytes(absl::string_view op, const Tensor& src, Tensor& dst) {
+    if (src.device() != DeviceKind::kCpu || dst.device() != DeviceKind::kCpu) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": expected cpu tensors, got src ",
+                                                     Describe(src), " and dst ", Describe(dst)));
+    }
+    if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": src ", src.ShapeString(), " and dst ",
+                                                     dst.ShapeString(),
+                                                     " differ in dtype or element count"));
+    }
+    if (src.nbytes() == 0) return absl::OkStatus();
+    if (!src.defined() || !dst.defined()) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": undefined tensor"));
+    }
+    if (src.data() != dst.data()) std::memmove(dst.data(), src.data(), src.nbytes());
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> NewCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace mp

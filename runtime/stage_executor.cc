@@ -1,1 +1,341 @@
-// placeholder
+#include "runtime/stage_executor.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+
+namespace mp {
+namespace {
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+// Checks that host weight `name` exists with `shape`, then uploads it.
+absl::StatusOr<Tensor> Upload(Backend& backend, const Tensor& host, const std::string& name,
+                              const std::vector<int64_t>& shape) {
+  if (!host.defined()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight ", name, " is missing (expected ", ShapeText(shape), ")"));
+  }
+  if (host.shape() != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight ", name, " has shape ", host.ShapeString(), ", expected ", ShapeText(shape)));
+  }
+  absl::StatusOr<Tensor> uploaded = backend.UploadWeight(host);
+  if (!uploaded.ok()) return Annotate(uploaded.status(), absl::StrCat("weight ", name));
+  return uploaded;
+}
+
+// gate [inter, hidden] and up [inter, hidden] stacked into one host tensor [2 * inter, hidden].
+absl::StatusOr<Tensor> StackGateUp(const Tensor& gate, const Tensor& up, const std::string& prefix,
+                                   int64_t inter, int64_t hidden) {
+  const std::vector<int64_t> shape = {inter, hidden};
+  for (const auto& [t, name] : {std::pair{&gate, "gate_proj"}, std::pair{&up, "up_proj"}}) {
+    if (!t->defined()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weight ", prefix, name, ".weight is missing (expected ", ShapeText(shape), ")"));
+    }
+    if (t->shape() != shape) {
+      return absl::InvalidArgumentError(absl::StrCat("weight ", prefix, name, ".weight has shape ",
+                                                     t->ShapeString(), ", expected ",
+                                                     ShapeText(shape)));
+    }
+  }
+  if (gate.dtype() != up.dtype()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights ", prefix, "gate_proj.weight (", DTypeName(gate.dtype()), ") and ",
+                     prefix, "up_proj.weight (", DTypeName(up.dtype()), ") differ in dtype"));
+  }
+  if (gate.device() != DeviceKind::kCpu || up.device() != DeviceKind::kCpu) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights ", prefix, "gate_proj/up_proj must be host tensors"));
+  }
+  Tensor stacked = Tensor::Host({2 * inter, hidden}, gate.dtype());
+  std::memcpy(stacked.data(), gate.data(), gate.nbytes());
+  std::memcpy(static_cast<char*>(stacked.data()) + gate.nbytes(), up.data(), up.nbytes());
+  return stacked;
+}
+
+absl::Status ValidateConfig(const ModelConfig& c) {
+  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 ||
+      c.num_hidden_layers <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 ||
+      c.head_dim <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: vocab_size (", c.vocab_size, "), hidden_size (", c.hidden_size,
+                     "), intermediate_size (", c.intermediate_size, "), num_hidden_layers (",
+                     c.num_hidden_layers, "), num_attention_heads (", c.num_attention_heads,
+                     "), num_key_value_heads (", c.num_key_value_heads, ") and head_dim (",
+                     c.head_dim, ") must all be positive"));
+  }
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: num_attention_heads (", c.num_attention_heads,
+                     ") must be a multiple of num_key_value_heads (", c.num_key_value_heads, ")"));
+  }
+  if (c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: head_dim must be even for RoPE, got ", c.head_dim));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
+    const ModelConfig& config, const ModelWeights& weights, std::shared_ptr<Backend> backend,
+    const StageExecutorOptions& options) {
+  if (backend == nullptr) return absl::InvalidArgumentError("stage executor: no backend given");
+  MP_RETURN_IF_ERROR(ValidateConfig(config));
+  const LayerRange layers = weights.layers;
+  if (layers.begin < 0 || layers.end <= layers.begin || layers.end > config.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stage executor: layer range [", layers.begin, ", ", layers.end,
+        ") is not a non-empty part of the model's ", config.num_hidden_layers, " layers"));
+  }
+  if (static_cast<int64_t>(weights.layer.size()) != layers.end - layers.begin) {
+    return absl::InvalidArgumentError(absl::StrCat("stage executor: weights hold ",
+                                                   weights.layer.size(), " layers for the range [",
+                                                   layers.begin, ", ", layers.end, ")"));
+  }
+
+  auto ex = std::unique_ptr<StageExecutor>(new StageExecutor());
+  ex->config_ = config;
+  ex->layers_ = layers;
+  ex->backend_ = backend;
+  ex->host_storage_ = weights.storage;
+  Backend& b = *backend;
+  const int64_t hidden = config.hidden_size, inter = config.intermediate_size;
+  const int64_t q_dim = config.q_dim(), kv_dim = config.kv_dim(), vocab = config.vocab_size;
+
+  if (ex->is_first()) {
+    MP_ASSIGN_OR_RETURN(ex->embed_tokens_, Upload(b, weights.embed_tokens,
+                                                  "model.embed_tokens.weight", {vocab, hidden}));
+  }
+  for (int64_t i = layers.begin; i < layers.end; ++i) {
+    const LayerWeights& w = weights.layer[i - layers.begin];
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    Layer l;
+    MP_ASSIGN_OR_RETURN(l.input_norm,
+                        Upload(b, w.input_norm, p + "input_layernorm.weight", {hidden}));
+    MP_ASSIGN_OR_RETURN(l.q_proj,
+                        Upload(b, w.q_proj, p + "self_attn.q_proj.weight", {q_dim, hidden}));
+    MP_ASSIGN_OR_RETURN(l.k_proj,
+                        Upload(b, w.k_proj, p + "self_attn.k_proj.weight", {kv_dim, hidden}));
+    MP_ASSIGN_OR_RETURN(l.v_proj,
+                        Upload(b, w.v_proj, p + "self_attn.v_proj.weight", {kv_dim, hidden}));
+    if (config.attention_bias || w.q_bias.defined() || w.k_bias.defined() || w.v_bias.defined()) {
+      MP_ASSIGN_OR_RETURN(l.q_bias, Upload(b, w.q_bias, p + "self_attn.q_proj.bias", {q_dim}));
+      MP_ASSIGN_OR_RETURN(l.k_bias, Upload(b, w.k_bias, p + "self_attn.k_proj.bias", {kv_dim}));
+      MP_ASSIGN_OR_RETURN(l.v_bias, Upload(b, w.v_bias, p + "self_attn.v_proj.bias", {kv_dim}));
+    }
+    MP_ASSIGN_OR_RETURN(l.o_proj,
+                        Upload(b, w.o_proj, p + "self_attn.o_proj.weight", {hidden, q_dim}));
+    if (config.o_proj_bias() || w.o_bias.defined()) {
+      MP_ASSIGN_OR_RETURN(l.o_bias, Upload(b, w.o_bias, p + "self_attn.o_proj.bias", {hidden}));
+    }
+    MP_ASSIGN_OR_RETURN(l.post_norm, Upload(b, w.post_attention_norm,
+                                            p + "post_attention_layernorm.weight", {hidden}));
+    MP_ASSIGN_OR_RETURN(Tensor gate_up,
+                        StackGateUp(w.gate_proj, w.up_proj, p + "mlp.", inter, hidden));
+    MP_ASSIGN_OR_RETURN(l.gate_up,
+                        Upload(b, gate_up, p + "mlp.gate_proj+up_proj", {2 * inter, hidden}));
+    MP_ASSIGN_OR_RETURN(l.down_proj,
+                        Upload(b, w.down_proj, p + "mlp.down_proj.weight", {hidden, inter}));
+    ex->layer_weights_.push_back(std::move(l));
+  }
+  if (ex->is_last()) {
+    MP_ASSIGN_OR_RETURN(ex->final_norm_,
+                        Upload(b, weights.final_norm, "model.norm.weight", {hidden}));
+    const Tensor& head = weights.lm_head.defined() || !config.tie_word_embeddings
+                             ? weights.lm_head
+                             : weights.embed_tokens;
+    if (ex->embed_tokens_.defined() && head.data() == weights.embed_tokens.data()) {
+      ex->lm_head_ = ex->embed_tokens_;  // tied: upload once
+    } else {
+      MP_ASSIGN_OR_RETURN(ex->lm_head_, Upload(b, head, "lm_head.weight", {vocab, hidden}));
+    }
+  }
+  MP_ASSIGN_OR_RETURN(ex->kv_cache_, KvCache::Create(backend, config, layers, options.kv_cache));
+  return ex;
+}
+
+absl::Status StageExecutor::EnsureScratch(int64_t rows) {
+  if (rows <= scratch_.rows) return absl::OkStatus();
+  Backend& b = *backend_;
+  const DType dt = b.compute_dtype();
+  const int64_t hidden = config_.hidden_size;
+  Scratch s;
+  s.rows = rows;
+  MP_ASSIGN_OR_RETURN(s.x, b.Allocate({rows, hidden}, dt));
+  MP_ASSIGN_OR_RETURN(s.h, b.Allocate({rows, hidden}, dt));
+  MP_ASSIGN_OR_RETURN(s.q, b.Allocate({rows, config_.q_dim()}, dt));
+  MP_ASSIGN_OR_RETURN(s.k, b.Allocate({rows, config_.kv_dim()}, dt));
+  MP_ASSIGN_OR_RETURN(s.v, b.Allocate({rows, config_.kv_dim()}, dt));
+  MP_ASSIGN_OR_RETURN(s.attn, b.Allocate({rows, config_.q_dim()}, dt));
+  MP_ASSIGN_OR_RETURN(s.proj, b.Allocate({rows, hidden}, dt));
+  MP_ASSIGN_OR_RETURN(s.gate_up, b.Allocate({rows, 2 * config_.intermediate_size}, dt));
+  MP_ASSIGN_OR_RETURN(s.act, b.Allocate({rows, config_.intermediate_size}, dt));
+  s.positions = Tensor::Host({rows}, DType::kI32);
+  s.logits = std::move(scratch_.logits);  // sized on its own: see RunChunk
+  scratch_ = std::move(s);
+  return absl::OkStatus();
+}
+
+int64_t StageExecutor::scratch_bytes() const {
+  int64_t total = 0;
+  for (const Tensor* t :
+       {&scratch_.x, &scratch_.h, &scratch_.q, &scratch_.k, &scratch_.v, &scratch_.attn,
+        &scratch_.proj, &scratch_.gate_up, &scratch_.act, &scratch_.logits, &scratch_.positions}) {
+    if (t->defined()) total += static_cast<int64_t>(t->nbytes());
+  }
+  return total;
+}
+
+absl::StatusOr<Tensor> StageExecutor::RunChunk(uint64_t seq, int64_t start, const Tensor& input,
+                                               LogitsMode logits) {
+  const bool new_sequence = !kv_cache_->Contains(seq);
+  absl::StatusOr<Tensor> out = Forward(seq, start, input, logits);
+  // A sequence that a failed chunk created holds nothing worth keeping.
+  if (!out.ok() && new_sequence && kv_cache_->Contains(seq)) {
+    kv_cache_->Release(seq).IgnoreError();
+  }
+  return out;
+}
+
+absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const Tensor& input,
+                                              LogitsMode logits) {
+  Backend& b = *backend_;
+  const int64_t hidden = config_.hidden_size;
+  if (input.rank() < 1) {
+    return absl::InvalidArgumentError("RunChunk: input is undefined");
+  }
+  const int64_t n = input.dim(0);
+  if (is_first()) {
+    if (input.rank() != 1 || input.dtype() != DType::kI32) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "RunChunk: the first stage takes token ids [n] i32, got ", input.ShapeString()));
+    }
+  } else if (input.rank() != 2 || input.dim(1) != hidden || input.dtype() != b.compute_dtype() ||
+             input.device() != b.device()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RunChunk: stage [", layers_.begin, ", ", layers_.end, ") takes hidden states [n, ", hidden,
+        "] ", DTypeName(b.compute_dtype()), " on ", DeviceName(b.device()), ", got ",
+        input.ShapeString(), " on ", DeviceName(input.device())));
+  }
+  if (n < 1) return absl::InvalidArgumentError("RunChunk: the chunk is empty");
+  if (start < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("RunChunk: start must be >= 0, got ", start));
+  }
+  const int64_t end = start + n;
+  if (end > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RunChunk: positions up to ", end, " exceed the int32 range"));
+  }
+  if (config_.dual_chunk.has_value() && end > config_.dual_chunk->chunk_len()) {
+    return absl::UnimplementedError(
+        absl::StrCat("RunChunk: dual chunk attention is not implemented; positions up to ", end,
+                     " exceed the DCA chunk length ", config_.dual_chunk->chunk_len()));
+  }
+  const int64_t cached = kv_cache_->Length(seq);
+  if (start != cached) {
+    return absl::FailedPreconditionError(absl::StrCat("RunChunk: sequence ", seq, " has ", cached,
+                                                      " tokens cached, but the chunk "
+                                                      "starts at position ",
+                                                      start));
+  }
+  MP_RETURN_IF_ERROR(kv_cache_->Reserve(seq, end));
+  MP_RETURN_IF_ERROR(EnsureScratch(n));
+
+  Tensor x = scratch_.x.Slice(0, n);
+  if (is_first()) {
+    MP_RETURN_IF_ERROR(b.Embedding(input, embed_tokens_, x));
+  } else {
+    MP_RETURN_IF_ERROR(b.Copy(input, x));
+  }
+  Tensor positions = scratch_.positions.Slice(0, n);
+  int32_t* pos = positions.data_as<int32_t>();
+  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(start + i);
+
+  for (int64_t i = 0; i < static_cast<int64_t>(layer_weights_.size()); ++i) {
+    const int64_t layer = layers_.begin + i;
+    absl::Status status = RunLayer(layer_weights_[i], layer, seq, start, n, positions);
+    if (!status.ok()) return Annotate(status, absl::StrCat("layer ", layer));
+  }
+  MP_RETURN_IF_ERROR(kv_cache_->SetLength(seq, end));
+
+  if (!is_last()) return x;
+  if (logits == LogitsMode::kNone) return Tensor();
+  const int64_t rows = logits == LogitsMode::kAllRows ? n : 1;
+  if (!scratch_.logits.defined() || scratch_.logits.dim(0) < rows) {
+    MP_ASSIGN_OR_RETURN(scratch_.logits, b.Allocate({rows, config_.vocab_size}, b.compute_dtype()));
+  }
+  Tensor src = x.Slice(n - rows, n);
+  Tensor normed = scratch_.h.Slice(0, rows);
+  Tensor out = scratch_.logits.Slice(0, rows);
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  MP_RETURN_IF_ERROR(Annotate(b.RmsNorm(src, final_norm_, eps, normed), "final norm"));
+  MP_RETURN_IF_ERROR(Annotate(b.Linear(normed, lm_head_, nullptr, out), "LM head"));
+  return out;
+}
+
+absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64_t seq,
+                                     int64_t start, int64_t n, const Tensor& positions) {
+  Backend& b = *backend_;
+  const int64_t heads = config_.num_attention_heads;
+  const int64_t kv_heads = config_.num_key_value_heads;
+  const int64_t head_dim = config_.head_dim;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  auto bias = [](const Tensor& t) { return t.defined() ? &t : nullptr; };
+
+  Tensor x = scratch_.x.Slice(0, n);              // [n, hidden]
+  Tensor h = scratch_.h.Slice(0, n);              // [n, hidden]
+  Tensor q = scratch_.q.Slice(0, n);              // [n, q_dim]
+  Tensor k = scratch_.k.Slice(0, n);              // [n, kv_dim]
+  Tensor v = scratch_.v.Slice(0, n);              // [n, kv_dim]
+  Tensor attn = scratch_.attn.Slice(0, n);        // [n, q_dim]
+  Tensor proj = scratch_.proj.Slice(0, n);        // [n, hidden]
+  Tensor gate_up = scratch_.gate_up.Slice(0, n);  // [n, 2 * inter]
+  Tensor act = scratch_.act.Slice(0, n);          // [n, inter]
+
+  // Attention block.
+  MP_RETURN_IF_ERROR(b.RmsNorm(x, w.input_norm, eps, h));
+  MP_RETURN_IF_ERROR(b.Linear(h, w.q_proj, bias(w.q_bias), q));
+  MP_RETURN_IF_ERROR(b.Linear(h, w.k_proj, bias(w.k_bias), k));
+  MP_RETURN_IF_ERROR(b.Linear(h, w.v_proj, bias(w.v_bias), v));
+  Tensor q3 = q.Reshape({n, heads, head_dim});
+  Tensor k3 = k.Reshape({n, kv_heads, head_dim});
+  Tensor v3 = v.Reshape({n, kv_heads, head_dim});
+  Tensor attn3 = attn.Reshape({n, heads, head_dim});
+  MP_RETURN_IF_ERROR(b.Rope(q3, positions, config_.rope_theta));
+  MP_RETURN_IF_ERROR(b.Rope(k3, positions, config_.rope_theta));
+  MP_ASSIGN_OR_RETURN(KvLayerView kv, kv_cache_->LayerView(seq, layer_index));
+  MP_RETURN_IF_ERROR(b.WriteKv(k3, v3, start, kv));
+  AttentionParams params;
+  params.q = &q3;
+  params.kv = kv;
+  params.key_begin = 0;
+  params.key_end = start + n;
+  params.causal = true;
+  params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  params.out = &attn3;
+  MP_RETURN_IF_ERROR(b.Attention(params));
+  MP_RETURN_IF_ERROR(b.Linear(attn, w.o_proj, bias(w.o_bias), proj));
+  MP_RETURN_IF_ERROR(b.Add(x, proj));
+
+  // MLP block.
+  MP_RETURN_IF_ERROR(b.RmsNorm(x, w.post_norm, eps, h));
+  MP_RETURN_IF_ERROR(b.Linear(h, w.gate_up, nullptr, gate_up));
+  MP_RETURN_IF_ERROR(b.SiluMul(gate_up, act));
+  MP_RETURN_IF_ERROR(b.Linear(act, w.down_proj, nullptr, proj));
+  MP_RETURN_IF_ERROR(b.Add(x, proj));
+  return absl::OkStatus();
+}
+
+}  // namespace mp

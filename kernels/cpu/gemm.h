@@ -1,4 +1,5 @@
-// GEMMs through OpenBLAS (fp32).
+// GEMMs through OpenBLAS (fp32, row-major). OpenBLAS threads each call over the machine's cores.
+// Any of m, n, k may be 0; k = 0 gives C = beta C.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the sm_90a attention library, its GPU test, the benchmark and the shared library that
+# bench/attention_peer.py loads, with plain nvcc/g++ (no CMake tree), statically linked against
+# cudart and GoogleTest, so the binaries run on a GPU machine that lacks the -dev packages.
+#
+#   bench/cuda/build_standalone.sh OUT_DIR [CUTLASS_INCLUDE_DIR]
+set -euo pipefail
+out=${1:?usage: build_standalone.sh OUT_DIR [CUTLASS_INCLUDE_DIR]}
+cutlass=${2:-${CUTLASS_INCLUDE_DIR:?set CUTLASS_INCLUDE_DIR or pass it}}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+nvcc=${NVCC:-/usr/local/cuda/bin/nvcc}
+mkdir -p "$out/obj"
+flags=(-std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr
+       -Xcompiler -fPIC -I"$root" -isystem "$cutlass" -Xptxas -v)
+build() {  # build SRC OBJ: recompile only when a source or header is newer
+  local src=$1 obj=$2
+  if [ -f "$obj" ] && [ -z "$(find "$root/kernels/cuda" "$src" -newer "$obj" -print -quit)" ]; then
+    return
+  fi
+  echo "nvcc $src"
+  "$nvcc" "${flags[@]}" -c "$src" -o "$obj" 2> "$obj.log" || { cat "$obj.log"; exit 1; }
+  grep -E "registers|spill" "$obj.log" | sort | uniq -c || true
+}
+for f in paged_prefill_attention tma_tensor_map paged_prefill_attention_hd64 \
+         paged_prefill_attention_hd128; do
+  build "$root/kernels/cuda/$f.cu" "$out/obj/$f.o"
+done
+lib=("$out"/obj/paged_prefill_attention.o "$out"/obj/tma_tensor_map.o
+     "$out"/obj/paged_prefill_attention_hd64.o "$out"/obj/paged_prefill_attention_hd128.o)
+flags+=(-DMP_ATTENTION_BENCH_VARIANTS)
+build "$root/bench/cuda/attention_bench.cu" "$out/obj/attention_bench.o"
+build "$root/bench/cuda/attention_capi.cu" "$out/obj/attention_capi.o"
+"$nvcc" -shared -o "$out/libmp_attention_bench.so" "$out/obj/attention_capi.o" "${lib[@]}"
+"$nvcc" -o "$out/attention_bench" "$out/obj/attention_bench.o" "${lib[@]}"
+g++ -std=c++20 -O2 -I"$root" -I/usr/local/cuda/include \
+  -c "$root/tests/gpu/paged_prefill_attention_test.cc" -o "$out/obj/paged_prefill_attention_test.o"
+g++ -o "$out/paged_prefill_attention_test" "$out/obj/paged_prefill_attention_test.o" "${lib[@]}" \
+  /usr/lib/x86_64-linux-gnu/libgtest_main.a /usr/lib/x86_64-linux-gnu/libgtest.a \
+  -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread
+echo "built: $out/attention_bench $out/paged_prefill_attention_test $out/libmp_attention_bench.so"

@@ -1,0 +1,719 @@
+// The sm_90a kernel behind mp::cuda::PagedPrefillAttention (header-only; include from .cu files
+// compiled for sm_90a). See paged_prefill_attention.h for the contract.
+//
+// One CTA computes 128 query rows of one query head against all the key tiles those rows can
+// see. Three warpgroups:
+//   * warpgroup 0 (producer): one thread issues bulk tensor copies (TMA) of Q once and of K/V
+//     tiles [128 keys x head_dim] into a kStages-deep ring of shared-memory buffers guarded by
+//     mbarriers; its registers are given to the consumers (setmaxnreg).
+//   * warpgroups 1 and 2 (consumers): 64 query rows each. Per key tile: S = Q K^T with wgmma
+//     (Q loaded once into registers, K from shared memory), online softmax in registers (exp2,
+//     scale folded in), O += P V with wgmma (P from registers, V from shared memory read as
+//     MN-major). The S GEMM of the next tile is issued together with the PV GEMM of the
+//     current one, so the softmax of tile j+1 runs while the tensor cores do P_j V_j; with
+//     kPingpong the two consumer warpgroups also take turns issuing their GEMMs (named
+//     barriers), so one warpgroup's softmax overlaps the other's GEMMs.
+// Key tiles are walked from the last to the first, so the masked tiles (causal diagonal,
+// key_end) come first; tiles wholly above the causal diagonal are never loaded. CTAs are
+// numbered so that the query tiles with the most keys start first, and (kKvHeadMajor) all
+// CTAs of one KV head run before those of the next, so resident CTAs share K/V in L2.
+//
+// Paging: K/V are addressed as a 4-D tensor (head_dim, block_size, kv_heads, num_blocks); a
+// key tile is two 64-row boxes, each looked up in the block table separately, so any
+// block_size that is a multiple of 64 works.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (types only; the driver entry point is fetched at run time)
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cute/arch/copy_sm90_tma.hpp"
+#include "cute/arch/mma_sm90.hpp"
+#include "cute/atom/mma_atom.hpp"
+#include "cute/tensor.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/arch/reg_reconfig.h"
+#include "cutlass/numeric_types.h"
+#include "kernels/cuda/paged_prefill_attention.h"
+#include "kernels/cuda/paged_prefill_attention_launch.h"
+#include "kernels/cuda/tma_tensor_map.h"
+
+namespace mp::cuda::sm90 {
+
+// Tile sizes and buffers of one kernel variant. The defaults are the measured best on H100
+// (docs/benchmarks-attention-draft.md); the other settings stay selectable for ablations.
+template <int kHeadDim_, bool kCausal_, int kStages_ = 3, bool kPingpong_ = true,
+          bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true>
+struct PrefillConfig {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr bool kCausal = kCausal_;
+  static constexpr int kStages = kStages_;
+  static constexpr bool kPingpong = kPingpong_;
+  // CTA order: all query tiles of KV head 0 first (then KV head 1, ...), so the CTAs resident
+  // at one time share one KV head's keys in L2; otherwise query heads vary fastest.
+  static constexpr bool kKvHeadMajor = kKvHeadMajor_;
+  // Softmax with split reductions and O rescaling skipped when no row max moved.
+  static constexpr bool kSoftmaxIlp = kSoftmaxIlp_;
+  // Q loaded once into registers (S GEMM with A from registers) instead of read from shared
+  // memory by every S GEMM.
+  static constexpr bool kQInRegs = kQInRegs_;
+
+  static constexpr int kBlockM = 128;  // query rows per CTA
+  static constexpr int kWgRows = 64;   // query rows per consumer warpgroup
+  static constexpr int kBlockN = 128;  // keys per tile
+  static constexpr int kBoxRows = 64;  // rows per bulk tensor copy (block_size granularity)
+  static constexpr int kBoxCols = 64;  // 64 bf16 = 128 bytes = one 128B-swizzled panel
+  static constexpr int kPanels = kHeadDim / kBoxCols;
+  static constexpr int kThreads = 384;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
+  static_assert(kStages >= 2, "at least double buffering");
+
+  using Element = cutlass::bfloat16_t;
+
+  // Q: (rows, head_dim, consumer warpgroup), K-major, 128B swizzle.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kWgRows>, cute::Int<kHeadDim>, cute::_2>{}));
+  // K: (keys, head_dim, stage): B operand of S = Q K^T, K-major.
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // V^T: (head_dim, keys, stage) over the same bytes as a K-style (keys, head_dim) tile: the B
+  // operand of O = P V, MN-major (head_dim contiguous).
+  using SmemLayoutVt = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+
+  using MmaQKSmem = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kWgRows>, cute::Int<kBlockN>,
+                                             cute::Int<kHeadDim>>>()));
+  using MmaQKRegs = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kWgRows>, cute::Int<kBlockN>,
+                                             cute::Int<kHeadDim>>>()));
+  using MmaQK = std::conditional_t<kQInRegs, MmaQKRegs, MmaQKSmem>;
+  using MmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kWgRows>, cute::Int<kHeadDim>,
+                                             cute::Int<kBlockN>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>()));
+
+  static constexpr int kTileElems = kBlockN * kHeadDim;
+  static constexpr int kTileBytes = kTileElems * 2;
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> v;
+    uint64_t q_full;
+    uint64_t k_full[kStages];
+    uint64_t k_empty[kStages];
+    uint64_t v_full[kStages];
+    uint64_t v_empty[kStages];
+  };
+  // +1024: the dynamic shared memory base is rounded up to the swizzle atom.
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+// Everything the kernel needs; passed by value as a __grid_constant__ parameter (the tensor
+// maps must live in parameter, constant or global memory).
+struct PrefillParams {
+  CUtensorMap q_map;  // (head_dim, n, q_heads), box (64, 64, 1)
+  CUtensorMap k_map;  // (head_dim, block_size, kv_heads, num_blocks), box (64, 64, 1, 1)
+  CUtensorMap v_map;  // same as k_map
+  const int32_t* block_table;
+  __nv_bfloat16* out;  // [n, q_heads, head_dim]
+  float* lse;          // [q_heads, n] or null
+  int num_queries;
+  int q_heads;
+  int group;  // q_heads / kv_heads
+  int block_size;
+  int key_begin;
+  int key_end;
+  int num_m_tiles;
+  float scale;
+  float scale_log2;  // scale * log2(e)
+};
+
+// Key tiles (of kBlockN keys, aligned to multiples of kBlockN in sequence positions) that the
+// query rows [m_tile * kBlockM, ...) can see: [begin, begin + count).
+struct KeyTileRange {
+  int begin = 0;
+  int count = 0;
+};
+
+template <class Cfg>
+__host__ __device__ inline KeyTileRange KeyTilesForQueryTile(int m_tile, int n, int key_begin,
+                                                             int key_end) {
+  const int row_end = n < (m_tile + 1) * Cfg::kBlockM ? n : (m_tile + 1) * Cfg::kBlockM;
+  int hi = key_end;
+  if (Cfg::kCausal && key_end - n + row_end < hi) hi = key_end - n + row_end;
+  KeyTileRange r;
+  if (hi <= key_begin) return r;
+  r.begin = key_begin / Cfg::kBlockN;
+  r.count = (hi + Cfg::kBlockN - 1) / Cfg::kBlockN - r.begin;
+  return r;
+}
+
+namespace detail {
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void LdMatrixX4(const void* smem, uint32_t (&r)[4]) {
+  const uint32_t addr = cute::cast_smem_ptr_to_uint(smem);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Named barrier ids (0 is __syncthreads).
+inline constexpr int kBarPingpongFirst = 1;  // +consumer warpgroup: "your turn to issue GEMMs"
+inline constexpr int kBarWarpgroupFirst = 3;  // +consumer warpgroup: one warpgroup's threads
+
+// Loads one K or V tile (two 64-row boxes, each possibly in a different cache block).
+template <class Cfg>
+__device__ __forceinline__ void LoadKvTile(const CUtensorMap* map, uint64_t* bar,
+                                           typename Cfg::Element* dst, const int (&blk)[2],
+                                           const int (&row)[2], int kv_head) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int p = 0; p < Cfg::kPanels; ++p) {
+      cute::SM90_TMA_LOAD_4D::copy(
+          map, bar, static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL),
+          dst + p * Cfg::kBlockN * Cfg::kBoxCols + half * Cfg::kBoxRows * Cfg::kBoxCols,
+          p * Cfg::kBoxCols, row[half], kv_head, blk[half]);
+    }
+  }
+}
+
+// Block ids and in-block rows of the two 64-row halves of key tile t. Table indices are
+// clamped to the entries of [key_begin, key_end); rows outside that range are masked anyway.
+template <class Cfg>
+__device__ __forceinline__ void LookupTile(const PrefillParams& p, int t, int (&blk)[2],
+                                           int (&row)[2]) {
+  const int first = p.key_begin / p.block_size;
+  const int last = (p.key_end - 1) / p.block_size;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int pos = t * Cfg::kBlockN + half * Cfg::kBoxRows;
+    const int idx = min(max(pos / p.block_size, first), last);
+    row[half] = pos % p.block_size;
+    blk[half] = __ldg(p.block_table + idx);
+  }
+}
+
+template <class Cfg>
+__device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
+                         int q_head, int kv_head, KeyTileRange tiles) {
+  using cutlass::arch::ClusterBarrier;
+  using cutlass::arch::ClusterTransactionBarrier;
+  constexpr int S = Cfg::kStages;
+
+  ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, Cfg::kQBytes);
+#pragma unroll
+  for (int g = 0; g < 2; ++g) {
+#pragma unroll
+    for (int pn = 0; pn < Cfg::kPanels; ++pn) {
+      cute::SM90_TMA_LOAD_3D::copy(
+          &p.q_map, &ss.q_full, static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST),
+          ss.q.data() + g * Cfg::kWgRows * Cfg::kHeadDim + pn * Cfg::kWgRows * Cfg::kBoxCols,
+          pn * Cfg::kBoxCols, m_tile * Cfg::kBlockM + g * Cfg::kWgRows, q_head);
+    }
+  }
+
+  const int t_last = tiles.begin + tiles.count - 1;
+  int blk[2], row[2], prev_blk[2], prev_row[2];
+  LookupTile<Cfg>(p, t_last, blk, row);
+  for (int i = 0; i < tiles.count; ++i) {
+    const int t = t_last - i;
+    const int stage = i % S;
+    const int round = i / S;
+    if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], (round & 1) ^ 1);
+    ClusterTransactionBarrier::arrive_and_expect_tx(&ss.k_full[stage], Cfg::kTileBytes);
+    LoadKvTile<Cfg>(&p.k_map, &ss.k_full[stage], ss.k.data() + stage * Cfg::kTileElems, blk,
+                    row, kv_head);
+    if (i > 0) {
+      const int pstage = (i - 1) % S;
+      const int pround = (i - 1) / S;
+      if (i - 1 >= S) ClusterBarrier::wait(&ss.v_empty[pstage], (pround & 1) ^ 1);
+      ClusterTransactionBarrier::arrive_and_expect_tx(&ss.v_full[pstage], Cfg::kTileBytes);
+      LoadKvTile<Cfg>(&p.v_map, &ss.v_full[pstage], ss.v.data() + pstage * Cfg::kTileElems,
+                      prev_blk, prev_row, kv_head);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      prev_blk[h] = blk[h];
+      prev_row[h] = row[h];
+    }
+    // Look the next tile up now, so the table read overlaps the wait for a free buffer.
+    if (i + 1 < tiles.count) LookupTile<Cfg>(p, t - 1, blk, row);
+  }
+  const int i = tiles.count - 1;
+  const int stage = i % S;
+  const int round = i / S;
+  if (i >= S) ClusterBarrier::wait(&ss.v_empty[stage], (round & 1) ^ 1);
+  ClusterTransactionBarrier::arrive_and_expect_tx(&ss.v_full[stage], Cfg::kTileBytes);
+  LoadKvTile<Cfg>(&p.v_map, &ss.v_full[stage], ss.v.data() + stage * Cfg::kTileElems, prev_blk,
+                  prev_row, kv_head);
+}
+
+// Issues acc (+)= A * B over all k-blocks as one wgmma batch (not waited for).
+template <class Mma, class TA, class TB, class TC>
+__device__ __forceinline__ void IssueGemm(Mma& mma, const TA& a, const TB& b, TC& c,
+                                          bool zero_init) {
+  cute::warpgroup_fence_operand(c);
+  cute::warpgroup_arrive();
+  mma.accumulate_ = zero_init ? cute::GMMA::ScaleOut::Zero : cute::GMMA::ScaleOut::One;
+#pragma unroll
+  for (int k = 0; k < cute::size<2>(a); ++k) {
+    cute::gemm(mma, a(cute::_, cute::_, k), b(cute::_, cute::_, k), c);
+    mma.accumulate_ = cute::GMMA::ScaleOut::One;
+  }
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_fence_operand(c);
+}
+
+// Writes zeros over the V rows of a tile that lie outside [key_begin, key_end): those cache
+// rows may hold NaN, and 0 * NaN would poison O even though their P is 0. Both consumer
+// warpgroups zero the same rows (identical values), each before its own PV GEMM.
+template <class Cfg>
+__device__ __forceinline__ void ZeroOutOfRangeRows(typename Cfg::Element* v_tile, int lo, int hi,
+                                                   int tid, int cwg) {
+  // Rows [0, lo) and [hi, kBlockN) of each panel; a row of a panel is 128 contiguous bytes.
+  const int bad_rows = lo + (Cfg::kBlockN - hi);
+  const int chunks = bad_rows * Cfg::kPanels * 8;  // 16-byte chunks
+  char* base = reinterpret_cast<char*>(v_tile);
+  for (int c = tid; c < chunks; c += 128) {
+    const int r = c / (Cfg::kPanels * 8);
+    const int rest = c % (Cfg::kPanels * 8);
+    const int panel = rest / 8;
+    const int chunk = rest % 8;
+    const int row = r < lo ? r : hi + (r - lo);
+    *reinterpret_cast<uint4*>(base + panel * Cfg::kBlockN * 128 + row * 128 + chunk * 16) =
+        make_uint4(0, 0, 0, 0);
+  }
+  cutlass::arch::fence_view_async_shared();
+  NamedBarrierSync(kBarWarpgroupFirst + cwg, 128);
+}
+
+template <class Cfg>
+__device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
+                         int q_head, KeyTileRange tiles, int cwg) {
+  using namespace cute;
+  using cutlass::arch::ClusterBarrier;
+  using Element = typename Cfg::Element;
+  constexpr int S = Cfg::kStages;
+  constexpr int kN = Cfg::kBlockN;
+  const int tid = threadIdx.x % 128;
+  const int lane = threadIdx.x % 32;
+
+  typename Cfg::MmaQK mma_qk;
+  typename Cfg::MmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(tid);
+  auto thr_pv = mma_pv.get_thread_slice(tid);
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Cfg::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Cfg::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Cfg::SmemLayoutVt{});
+
+  // (MMA, 1, head_dim / 16): smem descriptors, or registers filled once Q has arrived.
+  auto tSrQ = [&] {
+    if constexpr (Cfg::kQInRegs) {
+      return make_tensor<Element>(
+          Layout<Shape<Shape<_2, _2, _2>, _1, Int<Cfg::kHeadDim / 16>>>{});
+    } else {
+      return thr_qk.partition_fragment_A(sQ(_, _, cwg));
+    }
+  }();
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);              // (MMA, 1, head_dim / 16, S)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);             // (MMA, 1, kN / 16, S)
+  Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<Cfg::kWgRows>, Int<kN>>{});
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<Cfg::kWgRows>, Int<Cfg::kHeadDim>>{});
+  // P in the register layout of the A operand of the PV GEMM: per 16-key step the accumulator
+  // values (col pair, row pair, 8-col half) are exactly the A fragment's (k pair, m pair, k half).
+  Tensor tOrP = make_tensor<Element>(Layout<Shape<Shape<_2, _2, _2>, _1, Int<kN / 16>>>{});
+  CUTE_STATIC_ASSERT_V(size(tOrP) == size(tSrS));
+
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<Cfg::kWgRows>, Int<kN>>{}));
+  Tensor tOcO =
+      thr_pv.partition_C(make_identity_tensor(Shape<Int<Cfg::kWgRows>, Int<Cfg::kHeadDim>>{}));
+
+  const int n = p.num_queries;
+  const int wg_row0 = m_tile * Cfg::kBlockM + cwg * Cfg::kWgRows;
+  // Per thread: two query rows (r = 0, 1). Keys visible to row r: [key_begin, row_hi[r]).
+  int row_hi[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q_row = wg_row0 + get<0>(tScS(2 * r));
+    row_hi[r] = Cfg::kCausal ? min(p.key_end, p.key_end - n + q_row + 1) : p.key_end;
+  }
+  // Tiles whose keys all lie in [key_begin, unmasked_hi) need no mask for any row of the CTA.
+  const int unmasked_hi =
+      Cfg::kCausal ? min(p.key_end, p.key_end - n + m_tile * Cfg::kBlockM + 1) : p.key_end;
+
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+  clear(tOrO);
+
+  const float sl2 = p.scale_log2;
+
+  // Masks (if kMask), updates the running max/sum, turns S into unnormalized probabilities
+  // and returns the factor by which O must be rescaled.
+  auto softmax = [&](auto mask_tag, int t, float (&corr)[2]) {
+    constexpr bool kMask = decltype(mask_tag)::value;
+    if constexpr (kMask) {
+      const int base = t * kN;
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i / 2) % 2;
+        const int key = base + get<1>(tScS(i));
+        if (key < p.key_begin || key >= row_hi[r]) tSrS(i) = -INFINITY;
+      }
+    }
+    // Row max and row sum use kAcc independent partial results per row: one warp issues the
+    // softmax alone on its scheduler while the other warpgroup's GEMMs run, so short
+    // dependency chains matter.
+    constexpr int kAcc = Cfg::kSoftmaxIlp ? 4 : 1;
+    float mx[2] = {row_max[0], row_max[1]};
+    {
+      float part[2][kAcc];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int a = 0; a < kAcc; ++a) part[r][a] = mx[r];
+      }
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i / 2) % 2;
+        const int a = (i / 4) % kAcc;
+        part[r][a] = fmaxf(part[r][a], tSrS(i));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int a = 1; a < kAcc; ++a) part[r][0] = fmaxf(part[r][0], part[r][a]);
+        mx[r] = part[r][0];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+    }
+    float neg_scaled_max[2], sum[2][kAcc];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_safe = mx[r] == -INFINITY ? 0.f : mx[r];
+      corr[r] = Exp2((row_max[r] - m_safe) * sl2);
+      row_max[r] = mx[r];
+      neg_scaled_max[r] = -m_safe * sl2;
+#pragma unroll
+      for (int a = 0; a < kAcc; ++a) sum[r][a] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < size(tSrS); ++i) {
+      const int r = (i / 2) % 2;
+      const float e = Exp2(fmaf(tSrS(i), sl2, neg_scaled_max[r]));
+      tSrS(i) = e;
+      sum[r][(i / 4) % kAcc] += e;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int a = 1; a < kAcc; ++a) sum[r][0] += sum[r][a];
+      row_sum[r] = row_sum[r] * corr[r] + sum[r][0];
+    }
+  };
+
+  auto convert_p = [&]() {
+    Tensor p32 = recast<uint32_t>(tOrP);
+#pragma unroll
+    for (int i = 0; i < size(p32); ++i) {
+      __nv_bfloat162 v = __floats2bfloat162_rn(tSrS(2 * i), tSrS(2 * i + 1));
+      p32(i) = *reinterpret_cast<uint32_t*>(&v);
+    }
+  };
+
+  auto needs_mask = [&](int t) {
+    return t * kN < p.key_begin || (t + 1) * kN > unmasked_hi;
+  };
+  auto wait_v_and_fix = [&](int i, int t) {
+    const int stage = i % S;
+    ClusterBarrier::wait(&ss.v_full[stage], (i / S) & 1);
+    const int lo = max(0, min(kN, p.key_begin - t * kN));
+    const int hi = max(0, min(kN, p.key_end - t * kN));
+    if (lo > 0 || hi < kN) {
+      ZeroOutOfRangeRows<Cfg>(ss.v.data() + stage * Cfg::kTileElems, lo, hi, tid, cwg);
+    }
+  };
+  auto release = [&](uint64_t* bar) {
+    if (lane == 0) ClusterBarrier::arrive(bar);
+  };
+  auto pingpong_wait = [&]() {
+    if constexpr (Cfg::kPingpong) NamedBarrierSync(kBarPingpongFirst + cwg, 256);
+  };
+  auto pingpong_pass = [&]() {
+    if constexpr (Cfg::kPingpong) NamedBarrierArrive(kBarPingpongFirst + (1 - cwg), 256);
+  };
+
+  if (tiles.count > 0) {
+    if constexpr (Cfg::kPingpong) {
+      if (cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
+    }
+    const int t_last = tiles.begin + tiles.count - 1;
+    ClusterBarrier::wait(&ss.q_full, 0);
+    if constexpr (Cfg::kQInRegs) {
+      // A fragment of a 16x16 block per warp and k step = four 8x8 matrices (rows +0/+8,
+      // cols +0/+8), in the register order of the wgmma A operand.
+      Tensor q32 = recast<uint32_t>(tSrQ);
+      const int warp_in_wg = tid / 32;
+      const int row = warp_in_wg * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+#pragma unroll
+      for (int k = 0; k < Cfg::kHeadDim / 16; ++k) {
+        uint32_t regs[4];
+        LdMatrixX4(&sQ(row, k * 16 + (lane / 16) * 8, cwg), regs);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) q32(k * 4 + j) = regs[j];
+      }
+    }
+
+    // First tile: S only.
+    {
+      ClusterBarrier::wait(&ss.k_full[0], 0);
+      pingpong_wait();
+      IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, 0), tSrS, true);
+      pingpong_pass();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tSrS);
+      release(&ss.k_empty[0]);
+      float corr[2];
+      if (needs_mask(t_last)) {
+        softmax(cute::true_type{}, t_last, corr);
+      } else {
+        softmax(cute::false_type{}, t_last, corr);
+      }
+      convert_p();
+    }
+
+    for (int i = 1; i < tiles.count; ++i) {
+      const int t = t_last - i;
+      const int stage = i % S;
+      const int pstage = (i - 1) % S;
+      ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
+      wait_v_and_fix(i - 1, t + 1);
+      pingpong_wait();
+      IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
+      warpgroup_fence_operand(tOrP);
+      IssueGemm(mma_pv, tOrP, tOrV(_, _, _, pstage), tOrO, false);
+      pingpong_pass();
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(tSrS);
+      release(&ss.k_empty[stage]);
+      float corr[2];
+      if (needs_mask(t)) {
+        softmax(cute::true_type{}, t, corr);
+      } else {
+        softmax(cute::false_type{}, t, corr);
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      warpgroup_fence_operand(tOrP);
+      release(&ss.v_empty[pstage]);
+      // The running max of most rows stops moving after the first tiles: skip the rescale
+      // when no row of the warp changed (corr is exactly 1 then).
+      const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
+      if (!Cfg::kSoftmaxIlp || __any_sync(0xffffffff, rescale)) {
+#pragma unroll
+        for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
+      }
+      convert_p();
+    }
+
+    // Last PV.
+    {
+      const int i = tiles.count - 1;
+      const int stage = i % S;
+      wait_v_and_fix(i, tiles.begin);
+      pingpong_wait();
+      warpgroup_fence_operand(tOrP);
+      IssueGemm(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO, false);
+      pingpong_pass();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      release(&ss.v_empty[stage]);
+    }
+    // Balance the named-barrier arrivals (warpgroup 1 arrived once more, at the start).
+    if constexpr (Cfg::kPingpong) {
+      if (cwg == 0) NamedBarrierSync(kBarPingpongFirst + 0, 256);
+    }
+  }
+
+  // Epilogue: normalize, write O (bf16) and LSE (natural log).
+  float inv[2], lse[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float s = row_sum[r];
+    s += __shfl_xor_sync(0xffffffff, s, 1);
+    s += __shfl_xor_sync(0xffffffff, s, 2);
+    const bool empty = !(s > 0.f);
+    inv[r] = empty ? 0.f : 1.f / s;
+    lse[r] = empty ? -INFINITY : row_max[r] * p.scale + logf(s);
+  }
+  const int64_t row_stride = int64_t(p.q_heads) * Cfg::kHeadDim;
+  __nv_bfloat16* out = p.out + int64_t(q_head) * Cfg::kHeadDim;
+#pragma unroll
+  for (int i = 0; i < size(tOrO); i += 2) {
+    const int r = (i / 2) % 2;
+    const int q_row = wg_row0 + get<0>(tOcO(i));
+    if (q_row < n) {
+      const int col = get<1>(tOcO(i));
+      *reinterpret_cast<__nv_bfloat162*>(out + q_row * row_stride + col) =
+          __floats2bfloat162_rn(tOrO(i) * inv[r], tOrO(i + 1) * inv[r]);
+    }
+  }
+  if (p.lse != nullptr && tid % 4 == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q_row = wg_row0 + get<0>(tScS(2 * r));
+      if (q_row < n) p.lse[int64_t(q_head) * n + q_row] = lse[r];
+    }
+  }
+}
+
+}  // namespace detail
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    PagedPrefillAttentionKernel(const __grid_constant__ PrefillParams p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using cutlass::arch::ClusterBarrier;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Cfg::SharedStorage*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const int warp = __shfl_sync(0xffffffff, int(threadIdx.x) / 32, 0);
+  const int lane = threadIdx.x % 32;
+  const int wg = warp / 4;
+
+  // Longest rows first (per KV head): with a causal mask the last query tiles see the most keys.
+  int m_tile, q_head;
+  if constexpr (Cfg::kKvHeadMajor) {
+    const int per_kv_head = p.num_m_tiles * p.group;
+    const int rest = int(blockIdx.x) % per_kv_head;
+    m_tile = p.num_m_tiles - 1 - rest / p.group;
+    q_head = int(blockIdx.x) / per_kv_head * p.group + rest % p.group;
+  } else {
+    m_tile = p.num_m_tiles - 1 - int(blockIdx.x) / p.q_heads;
+    q_head = int(blockIdx.x) % p.q_heads;
+  }
+  const int kv_head = q_head / p.group;
+  const KeyTileRange tiles =
+      KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+
+  if (threadIdx.x == 0) {
+    ClusterBarrier::init(&ss.q_full, 1);
+#pragma unroll
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      ClusterBarrier::init(&ss.k_full[s], 1);
+      ClusterBarrier::init(&ss.v_full[s], 1);
+      ClusterBarrier::init(&ss.k_empty[s], 8);  // one arrival per consumer warp
+      ClusterBarrier::init(&ss.v_empty[s], 8);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
+    if (warp == 0 && lane == 0 && tiles.count > 0) {
+      detail::Producer<Cfg>(p, ss, m_tile, q_head, kv_head, tiles);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegs>();
+    detail::Consumer<Cfg>(p, ss, m_tile, q_head, tiles, wg - 1);
+  }
+#endif
+}
+
+// ---- host side ----------------------------------------------------------------------------
+
+template <class Cfg>
+cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a,
+                                        cudaStream_t stream) {
+  if (a.num_queries == 0) return cudaSuccess;
+  PrefillParams p{};
+  const uint64_t d = Cfg::kHeadDim;
+  {
+    const uint64_t dims[3] = {d, uint64_t(a.num_queries), uint64_t(a.q_heads)};
+    const uint64_t strides[2] = {uint64_t(a.q_heads) * d * 2, d * 2};
+    const uint32_t box[3] = {Cfg::kBoxCols, Cfg::kBoxRows, 1};
+    cudaError_t e = EncodeBf16TensorMap(&p.q_map, a.q, 3, dims, strides, box);
+    if (e != cudaSuccess) return e;
+  }
+  {
+    const uint64_t dims[4] = {d, uint64_t(a.block_size), uint64_t(a.kv_heads),
+                              uint64_t(a.num_blocks)};
+    const uint64_t strides[3] = {d * 2, uint64_t(a.block_size) * d * 2,
+                                 uint64_t(a.kv_heads) * a.block_size * d * 2};
+    const uint32_t box[4] = {Cfg::kBoxCols, Cfg::kBoxRows, 1, 1};
+    cudaError_t e = EncodeBf16TensorMap(&p.k_map, a.k_cache, 4, dims, strides, box);
+    if (e != cudaSuccess) return e;
+    e = EncodeBf16TensorMap(&p.v_map, a.v_cache, 4, dims, strides, box);
+    if (e != cudaSuccess) return e;
+  }
+  p.block_table = a.block_table;
+  p.out = a.out;
+  p.lse = a.lse;
+  p.num_queries = int(a.num_queries);
+  p.q_heads = int(a.q_heads);
+  p.group = int(a.q_heads / a.kv_heads);
+  p.block_size = int(a.block_size);
+  p.key_begin = int(a.key_begin);
+  p.key_end = int(a.key_end);
+  p.num_m_tiles = int((a.num_queries + Cfg::kBlockM - 1) / Cfg::kBlockM);
+  p.scale = a.scale;
+  p.scale_log2 = a.scale * 1.4426950408889634f;
+
+  auto kernel = &PagedPrefillAttentionKernel<Cfg>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       Cfg::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
+  kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace mp::cuda::sm90
+
+namespace mp::cuda::internal {
+
+// Instantiated explicitly in paged_prefill_attention_hd{64,128}.cu.
+template <int kHeadDim, bool kCausal>
+cudaError_t LaunchPagedPrefillSm90(const PagedPrefillAttentionArgs& args, cudaStream_t stream) {
+  return sm90::LaunchPagedPrefillAttention<sm90::PrefillConfig<kHeadDim, kCausal>>(args, stream);
+}
+
+}  // namespace mp::cuda::internal

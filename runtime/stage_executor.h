@@ -1,0 +1,131 @@
+// StageExecutor: runs the layers [a, b) of a model over one chunk of one sequence.
+//
+// It holds the stage's weights uploaded to a Backend (the embedding when a == 0, the final norm
+// and LM head when b == num_layers) and a KvCache for its layers. The same executor serves the
+// single-process engine (one executor over all layers, or a chain of them), a pipeline worker
+// (one slice per process) and decode (chunks of one token).
+//
+// RunChunk(seq, start, input) processes the tokens [start, start + n) of sequence `seq`, whose
+// tokens [0, start) must already be in this executor's cache. The input is token ids [n] i32
+// (first stage; a host tensor or one of the backend) or hidden states [n, hidden] in the
+// backend's compute dtype (later stages). Per layer (pre-norm Qwen2 / Llama):
+//
+//   h = RMSNorm(x); q, k, v = Linear(h) (+bias); RoPE(q, k) at positions start..start+n-1;
+//   K/V -> cache; a = causal attention of q over keys [0, start + n), scale 1/sqrt(head_dim);
+//   x += o_proj(a) (+bias); x += down(silu(gate(RMSNorm(x))) * up(RMSNorm(x)))
+//
+// The output is the hidden states [n, hidden] (not the last stage) or, on the last stage, the
+// logits of the last row [1, vocab], of all rows [n, vocab], or nothing (LogitsMode). Outputs
+// live in the executor's scratch buffers: they stay valid until the next RunChunk. Scratch
+// grows to the largest chunk seen and is reused; only the KV cache grows with the sequence.
+//
+// Dual chunk attention is not applied yet: positions at or beyond the DCA chunk length are
+// UNIMPLEMENTED (below it DCA equals the dense attention computed here).
+//
+// Not thread-safe: one thread runs an executor.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "runtime/backend.h"
+#include "runtime/kv_cache.h"
+#include "runtime/tensor.h"
+
+namespace mp {
+
+enum class LogitsMode {
+  kLastRow,  // logits [1, vocab] of the chunk's last token
+  kAllRows,  // logits [n, vocab] of every token of the chunk
+  kNone,     // no LM head (e.g. a prefill chunk that is not the prompt's last); undefined output
+};
+
+struct StageExecutorOptions {
+  KvCacheOptions kv_cache;
+};
+
+class StageExecutor {
+ public:
+  // Uploads `weights` (layers weights.layers, with the embedding/head that range needs) to
+  // `backend` and creates the stage's KV cache. INVALID_ARGUMENT names any missing tensor or
+  // tensor of the wrong shape. `weights` may be dropped afterwards.
+  static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(const ModelConfig& config,
+                                                               const ModelWeights& weights,
+                                                               std::shared_ptr<Backend> backend,
+                                                               const StageExecutorOptions& options);
+
+  StageExecutor(const StageExecutor&) = delete;
+  StageExecutor& operator=(const StageExecutor&) = delete;
+
+  // Runs one chunk; see the file comment. `start` must equal the number of tokens of `seq`
+  // already cached (FAILED_PRECONDITION otherwise); the sequence's KV reservation grows as
+  // needed (RESOURCE_EXHAUSTED when the cache is full). On error the cached length is unchanged,
+  // and a sequence the failed chunk would have started is not kept.
+  absl::StatusOr<Tensor> RunChunk(uint64_t seq, int64_t start, const Tensor& input,
+                                  LogitsMode logits = LogitsMode::kLastRow);
+
+  // Frees the KV of `seq` (NOT_FOUND when it holds none).
+  absl::Status Release(uint64_t seq) { return kv_cache_->Release(seq); }
+
+  bool is_first() const { return layers_.begin == 0; }
+  bool is_last() const { return layers_.end == config_.num_hidden_layers; }
+  LayerRange layers() const { return layers_; }
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return *backend_; }
+  KvCache& kv_cache() const { return *kv_cache_; }
+  // Bytes of activation scratch held now (a function of the largest chunk seen, not of the
+  // sequence length).
+  int64_t scratch_bytes() const;
+
+ private:
+  struct Layer {
+    Tensor input_norm;              // [hidden]
+    Tensor q_proj, k_proj, v_proj;  // [q_dim, hidden], [kv_dim, hidden], [kv_dim, hidden]
+    Tensor q_bias, k_bias, v_bias;  // [q_dim], [kv_dim], [kv_dim]; undefined without bias
+    Tensor o_proj;                  // [hidden, q_dim]
+    Tensor o_bias;                  // [hidden]; undefined without bias
+    Tensor post_norm;               // [hidden]
+    Tensor gate_up;                 // [2 * inter, hidden]: gate rows, then up rows
+    Tensor down_proj;               // [hidden, inter]
+  };
+  // Activation buffers with room for `rows` tokens.
+  struct Scratch {
+    int64_t rows = 0;
+    Tensor x;          // [rows, hidden] the residual stream
+    Tensor h;          // [rows, hidden] normed input of attention / MLP
+    Tensor q;          // [rows, q_dim]
+    Tensor k;          // [rows, kv_dim]
+    Tensor v;          // [rows, kv_dim]
+    Tensor attn;       // [rows, q_dim]
+    Tensor proj;       // [rows, hidden] o_proj / down_proj output
+    Tensor gate_up;    // [rows, 2 * inter]
+    Tensor act;        // [rows, inter]
+    Tensor logits;     // [rows, vocab] (last stage only)
+    Tensor positions;  // [rows] i32, host
+  };
+
+  StageExecutor() = default;
+  absl::StatusOr<Tensor> Forward(uint64_t seq, int64_t start, const Tensor& input,
+                                 LogitsMode logits);
+  absl::Status EnsureScratch(int64_t rows);
+  absl::Status RunLayer(const Layer& layer, int64_t layer_index, uint64_t seq, int64_t start,
+                        int64_t n, const Tensor& positions);
+
+  ModelConfig config_;
+  LayerRange layers_;
+  std::shared_ptr<Backend> backend_;
+  std::shared_ptr<void> host_storage_;  // keeps aliased host weights alive
+  std::unique_ptr<KvCache> kv_cache_;
+  Tensor embed_tokens_;  // [vocab, hidden] (first stage)
+  std::vector<Layer> layer_weights_;
+  Tensor final_norm_;  // [hidden] (last stage)
+  Tensor lm_head_;     // [vocab, hidden] (last stage)
+  Scratch scratch_;
+};
+
+}  // namespace mp
