@@ -44,7 +44,8 @@ MP_CUDA_HD inline DcaQueryPositions<Int> DcaQueryPositionsAt(Int p, Int chunk_le
   DcaQueryPositions<Int> r;
   r.intra = i;
   r.succ = i + chunk_len < chunk_size ? i + chunk_len : chunk_size;
-  r.inter = 2 * chunk_len - 1 < chunk_size ? 2 * chunk_len - 1 : chunk_size;
+  const Int last = chunk_len + (chunk_len - 1);  // 2C - 1 without overflowing at C = 2^30
+  r.inter = last < chunk_size ? last : chunk_size;
   return r;
 }
 

