@@ -72,7 +72,10 @@ struct Variant {
 
 // The fused DCA kernel with the Qwen2.5-1M constants.
 cudaError_t LaunchDcaQwen(const mp::cuda::PagedPrefillAttentionArgs& a, cudaStream_t s) {
-  const mp::cuda::DcaParams dca = {.chunk_len = 253952, .chunk_size = 262144, .rope_theta = 1e7};
+  mp::cuda::DcaParams dca;
+  dca.chunk_len = 253952;
+  dca.chunk_size = 262144;
+  dca.rope_theta = 1e7;
   return mp::cuda::PagedPrefillDcaAttention(a, dca, s);
 }
 

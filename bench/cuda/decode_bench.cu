@@ -144,7 +144,10 @@ int main(int argc, char** argv) {
     return ms;
   };
 
-  const mp::cuda::DcaParams dca = {.chunk_len = 253952, .chunk_size = 262144, .rope_theta = 1e7};
+  mp::cuda::DcaParams dca;  // Qwen2.5-1M
+  dca.chunk_len = 253952;
+  dca.chunk_size = 262144;
+  dca.rope_theta = 1e7;
   std::string json;
   struct Row {
     std::string name;

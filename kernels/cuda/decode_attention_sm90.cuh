@@ -633,6 +633,10 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionArgs& a, const DcaParams*
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Cfg::kSmemBytes);
   if (e != cudaSuccess) return e;
+  // All of the unified L1/shared storage as shared memory: two CTAs per SM need ~2 x 112 KB.
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                           cudaSharedmemCarveoutMaxShared);
+  if (e != cudaSuccess) return e;
   const dim3 grid(unsigned(a.num_splits), unsigned(a.kv_heads), unsigned(a.num_seqs));
   kernel<<<grid, dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
   e = cudaGetLastError();
