@@ -4,7 +4,13 @@
 // keys before the chunk (docs: kernel-anchors.md section 1.1); for P = 0 this is the usual
 // causal 4 * H * D * n^2 / 2.
 //
-//   attention_bench [--json FILE] [--variants] [--cases 32k,128k,512k,1m] [--iters N]
+//   attention_bench [--json FILE] [--variants] [--no-dca] [--cases 32k,128k,512k,1m] [--iters N]
+//
+// The "dca" row is the fused DCA prefill kernel (PagedPrefillDcaAttention) with the
+// Qwen2.5-1M constants (C = 253952, S = 262144, theta 1e7) on the same shapes and the same
+// FLOPs; its output differs from the dense one by construction, so it is only checked to be
+// finite, and its time is reported relative to the default dense kernel (goal: within 5%).
+// From 512K keys on, its queries cross DCA chunk boundaries and it walks all three regions.
 //
 // --variants (builds with -DMP_ATTENTION_BENCH_VARIANTS only, as build_standalone.sh does)
 // adds other kernel configurations for ablation.
@@ -28,46 +34,15 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/bench_util.cuh"
 #include "kernels/cuda/paged_prefill_attention.h"
 #include "kernels/cuda/paged_prefill_attention_sm90.cuh"
+#include "kernels/cuda/paged_prefill_dca_attention.h"
 
 namespace {
 
-#define BENCH_CHECK(expr)                                                              \
-  do {                                                                                 \
-    const cudaError_t e_ = (expr);                                                     \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                \
-                   cudaGetErrorString(e_));                                            \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-__global__ void FillRandomBf16(__nv_bfloat16* x, int64_t n, uint64_t seed, float stddev) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    // Two splitmix64 draws -> Box-Muller normal.
-    uint64_t z = seed + uint64_t(i) * 0x9E3779B97F4A7C15ull;
-    auto mix = [](uint64_t v) {
-      v = (v ^ (v >> 30)) * 0xBF58476D1CE4E5B9ull;
-      v = (v ^ (v >> 27)) * 0x94D049BB133111EBull;
-      return v ^ (v >> 31);
-    };
-    const uint64_t a = mix(z), b = mix(z + 0x632BE59BD9B4E019ull);
-    const float u1 = (float(a >> 40) + 1.0f) / 16777217.0f;
-    const float u2 = float(b >> 40) / 16777216.0f;
-    x[i] = __float2bfloat16(stddev * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
-  }
-}
-
-__global__ void CountNonFinite(const __nv_bfloat16* x, int64_t n, unsigned long long* count) {
-  unsigned long long local = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    local += !isfinite(__bfloat162float(x[i]));
-  }
-  if (local) atomicAdd(count, local);
-}
+using mp::bench::CountNonFinite;
+using mp::bench::FillRandomBf16;
 
 // Largest |a - b| over two bf16 tensors (as float bits: both values are non-negative floats'
 // magnitudes compared through atomicMax on their int patterns).
@@ -92,7 +67,17 @@ using LaunchFn = cudaError_t (*)(const mp::cuda::PagedPrefillAttentionArgs&, cud
 struct Variant {
   const char* name;
   LaunchFn launch;
+  bool same_result = true;  // output must match the default variant's
 };
+
+// The fused DCA kernel with the Qwen2.5-1M constants.
+cudaError_t LaunchDcaQwen(const mp::cuda::PagedPrefillAttentionArgs& a, cudaStream_t s) {
+  mp::cuda::DcaParams dca;
+  dca.chunk_len = 253952;
+  dca.chunk_size = 262144;
+  dca.rope_theta = 1e7;
+  return mp::cuda::PagedPrefillDcaAttention(a, dca, s);
+}
 
 template <class Cfg>
 [[maybe_unused]] cudaError_t LaunchVariant(const mp::cuda::PagedPrefillAttentionArgs& a,
@@ -105,6 +90,7 @@ template <class Cfg>
 int main(int argc, char** argv) {
   std::string json_path, cases_arg = "32k,128k,512k,1m";
   bool variants = false;
+  bool dca = true;
   int iters = 0;  // 0: chosen per case
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -112,6 +98,8 @@ int main(int argc, char** argv) {
       json_path = argv[++i];
     } else if (arg == "--variants") {
       variants = true;
+    } else if (arg == "--no-dca") {
+      dca = false;
     } else if (arg == "--cases" && i + 1 < argc) {
       cases_arg = argv[++i];
     } else if (arg == "--iters" && i + 1 < argc) {
@@ -132,6 +120,7 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<Variant> vars = {{"default", &mp::cuda::PagedPrefillAttention}};
+  if (dca) vars.push_back({"dca", &LaunchDcaQwen, false});
   if (variants) {
 #ifndef MP_ATTENTION_BENCH_VARIANTS
     std::fprintf(stderr, "--variants needs a build with -DMP_ATTENTION_BENCH_VARIANTS\n");
@@ -192,8 +181,8 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaEventCreate(&stop));
 
   std::string json = "[";
-  std::printf("%-6s %-18s %10s %10s %6s %10s\n", "case", "variant", "ms", "TFLOP/s", "runs",
-              "max|diff|");
+  std::printf("%-6s %-18s %10s %10s %6s %10s %10s\n", "case", "variant", "ms", "TFLOP/s", "runs",
+              "max|diff|", "/default");
   for (const auto& c : cases) {
     mp::cuda::PagedPrefillAttentionArgs a;
     a.q = q;
@@ -228,7 +217,7 @@ int main(int argc, char** argv) {
                              cudaMemcpyDeviceToHost));
       if (vi == 0) {
         BENCH_CHECK(cudaMemcpy(ref_out, out, q_elems * 2, cudaMemcpyDeviceToDevice));
-      } else {
+      } else if (vars[vi].same_result) {
         BENCH_CHECK(cudaMemset(diff, 0, sizeof(unsigned int)));
         MaxAbsDiff<<<1024, 256>>>(out, ref_out, q_elems, diff);
         unsigned int bits = 0;
@@ -247,18 +236,20 @@ int main(int argc, char** argv) {
       }
     }
     bool failed = false;
+    for (auto& v : ms) std::sort(v.begin(), v.end());
+    const double default_ms = ms[0][runs / 2];
     for (size_t vi = 0; vi < vars.size(); ++vi) {
-      std::sort(ms[vi].begin(), ms[vi].end());
       const double med = ms[vi][runs / 2];
       const double tflops = flops / (med * 1e-3) / 1e12;
-      std::printf("%-6s %-18s %10.3f %10.1f %6d %10.2e%s\n", c.name, vars[vi].name, med,
-                  tflops, runs, max_diff[vi], nonfinite[vi] ? "  NON-FINITE OUTPUT" : "");
-      char buf[256];
+      std::printf("%-6s %-18s %10.3f %10.1f %6d %10.2e %10.3f%s\n", c.name, vars[vi].name, med,
+                  tflops, runs, max_diff[vi], med / default_ms,
+                  nonfinite[vi] ? "  NON-FINITE OUTPUT" : "");
+      char buf[320];
       std::snprintf(buf, sizeof(buf),
                     "%s{\"case\":\"%s\",\"variant\":\"%s\",\"ms\":%.4f,\"tflops\":%.2f,"
-                    "\"nonfinite\":%llu,\"max_diff_vs_default\":%.3e}",
+                    "\"time_vs_default\":%.4f,\"nonfinite\":%llu,\"max_diff_vs_default\":%.3e}",
                     json.size() > 1 ? "," : "", c.name, vars[vi].name, med, tflops,
-                    nonfinite[vi], max_diff[vi]);
+                    med / default_ms, nonfinite[vi], max_diff[vi]);
       json += buf;
       failed |= nonfinite[vi] != 0 || !(max_diff[vi] < 0.05f);
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the sm_90a attention library, its GPU test, the benchmark and the shared library that
-# bench/attention_peer.py loads, with plain nvcc/g++ (no CMake tree), statically linked against
-# cudart and GoogleTest, so the binaries run on a GPU machine that lacks the -dev packages.
+# Builds the sm_90a attention library (dense and DCA prefill, decode), its GPU tests, the
+# benchmarks and the shared library that bench/attention_peer.py loads, with plain nvcc/g++ (no
+# CMake tree), statically linked against cudart and GoogleTest, so the binaries run on a GPU
+# machine that lacks the -dev packages.
 #
 #   bench/cuda/build_standalone.sh OUT_DIR [CUTLASS_INCLUDE_DIR]
 set -euo pipefail
@@ -14,27 +15,37 @@ flags=(-std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-const
        -Xcompiler -fPIC -I"$root" -isystem "$cutlass" -Xptxas -v)
 build() {  # build SRC OBJ: recompile only when a source or header is newer
   local src=$1 obj=$2
-  if [ -f "$obj" ] && [ -z "$(find "$root/kernels/cuda" "$src" -newer "$obj" -print -quit)" ]; then
+  if [ -f "$obj" ] && [ -z "$(find "$root/kernels/cuda" "$root/bench/cuda" "$src" -newer "$obj" -print -quit)" ]; then
     return
   fi
   echo "nvcc $src"
   "$nvcc" "${flags[@]}" -c "$src" -o "$obj" 2> "$obj.log" || { cat "$obj.log"; exit 1; }
   grep -E "registers|spill" "$obj.log" | sort | uniq -c || true
 }
+lib=()
 for f in paged_prefill_attention tma_tensor_map paged_prefill_attention_hd64 \
-         paged_prefill_attention_hd128; do
+         paged_prefill_attention_hd128 paged_prefill_dca_attention \
+         paged_prefill_dca_attention_hd64 paged_prefill_dca_attention_hd128 \
+         decode_attention decode_attention_hd64 decode_attention_hd128; do
   build "$root/kernels/cuda/$f.cu" "$out/obj/$f.o"
+  lib+=("$out/obj/$f.o")
 done
-lib=("$out"/obj/paged_prefill_attention.o "$out"/obj/tma_tensor_map.o
-     "$out"/obj/paged_prefill_attention_hd64.o "$out"/obj/paged_prefill_attention_hd128.o)
 flags+=(-DMP_ATTENTION_BENCH_VARIANTS)
 build "$root/bench/cuda/attention_bench.cu" "$out/obj/attention_bench.o"
 build "$root/bench/cuda/attention_capi.cu" "$out/obj/attention_capi.o"
+build "$root/bench/cuda/decode_bench.cu" "$out/obj/decode_bench.o"
 "$nvcc" -shared -o "$out/libmp_attention_bench.so" "$out/obj/attention_capi.o" "${lib[@]}"
 "$nvcc" -o "$out/attention_bench" "$out/obj/attention_bench.o" "${lib[@]}"
-g++ -std=c++20 -O2 -I"$root" -I/usr/local/cuda/include \
-  -c "$root/tests/gpu/paged_prefill_attention_test.cc" -o "$out/obj/paged_prefill_attention_test.o"
-g++ -o "$out/paged_prefill_attention_test" "$out/obj/paged_prefill_attention_test.o" "${lib[@]}" \
-  /usr/lib/x86_64-linux-gnu/libgtest_main.a /usr/lib/x86_64-linux-gnu/libgtest.a \
-  -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread
-echo "built: $out/attention_bench $out/paged_prefill_attention_test $out/libmp_attention_bench.so"
+"$nvcc" -o "$out/decode_bench" "$out/obj/decode_bench.o" "${lib[@]}"
+# GPU tests (the CPU reference RoPE comes from kernels/cpu).
+g++ -std=c++20 -O2 -I"$root" -c "$root/kernels/cpu/rope.cc" -o "$out/obj/cpu_rope.o"
+tests=(paged_prefill_attention_test decode_attention_test paged_prefill_dca_attention_test)
+for t in "${tests[@]}"; do
+  g++ -std=c++20 -O2 -I"$root" -I/usr/local/cuda/include \
+    -c "$root/tests/gpu/$t.cc" -o "$out/obj/$t.o"
+  g++ -o "$out/$t" "$out/obj/$t.o" "$out/obj/cpu_rope.o" "${lib[@]}" \
+    /usr/lib/x86_64-linux-gnu/libgtest_main.a /usr/lib/x86_64-linux-gnu/libgtest.a \
+    -L/usr/local/cuda/lib64 -lcudart_static -ldl -lrt -lpthread
+done
+echo "built: $out/{attention_bench,decode_bench,libmp_attention_bench.so}" \
+     "$out/{$(IFS=,; echo "${tests[*]}")}"

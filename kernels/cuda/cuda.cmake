@@ -33,6 +33,12 @@ add_library(mp_kernels_cuda STATIC
   ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_attention_hd64.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_attention_hd128.cu
+  ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_dca_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_dca_attention_hd64.cu
+  ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_dca_attention_hd128.cu
+  ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/decode_attention_hd64.cu
+  ${CMAKE_CURRENT_LIST_DIR}/decode_attention_hd128.cu
   ${CMAKE_CURRENT_LIST_DIR}/tma_tensor_map.cu)
 set_target_properties(mp_kernels_cuda PROPERTIES
   CUDA_ARCHITECTURES 90a

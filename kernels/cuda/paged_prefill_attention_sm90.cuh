@@ -21,6 +21,16 @@
 // Paging: K/V are addressed as a 4-D tensor (head_dim, block_size, kv_heads, num_blocks); a
 // key tile is two 64-row boxes, each looked up in the block table separately, so any
 // block_size that is a multiple of 64 works.
+//
+// DCA (kDca, paged_prefill_dca_attention.h): Q in shared memory is un-rotated. Before the S GEMM
+// of a key visit, each warp checks which RoPE position each of its rows needs against that
+// visit's keys (intra / successive / inter region of the row's query position, dca_positions.h)
+// and, when any changed, reloads its Q fragment from shared memory and rotates it in registers
+// (every thread holds both halves of each rotate-half pair: k steps k and k + kHeadDim / 32).
+// Each row switches at most twice per CTA. Visits are key tiles, except that a tile holding a
+// DCA chunk boundary (C not a multiple of 128) is visited twice, once per side
+// (prefill_key_visits.h). One online softmax runs over all visits; the causal mask is the usual
+// one (it only bites in the intra region, which holds the diagonal).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (types only; the driver entry point is fetched at run time)
@@ -40,6 +50,9 @@
 #include "cutlass/numeric_types.h"
 #include "kernels/cuda/paged_prefill_attention.h"
 #include "kernels/cuda/paged_prefill_attention_launch.h"
+#include "kernels/cuda/dca_positions.h"
+#include "kernels/cuda/prefill_key_visits.h"
+#include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
 namespace mp::cuda::sm90 {
@@ -47,7 +60,8 @@ namespace mp::cuda::sm90 {
 // Tile sizes and buffers of one kernel variant. The defaults are the measured best on H100
 // (docs/benchmarks-attention-draft.md); the other settings stay selectable for ablations.
 template <int kHeadDim_, bool kCausal_, int kStages_ = 3, bool kPingpong_ = true,
-          bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true>
+          bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true,
+          bool kDca_ = false>
 struct PrefillConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
@@ -61,6 +75,8 @@ struct PrefillConfig {
   // Q loaded once into registers (S GEMM with A from registers) instead of read from shared
   // memory by every S GEMM.
   static constexpr bool kQInRegs = kQInRegs_;
+  // Dual chunk attention: Q un-rotated in memory, rotated per key region in registers.
+  static constexpr bool kDca = kDca_;
 
   static constexpr int kBlockM = 128;  // query rows per CTA
   static constexpr int kWgRows = 64;   // query rows per consumer warpgroup
@@ -74,6 +90,7 @@ struct PrefillConfig {
 
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
   static_assert(kStages >= 2, "at least double buffering");
+  static_assert(!kDca || (kCausal && kQInRegs), "DCA rotates the Q fragment in registers");
 
   using Element = cutlass::bfloat16_t;
 
@@ -144,6 +161,9 @@ struct PrefillParams {
   int num_m_tiles;
   float scale;
   float scale_log2;  // scale * log2(e)
+  int chunk_len;       // DCA only (0 otherwise): C
+  int chunk_size;      // DCA only: S
+  float inv_freq[64];  // DCA only: RoPE inverse frequencies, [head_dim / 2]
 };
 
 // Key tiles (of kBlockN keys, aligned to multiples of kBlockN in sequence positions) that the
@@ -244,11 +264,12 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   }
 
-  const int t_last = tiles.begin + tiles.count - 1;
+  const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
+  const int visits = CountKeyVisits(tiles.begin, tiles.count, Cfg::kBlockN, split);
+  KeyVisitWalk<Cfg::kBlockN> walk(tiles.begin + tiles.count - 1, split);
   int blk[2], row[2], prev_blk[2], prev_row[2];
-  LookupTile<Cfg>(p, t_last, blk, row);
-  for (int i = 0; i < tiles.count; ++i) {
-    const int t = t_last - i;
+  LookupTile<Cfg>(p, walk.Current().tile, blk, row);
+  for (int i = 0; i < visits; ++i) {
     const int stage = i % S;
     const int round = i / S;
     if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], (round & 1) ^ 1);
@@ -269,9 +290,10 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       prev_row[h] = row[h];
     }
     // Look the next tile up now, so the table read overlaps the wait for a free buffer.
-    if (i + 1 < tiles.count) LookupTile<Cfg>(p, t - 1, blk, row);
+    walk.Advance();
+    if (i + 1 < visits) LookupTile<Cfg>(p, walk.Current().tile, blk, row);
   }
-  const int i = tiles.count - 1;
+  const int i = visits - 1;
   const int stage = i % S;
   const int round = i / S;
   if (i >= S) ClusterBarrier::wait(&ss.v_empty[stage], (round & 1) ^ 1);
@@ -317,6 +339,39 @@ __device__ __forceinline__ void ZeroOutOfRangeRows(typename Cfg::Element* v_tile
   }
   cutlass::arch::fence_view_async_shared();
   NamedBarrierSync(kBarWarpgroupFirst + cwg, 128);
+}
+
+// DCA: rotates the Q fragment of the S GEMM (loaded un-rotated, register order as in the
+// consumer's load_q) in registers by the RoPE positions pos[0] (the thread's row lane / 4 of its
+// warp's 16) and pos[1] (that row + 8): NeoX rotate-half, fp32 angles pos * inv_freq, rounded
+// back to bf16. Column c < head_dim / 2 pairs with c + head_dim / 2, which sits in k step
+// k + kHeadDim / 32 of the same register slot, so no value moves between threads.
+template <class Cfg, class TensorQ>
+__device__ __forceinline__ void RotateQFragment(TensorQ& tSrQ, const int (&pos)[2],
+                                                const float* inv_freq, int lane) {
+  auto q32 = cute::recast<uint32_t>(tSrQ);
+  constexpr int kHalfSteps = Cfg::kHeadDim / 32;
+#pragma unroll
+  for (int k = 0; k < kHalfSteps; ++k) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float fpos = static_cast<float>(pos[j % 2]);
+      const int col = k * 16 + (j / 2) * 8 + (lane % 4) * 2;
+      uint32_t first = q32(k * 4 + j);
+      uint32_t second = q32((k + kHalfSteps) * 4 + j);
+      const __nv_bfloat162 x1 = *reinterpret_cast<const __nv_bfloat162*>(&first);
+      const __nv_bfloat162 x2 = *reinterpret_cast<const __nv_bfloat162*>(&second);
+      const float a0 = __low2float(x1), a1 = __high2float(x1);
+      const float b0 = __low2float(x2), b1 = __high2float(x2);
+      float s0, c0, s1, c1;
+      RopeSinCos(fpos * inv_freq[col], &s0, &c0);
+      RopeSinCos(fpos * inv_freq[col + 1], &s1, &c1);
+      __nv_bfloat162 y1 = __floats2bfloat162_rn(a0 * c0 - b0 * s0, a1 * c1 - b1 * s1);
+      __nv_bfloat162 y2 = __floats2bfloat162_rn(b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);
+      q32(k * 4 + j) = *reinterpret_cast<uint32_t*>(&y1);
+      q32((k + kHalfSteps) * 4 + j) = *reinterpret_cast<uint32_t*>(&y2);
+    }
+  }
 }
 
 template <class Cfg>
@@ -380,17 +435,29 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
   const float sl2 = p.scale_log2;
 
-  // Masks (if kMask), updates the running max/sum, turns S into unnormalized probabilities
-  // and returns the factor by which O must be rescaled.
-  auto softmax = [&](auto mask_tag, int t, float (&corr)[2]) {
+  // Masks (if kMask) the keys outside [key_begin, row_hi) and outside the visit's [lo, hi),
+  // updates the running max/sum, turns S into unnormalized probabilities and returns the
+  // factor by which O must be rescaled.
+  auto softmax = [&](auto mask_tag, const KeyVisit& v, float (&corr)[2]) {
     constexpr bool kMask = decltype(mask_tag)::value;
     if constexpr (kMask) {
-      const int base = t * kN;
+      const int base = v.tile * kN;
+      if constexpr (Cfg::kDca) {
+        const int lo = max(p.key_begin, v.lo);
+        const int hi[2] = {min(row_hi[0], v.hi), min(row_hi[1], v.hi)};
 #pragma unroll
-      for (int i = 0; i < size(tSrS); ++i) {
-        const int r = (i / 2) % 2;
-        const int key = base + get<1>(tScS(i));
-        if (key < p.key_begin || key >= row_hi[r]) tSrS(i) = -INFINITY;
+        for (int i = 0; i < size(tSrS); ++i) {
+          const int r = (i / 2) % 2;
+          const int key = base + get<1>(tScS(i));
+          if (key < lo || key >= hi[r]) tSrS(i) = -INFINITY;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < size(tSrS); ++i) {
+          const int r = (i / 2) % 2;
+          const int key = base + get<1>(tScS(i));
+          if (key < p.key_begin || key >= row_hi[r]) tSrS(i) = -INFINITY;
+        }
       }
     }
     // Row max and row sum use kAcc independent partial results per row: one warp issues the
@@ -457,8 +524,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   };
 
-  auto needs_mask = [&](int t) {
-    return t * kN < p.key_begin || (t + 1) * kN > unmasked_hi;
+  auto needs_mask = [&](const KeyVisit& v) {
+    const bool partial = Cfg::kDca && (v.lo != v.tile * kN || v.hi != (v.tile + 1) * kN);
+    return partial || v.tile * kN < p.key_begin || (v.tile + 1) * kN > unmasked_hi;
   };
   auto wait_v_and_fix = [&](int i, int t) {
     const int stage = i % S;
@@ -479,15 +547,12 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     if constexpr (Cfg::kPingpong) NamedBarrierArrive(kBarPingpongFirst + (1 - cwg), 256);
   };
 
-  if (tiles.count > 0) {
-    if constexpr (Cfg::kPingpong) {
-      if (cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
-    }
-    const int t_last = tiles.begin + tiles.count - 1;
-    ClusterBarrier::wait(&ss.q_full, 0);
+  // Q fragment (kQInRegs): a 16x16 block per warp and k step = four 8x8 matrices (rows +0/+8,
+  // cols +0/+8), in the register order of the wgmma A operand: register j of k step k holds
+  // row (warp_in_wg * 16 + lane / 4 + 8 * (j % 2)), columns k * 16 + 8 * (j / 2) + 2 * (lane % 4)
+  // and the next one.
+  auto load_q = [&]() {
     if constexpr (Cfg::kQInRegs) {
-      // A fragment of a 16x16 block per warp and k step = four 8x8 matrices (rows +0/+8,
-      // cols +0/+8), in the register order of the wgmma A operand.
       Tensor q32 = recast<uint32_t>(tSrQ);
       const int warp_in_wg = tid / 32;
       const int row = warp_in_wg * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
@@ -499,9 +564,56 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
         for (int j = 0; j < 4; ++j) q32(k * 4 + j) = regs[j];
       }
     }
+  };
 
-    // First tile: S only.
+  // DCA: RoPE position of each of the thread's two rows in its intra / succ / inter region,
+  // and the position its Q fragment is currently rotated by (-1: not loaded yet).
+  [[maybe_unused]] DcaQueryPositions<int> dca_pos[2];
+  [[maybe_unused]] DcaKeyRegions<int> dca_reg[2];
+  [[maybe_unused]] int dca_cur[2] = {-1, -1};
+  if constexpr (Cfg::kDca) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q_row = wg_row0 + get<0>(tScS(2 * r));
+      // Rows before the first key position see no key; rows past n are never written.
+      const int pos = max(0, p.key_end - n + q_row);
+      dca_pos[r] = DcaQueryPositionsAt(pos, p.chunk_len, p.chunk_size);
+      dca_reg[r] = DcaKeyRegionsAt(pos, p.chunk_len);
+    }
+  }
+  // Makes the Q fragment rotated right for the keys of visit v (which lie in one DCA chunk).
+  auto prepare_q = [&](const KeyVisit& v) {
+    if constexpr (Cfg::kDca) {
+      int want[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        want[r] = v.lo >= dca_reg[r].intra_begin
+                      ? dca_pos[r].intra
+                      : (v.lo >= dca_reg[r].succ_begin ? dca_pos[r].succ : dca_pos[r].inter);
+      }
+      if (__any_sync(0xffffffff, want[0] != dca_cur[0] || want[1] != dca_cur[1])) {
+        load_q();
+        RotateQFragment<Cfg>(tSrQ, want, p.inv_freq, lane);
+        dca_cur[0] = want[0];
+        dca_cur[1] = want[1];
+      }
+    }
+  };
+
+  if (tiles.count > 0) {
+    if constexpr (Cfg::kPingpong) {
+      if (cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
+    }
+    const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
+    const int visits = CountKeyVisits(tiles.begin, tiles.count, kN, split);
+    KeyVisitWalk<kN> walk(tiles.begin + tiles.count - 1, split);
+    ClusterBarrier::wait(&ss.q_full, 0);
+    if constexpr (!Cfg::kDca) load_q();
+
+    // First visit: S only.
+    KeyVisit prev = walk.Current();
     {
+      prepare_q(prev);
       ClusterBarrier::wait(&ss.k_full[0], 0);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, 0), tSrS, true);
@@ -510,20 +622,22 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_fence_operand(tSrS);
       release(&ss.k_empty[0]);
       float corr[2];
-      if (needs_mask(t_last)) {
-        softmax(cute::true_type{}, t_last, corr);
+      if (needs_mask(prev)) {
+        softmax(cute::true_type{}, prev, corr);
       } else {
-        softmax(cute::false_type{}, t_last, corr);
+        softmax(cute::false_type{}, prev, corr);
       }
       convert_p();
     }
 
-    for (int i = 1; i < tiles.count; ++i) {
-      const int t = t_last - i;
+    for (int i = 1; i < visits; ++i) {
+      walk.Advance();
+      const KeyVisit cur = walk.Current();
       const int stage = i % S;
       const int pstage = (i - 1) % S;
+      prepare_q(cur);
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
-      wait_v_and_fix(i - 1, t + 1);
+      wait_v_and_fix(i - 1, prev.tile);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
       warpgroup_fence_operand(tOrP);
@@ -533,10 +647,10 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_fence_operand(tSrS);
       release(&ss.k_empty[stage]);
       float corr[2];
-      if (needs_mask(t)) {
-        softmax(cute::true_type{}, t, corr);
+      if (needs_mask(cur)) {
+        softmax(cute::true_type{}, cur, corr);
       } else {
-        softmax(cute::false_type{}, t, corr);
+        softmax(cute::false_type{}, cur, corr);
       }
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
@@ -550,13 +664,14 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
         for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
       }
       convert_p();
+      prev = cur;
     }
 
     // Last PV.
     {
-      const int i = tiles.count - 1;
+      const int i = visits - 1;
       const int stage = i % S;
-      wait_v_and_fix(i, tiles.begin);
+      wait_v_and_fix(i, prev.tile);
       pingpong_wait();
       warpgroup_fence_operand(tOrP);
       IssueGemm(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO, false);
@@ -660,9 +775,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
 // ---- host side ----------------------------------------------------------------------------
 
+// dca: the DCA constants, for configurations with kDca only (q is then un-rotated).
 template <class Cfg>
-cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a,
-                                        cudaStream_t stream) {
+cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a, cudaStream_t stream,
+                                        const DcaParams* dca = nullptr) {
   if (a.num_queries == 0) return cudaSuccess;
   PrefillParams p{};
   const uint64_t d = Cfg::kHeadDim;
@@ -696,6 +812,12 @@ cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a,
   p.num_m_tiles = int((a.num_queries + Cfg::kBlockM - 1) / Cfg::kBlockM);
   p.scale = a.scale;
   p.scale_log2 = a.scale * 1.4426950408889634f;
+  if constexpr (Cfg::kDca) {
+    if (dca == nullptr) return cudaErrorInvalidValue;
+    p.chunk_len = int(dca->chunk_len);
+    p.chunk_size = int(dca->chunk_size);
+    RopeInvFreq(Cfg::kHeadDim, dca->rope_theta, p.inv_freq);
+  }
 
   auto kernel = &PagedPrefillAttentionKernel<Cfg>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -714,6 +836,15 @@ namespace mp::cuda::internal {
 template <int kHeadDim, bool kCausal>
 cudaError_t LaunchPagedPrefillSm90(const PagedPrefillAttentionArgs& args, cudaStream_t stream) {
   return sm90::LaunchPagedPrefillAttention<sm90::PrefillConfig<kHeadDim, kCausal>>(args, stream);
+}
+
+// Instantiated explicitly in paged_prefill_dca_attention_hd{64,128}.cu.
+template <int kHeadDim>
+cudaError_t LaunchPagedPrefillDcaSm90(const PagedPrefillAttentionArgs& args, const DcaParams& dca,
+                                      cudaStream_t stream) {
+  using Cfg = sm90::PrefillConfig<kHeadDim, /*causal=*/true, 3, true, true, true, true,
+                                  /*dca=*/true>;
+  return sm90::LaunchPagedPrefillAttention<Cfg>(args, stream, &dca);
 }
 
 }  // namespace mp::cuda::internal
