@@ -86,7 +86,20 @@ class Backend {
                                const Tensor& v,  // [n, kv_heads, head_dim]
                                int64_t start, const KvLayerView& kv) = 0;
   virtual absl::Status Attention(const AttentionParams& params) = 0;
+
+  // ---- sampling ----
+  // One token from the last row of `logits` [rows, vocab] (this backend, compute dtype or f32):
+  // cpu::SampleGreedy when temperature == 0, else cpu::SampleTopP with `uniform` in [0, 1)
+  // (kernels/cpu/sampling.h). Synchronizes. INVALID_ARGUMENT for a bad shape, a temperature
+  // that is negative or not finite, or top_p outside (0, 1]. The default copies the row to the
+  // host and runs the CPU sampler; device backends may sample in place.
+  virtual absl::StatusOr<int32_t> SampleToken(const Tensor& logits, float temperature,
+                                              float top_p, double uniform);
 };
+
+// OK when temperature is finite and >= 0 and top_p is in (0, 1]; else INVALID_ARGUMENT naming
+// the parameter.
+absl::Status ValidateSampling(float temperature, float top_p);
 
 // The fp32 reference backend on the host (kernels/cpu).
 std::unique_ptr<Backend> NewCpuBackend();

@@ -54,8 +54,16 @@ absl::StatusOr<Tensor> StackGateUp(const Tensor& gate, const Tensor& up, const s
                      prefix, "up_proj.weight (", DTypeName(up.dtype()), ") differ in dtype"));
   }
   if (gate.device() != DeviceKind::kCpu || up.device() != DeviceKind::kCpu) {
+    // Weights already on a device (e.g. generated there) are used in place when gate and up are
+    // the two halves of one allocation.
+    if (gate.device() == up.device() &&
+        static_cast<const char*>(gate.data()) + gate.nbytes() == up.data()) {
+      return Tensor::Wrap(gate.data(), {2 * inter, hidden}, gate.dtype(), gate.device(),
+                          gate.owner());
+    }
     return absl::InvalidArgumentError(
-        absl::StrCat("weights ", prefix, "gate_proj/up_proj must be host tensors"));
+        absl::StrCat("weights ", prefix, "gate_proj/up_proj must be host tensors, or device "
+                     "tensors that are adjacent halves of one allocation"));
   }
   Tensor stacked = Tensor::Host({2 * inter, hidden}, gate.dtype());
   std::memcpy(stacked.data(), gate.data(), gate.nbytes());
