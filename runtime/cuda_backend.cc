@@ -214,6 +214,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
 CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   inv_freq_.clear();
+  staged_ints_ = Tensor();
   sample_out_ = Tensor();
   sample_workspace_ = Tensor();
   gemm_.reset();
@@ -392,11 +393,19 @@ absl::Status CudaBackend::Synchronize() {
   return CudaStatus(cudaStreamSynchronize(stream_), "Synchronize");
 }
 
-absl::StatusOr<const int32_t*> CudaBackend::DeviceInts(const Tensor& t, Tensor* staging) {
+absl::StatusOr<const int32_t*> CudaBackend::DeviceInts(const Tensor& t) {
   if (t.device() == DeviceKind::kCuda) return t.data_as<const int32_t>();
-  MP_ASSIGN_OR_RETURN(*staging, Allocate(t.shape(), DType::kI32));
-  MP_RETURN_IF_ERROR(CopyFromHost(t, *staging));
-  return staging->data_as<const int32_t>();
+  // The last host array staged is kept: the positions of a chunk go to every layer's RoPE.
+  const size_t bytes = t.nbytes();
+  if (staged_ints_.defined() && staged_host_.size() * sizeof(int32_t) == bytes &&
+      (bytes == 0 || std::memcmp(staged_host_.data(), t.data(), bytes) == 0)) {
+    return staged_ints_.data_as<const int32_t>();
+  }
+  MP_ASSIGN_OR_RETURN(Tensor staged, Allocate({t.numel()}, DType::kI32));
+  MP_RETURN_IF_ERROR(CopyFromHost(t.Reshape({t.numel()}), staged));
+  staged_ints_ = std::move(staged);
+  staged_host_.assign(t.data_as<const int32_t>(), t.data_as<const int32_t>() + t.numel());
+  return staged_ints_.data_as<const int32_t>();
 }
 
 // ---- ops ------------------------------------------------------------------------------------
@@ -424,8 +433,7 @@ absl::Status CudaBackend::Embedding(const Tensor& ids, const Tensor& table, Tens
                                                      ")"));
     }
   }
-  Tensor staging;
-  MP_ASSIGN_OR_RETURN(const int32_t* device_ids, DeviceInts(ids, &staging));
+  MP_ASSIGN_OR_RETURN(const int32_t* device_ids, DeviceInts(ids));
   return CudaStatus(
       cuda::Embedding(device_ids, n, Bf16(table), hidden, MutableBf16(out), stream_), kOp);
 }
@@ -510,8 +518,7 @@ absl::Status CudaBackend::Rope(Tensor& x, const Tensor& positions, double theta)
   if (x.numel() == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   MP_ASSIGN_OR_RETURN(const float* inv_freq, InvFreq(theta, head_dim));
-  Tensor staging;
-  MP_ASSIGN_OR_RETURN(const int32_t* pos, DeviceInts(positions, &staging));
+  MP_ASSIGN_OR_RETURN(const int32_t* pos, DeviceInts(positions));
   return CudaStatus(
       cuda::RopeNeox(MutableBf16(x), pos, inv_freq, n, heads, head_dim, stream_), kOp);
 }
@@ -544,8 +551,7 @@ absl::Status CudaBackend::WriteKv(const Tensor& k, const Tensor& v, int64_t star
   MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, kv, kv_heads, head_dim, start + n));
   if (n == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
-  Tensor staging;
-  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(kv.block_table, &staging));
+  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(kv.block_table));
   cuda::PagedKvWriteArgs a;
   a.k = Bf16(k);
   a.v = Bf16(v);
@@ -594,8 +600,7 @@ absl::Status CudaBackend::Attention(const AttentionParams& p) {
   MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.key_end));
   if (n == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
-  Tensor staging;
-  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table, &staging));
+  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));
 
   cuda::PagedPrefillAttentionArgs a;
   a.q = Bf16(*p.q);

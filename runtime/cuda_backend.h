@@ -112,8 +112,9 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend() = default;
-  // A device i32 view of `t` (host tensors are copied into `staging`).
-  absl::StatusOr<const int32_t*> DeviceInts(const Tensor& t, Tensor* staging);
+  // A device i32 view of `t`: device tensors as they are, host ones copied (valid until the next
+  // call with other host contents).
+  absl::StatusOr<const int32_t*> DeviceInts(const Tensor& t);
   absl::StatusOr<const float*> InvFreq(double theta, int64_t head_dim);
   // The single-query (decode) path of Attention; see Attention().
   absl::Status SingleQueryAttention(const AttentionParams& p, const int32_t* block_table);
@@ -124,6 +125,8 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::shared_ptr<CudaMemoryPool> pool_;
   std::unique_ptr<CublasLtGemm> gemm_;
+  Tensor staged_ints_;                // the last host ids/positions/table copied, on the device
+  std::vector<int32_t> staged_host_;  // ... and their values
   Tensor sample_out_;        // [1] i32 device
   Tensor sample_workspace_;  // top-p workspace, grown on demand
   int32_t* sample_host_ = nullptr;  // pinned [1]

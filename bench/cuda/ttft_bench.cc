@@ -3,7 +3,7 @@
 // next to a cuBLAS bf16 GEMM (8192^3) measured in the same run.
 //
 //   mp_ttft_bench [--preset Qwen2.5-7B-Instruct-1M] [--lengths 32768,131072,262144]
-//                 [--chunk-size 32768] [--seed 1] [--json FILE]
+//                 [--chunk-size 32768] [--mlp-block-rows 8192] [--seed 1] [--json FILE]
 //
 // Attention is dense causal over the whole prompt (the model's dual chunk attention is switched
 // off), so positions run past the model's 1,010,000 when asked for 1M = 1,048,576 tokens.
@@ -14,7 +14,9 @@
 //   linear:    2 T (q + k + v + o + gate + up + down weights) per layer
 //   attention: 4 (T^2 / 2) q_heads head_dim per layer (causal)
 // against the 989 TFLOP/s bf16 dense peak of H100/H200 and against the GEMM rate of this run.
-// Memory: the pool's peak bytes in use during the request against weights + KV cache bytes.
+// Memory: the pool's peak bytes in use during the request against weights + KV cache bytes. The
+// MLP runs in blocks of --mlp-block-rows rows (StageExecutorOptions::mlp_block_rows), which
+// bounds its [rows, 2 * inter] intermediate; 0 runs it over the whole chunk.
 // Lengths whose weights + KV + chunk activations do not fit in free device memory are skipped
 // (reported as such).
 #include <cuda_bf16.h>
@@ -38,6 +40,7 @@
 #include "runtime/cuda_backend.h"
 #include "runtime/cuda_random_weights.h"
 #include "runtime/engine.h"
+#include "runtime/stage_executor.h"
 
 namespace {
 
@@ -97,10 +100,26 @@ double AttentionFlops(const mp::ModelConfig& c, int64_t t) {
 }
 
 // Activation scratch of one chunk (StageExecutor::EnsureScratch) plus a logits row.
-int64_t ScratchBytes(const mp::ModelConfig& c, int64_t chunk) {
-  return chunk * (3 * c.hidden_size + 2 * c.q_dim() + 2 * c.kv_dim() + 3 * c.intermediate_size) *
-             2 +
-         c.vocab_size * 2;
+int64_t ScratchBytes(const mp::ModelConfig& c, int64_t chunk, int64_t mlp_rows) {
+  return (chunk * (3 * c.hidden_size + 2 * c.q_dim() + 2 * c.kv_dim()) +
+          mlp_rows * 3 * c.intermediate_size + c.vocab_size) *
+         2;
+}
+
+// One executor over all layers with a KV cache of exactly `tokens`, in an engine.
+std::unique_ptr<mp::Engine> MakeEngine(const mp::ModelConfig& config,
+                                       const mp::ModelWeights& weights,
+                                       std::shared_ptr<mp::Backend> backend,
+                                       const mp::EngineOptions& options, int64_t tokens,
+                                       int64_t mlp_block_rows) {
+  mp::StageExecutorOptions ex;
+  ex.kv_cache.block_size = 64;
+  ex.kv_cache.max_tokens = tokens;
+  ex.mlp_block_rows = mlp_block_rows;
+  std::vector<std::unique_ptr<mp::StageExecutor>> chain;
+  chain.push_back(OrDie(mp::StageExecutor::Create(config, weights, std::move(backend), ex),
+                        "stage executor"));
+  return OrDie(mp::Engine::Create(std::move(chain), options), "engine");
 }
 
 std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
@@ -115,7 +134,7 @@ struct Row {
   int64_t tokens = 0;
   bool skipped = false;
   double ttft = 0, prefill = 0, tflops = 0, peak_gib = 0, weights_gib = 0, kv_gib = 0;
-  double device_used_gib = 0;
+  double device_used_gib = 0, scratch_gib = 0;
 };
 
 }  // namespace
@@ -125,18 +144,22 @@ int main(int argc, char** argv) {
   std::string preset = "Qwen2.5-7B-Instruct-1M";
   std::vector<int64_t> lengths = {32768, 131072, 262144};
   int64_t chunk = 32768;
+  int64_t mlp_block_rows = 8192;
   uint64_t seed = 1;
   int gemm_iters = 10;
   std::string json_path;
   app.add_option("--preset", preset, "model architecture (model/presets)");
   app.add_option("--lengths", lengths, "prompt lengths in tokens (1M: 1048576)")->delimiter(',');
   app.add_option("--chunk-size", chunk, "prefill chunk size");
+  app.add_option("--mlp-block-rows", mlp_block_rows,
+                 "rows per MLP block (bounds the MLP intermediate; 0: the whole chunk)");
   app.add_option("--seed", seed, "weight and prompt seed");
   app.add_option("--gemm-iters", gemm_iters, "timed GEMMs of the 8192^3 reference");
   app.add_option("--json", json_path, "also append the JSON lines to this file");
   CLI11_PARSE(app, argc, argv);
-  if (chunk <= 0 || lengths.empty()) {
-    std::fprintf(stderr, "--chunk-size must be positive and --lengths non-empty\n");
+  if (chunk <= 0 || lengths.empty() || mlp_block_rows < 0) {
+    std::fprintf(stderr,
+                 "--chunk-size must be positive, --lengths non-empty, --mlp-block-rows >= 0\n");
     return 2;
   }
   std::sort(lengths.begin(), lengths.end());
@@ -186,9 +209,7 @@ int main(int argc, char** argv) {
   // Warm-up: one chunk (GEMM plans for the chunk's shapes, kernel modules, pool blocks).
   {
     const int64_t n = std::min(chunk, lengths.front());
-    auto engine = OrDie(mp::Engine::Create(config, weights, gpu, options,
-                                           {.block_size = 64, .max_tokens = n + 1}),
-                        "warm-up engine");
+    auto engine = MakeEngine(config, weights, gpu, options, n + 1, mlp_block_rows);
     mp::GenerationOptions gen;
     gen.max_new_tokens = 1;
     OrDie(engine->Generate(RandomPrompt(n, config.vocab_size, seed + 99), gen).status(),
@@ -203,7 +224,11 @@ int main(int argc, char** argv) {
     size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
     const int64_t kv_bytes = (t + 63) / 64 * 64 * kv_per_token;
-    const int64_t need = kv_bytes + ScratchBytes(config, std::min(chunk, t)) + (int64_t{1} << 30);
+    const int64_t chunk_rows = std::min(chunk, t);
+    const int64_t mlp_rows =
+        mlp_block_rows > 0 ? std::min(chunk_rows, mlp_block_rows) : chunk_rows;
+    const int64_t need =
+        kv_bytes + ScratchBytes(config, chunk_rows, mlp_rows) + (int64_t{1} << 30);
     if (need > static_cast<int64_t>(free_bytes)) {
       row.skipped = true;
       rows.push_back(row);
@@ -212,9 +237,7 @@ int main(int argc, char** argv) {
                            preset, t, need / kGiB, free_bytes / kGiB));
       continue;
     }
-    auto engine = OrDie(mp::Engine::Create(config, weights, gpu, options,
-                                           {.block_size = 64, .max_tokens = t}),
-                        "engine");
+    auto engine = MakeEngine(config, weights, gpu, options, t, mlp_block_rows);
     row.kv_gib = engine->executors()[0]->kv_cache().stats().bytes_total / kGiB;
     row.weights_gib = weight_bytes / kGiB;
     const std::vector<int32_t> prompt = RandomPrompt(t, config.vocab_size, seed + t);
@@ -230,18 +253,19 @@ int main(int argc, char** argv) {
     row.device_used_gib = static_cast<double>(total_bytes - free_bytes) / kGiB;
     const double flops = LinearFlops(config, t) + AttentionFlops(config, t);
     row.tflops = flops / row.ttft / 1e12;
+    row.scratch_gib = engine->executors()[0]->scratch_bytes() / kGiB;
     rows.push_back(row);
     emit(absl::StrFormat(
         "{\"bench\":\"ttft\",\"model\":\"%s\",\"attention\":\"dense\",\"tokens\":%d,"
-        "\"chunk\":%d,\"ttft_s\":%.3f,\"prefill_s\":%.3f,\"tokens_per_s\":%.1f,"
+        "\"chunk\":%d,\"mlp_block_rows\":%d,\"ttft_s\":%.3f,\"prefill_s\":%.3f,\"tokens_per_s\":%.1f,"
         "\"linear_pflop\":%.2f,\"attention_pflop\":%.2f,\"model_tflops\":%.1f,"
         "\"mfu_of_989\":%.3f,\"of_gemm\":%.3f,\"gemm_tflops\":%.1f,\"peak_gib\":%.2f,"
         "\"weights_gib\":%.2f,\"kv_gib\":%.2f,\"above_weights_kv_gib\":%.2f,"
-        "\"device_used_gib\":%.2f}",
-        preset, t, chunk, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
+        "\"scratch_gib\":%.2f,\"device_used_gib\":%.2f}",
+        preset, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
         AttentionFlops(config, t) / 1e15, row.tflops, row.tflops / kPeakTflops,
         row.tflops / gemm_tflops, gemm_tflops, row.peak_gib, row.weights_gib, row.kv_gib,
-        row.peak_gib - row.weights_gib - row.kv_gib, row.device_used_gib));
+        row.peak_gib - row.weights_gib - row.kv_gib, row.scratch_gib, row.device_used_gib));
     engine.reset();
     OrDie(pool.ReleaseCached(), "release");
   }
