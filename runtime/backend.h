@@ -1,6 +1,6 @@
 // Backend: the device seam of the engine. Every op the stage executor runs goes through it.
-// CpuBackend (fp32, the reference) implements it today; the CUDA backend implements the same
-// interface with bf16 storage and fp32 accumulation.
+// CpuBackend (fp32, the reference) and CudaBackend (runtime/cuda_backend.h: bf16 storage, fp32
+// accumulation, one Hopper GPU) implement it; runtime/backend_factory.h picks one by name.
 //
 // Ops validate shapes/dtypes and return INVALID_ARGUMENT naming the tensor and the expected
 // shape before doing any work. All tensors passed to an op must live on this backend's device
@@ -88,7 +88,7 @@ class Backend {
   virtual absl::Status Attention(const AttentionParams& params) = 0;
 
   // ---- sampling ----
-  // One token from the last row of `logits` [rows, vocab] (this backend, compute dtype or f32):
+  // One token from the last row of `logits` [rows, vocab] (this backend, compute dtype):
   // cpu::SampleGreedy when temperature == 0, else cpu::SampleTopP with `uniform` in [0, 1)
   // (kernels/cpu/sampling.h). Synchronizes. INVALID_ARGUMENT for a bad shape, a temperature
   // that is negative or not finite, or top_p outside (0, 1]. The default copies the row to the

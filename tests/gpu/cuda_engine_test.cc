@@ -120,7 +120,7 @@ LogitError Compare(const Tensor& got, const Tensor& want) {
 void ExpectGreedyAgreement(const std::vector<int32_t>& got_free_running,
                            const std::vector<int32_t>& reference_tokens,
                            const Tensor& reference_logits, const Tensor& teacher_forced,
-                           int64_t prompt_len, const std::string& what) {
+                           int64_t prompt_len, int64_t min_decisive, const std::string& what) {
   const int64_t vocab = reference_logits.dim(1);
   const int64_t steps = static_cast<int64_t>(reference_tokens.size());
   ASSERT_EQ(static_cast<int64_t>(got_free_running.size()), steps) << what;
@@ -146,7 +146,7 @@ void ExpectGreedyAgreement(const std::vector<int32_t>& got_free_running,
         << what << ": teacher-forced step " << s << " (reference margin " << margin << ")";
     ++forced_checked;
   }
-  EXPECT_GE(forced_checked, steps / 4) << what << ": too few decisive steps to judge";
+  EXPECT_GE(forced_checked, min_decisive) << what << ": too few decisive steps to judge";
   std::printf("[ stats    ] %s: greedy tokens identical free-running for %lld steps, "
               "teacher-forced at %lld of %lld steps\n",
               what.c_str(), static_cast<long long>(free_checked),
@@ -209,8 +209,11 @@ class CudaFixtureTest : public ::testing::TestWithParam<std::string> {
     EXPECT_LE(e.fro, 5e-2) << what;
     EXPECT_LE(e.worst_row, 0.15) << what;
     MP_ASSERT_OK_AND_ASSIGN(Tensor forced, PromptLogits(engine, teacher_ids_));
+    // fp32 margins of the fixtures: 5 (tiny_qwen2) and 8 (tiny_llama) of the 16 steps are
+    // decisive.
     ExpectGreedyAgreement(result.token_ids, fixture_.greedy_ids, reference_, forced,
-                          static_cast<int64_t>(fixture_.input_ids.size()), what);
+                          static_cast<int64_t>(fixture_.input_ids.size()), /*min_decisive=*/4,
+                          what);
   }
 
   std::shared_ptr<CudaBackend> gpu_;
@@ -238,7 +241,7 @@ TEST_P(CudaFixtureTest, ChunkedAndSplitMatchesTransformers) {
 // the file comment, with the unchunked CUDA run as the reference.
 TEST_P(CudaFixtureTest, ChunkSizeAndLayerSplitDoNotChangeTheResult) {
   GenerationOptions options;
-  options.max_new_tokens = static_cast<int64_t>(fixture_.greedy_ids.size());
+  options.max_new_tokens = 40;  // more steps than the fixture's 16: more decisive ones
   options.return_prompt_logits = true;
   auto whole = MakeEngine(512);
   ASSERT_NE(whole, nullptr);
@@ -261,7 +264,8 @@ TEST_P(CudaFixtureTest, ChunkSizeAndLayerSplitDoNotChangeTheResult) {
       EXPECT_LE(e.worst_row, 6e-2);
       MP_ASSERT_OK_AND_ASSIGN(Tensor forced, PromptLogits(*engine, teacher));
       ExpectGreedyAgreement(got.token_ids, want.token_ids, want_forced, forced,
-                            static_cast<int64_t>(fixture_.input_ids.size()), what);
+                            static_cast<int64_t>(fixture_.input_ids.size()),
+                            /*min_decisive=*/4, what);
     }
   }
 }
@@ -304,8 +308,9 @@ TEST(CudaEngineTest, QwenShapedModelWithDeviceRandomWeightsMatchesTheCpuEngine) 
   const LogitError e = Compare(got, want);
   std::printf("[ stats    ] mini Qwen 1M: logits vs fp32 CPU: worst row %.3e, Frobenius %.3e\n",
               e.worst_row, e.fro);
-  EXPECT_LE(e.fro, 5e-2);
-  EXPECT_LE(e.worst_row, 0.15);
+  // Rounding every op's output to bf16 on the CPU gives 1.0e-2 and 1.5e-2 here.
+  EXPECT_LE(e.fro, 3e-2);
+  EXPECT_LE(e.worst_row, 6e-2);
 }
 
 TEST(CudaEngineTest, ActivationMemoryIsBoundedByTheChunkNotThePrompt) {
