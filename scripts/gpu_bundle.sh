@@ -49,6 +49,10 @@ for name, cmd in commands:
 ' > "$plan"
 [ -s "$plan" ] || { echo "gpu_bundle.sh: ctest lists no gpu tests in $build" >&2; exit 1; }
 
+# Test binaries outside tests/gpu (other modules' gpu-labelled tests) are built by name.
+targets=$(awk -F'\t' '$1 == "binary" {n = split($2, p, "/"); print p[n]}' "$plan")
+ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" $targets
+
 rm -rf "$bundle"
 stage=$(mktemp -d)
 trap 'rm -f "$plan"; rm -rf "$stage"' EXIT
