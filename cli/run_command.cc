@@ -6,21 +6,25 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
 #include "common/status.h"
 #include "model/chat_template.h"
 #include "model/config.h"
+#include "model/presets.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
 #include "runtime/backend.h"
+#include "runtime/backend_factory.h"
 #include "runtime/engine.h"
 
 namespace mp::cli {
@@ -28,6 +32,10 @@ namespace {
 
 struct RunFlags {
   std::string model_dir;
+  std::string preset;  // a compiled-in architecture (model/presets.h) instead of a directory
+  bool random_weights = false;
+  uint64_t weight_seed = 0;
+  int64_t random_prompt = 0;  // > 0: that many seeded random token ids
   std::string prompt_file;
   std::string prompt_text;
   std::string prompt_ids;  // comma-separated ids: bypasses the tokenizer and the chat template
@@ -86,28 +94,51 @@ class ProgressLine {
   Clock::time_point start_;
 };
 
+// `n` token ids drawn uniformly from [0, vocab) with `seed`.
+std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int32_t& id : ids) id = dist(rng);
+  return ids;
+}
+
 absl::Status Run(const RunFlags& flags) {
-  struct stat st;
-  if (stat(flags.model_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return absl::NotFoundError(absl::StrCat("model directory ", flags.model_dir,
-                                            " does not exist"));
+  if (flags.model_dir.empty() == flags.preset.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR and --preset NAME");
   }
-  if (flags.device != "cpu") {
-    return absl::UnimplementedError(absl::StrCat("--device ", flags.device,
-                                                 ": this build has only the cpu backend"));
+  if (!flags.model_dir.empty()) {
+    struct stat st;
+    if (stat(flags.model_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::NotFoundError(absl::StrCat("model directory ", flags.model_dir,
+                                              " does not exist"));
+    }
+  }
+  if (!flags.preset.empty() && !flags.random_weights) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--preset ", flags.preset, " has no checkpoint: give --random-weights SEED"));
   }
   if (flags.chunk_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--chunk-size must be positive, got ", flags.chunk_size));
   }
+  if (flags.random_prompt < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--random-prompt must be positive, got ", flags.random_prompt));
+  }
   int sources = !flags.prompt_file.empty() + !flags.prompt_text.empty() +
-                flags.prompt_ids_given;
+                flags.prompt_ids_given + (flags.random_prompt > 0);
   if (sources != 1) {
     return absl::InvalidArgumentError(
-        "give exactly one of --prompt-file, --prompt and --prompt-ids");
+        "give exactly one of --prompt-file, --prompt, --prompt-ids and --random-prompt");
   }
 
-  MP_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(flags.model_dir + "/config.json"));
+  ModelConfig config;
+  if (flags.preset.empty()) {
+    MP_ASSIGN_OR_RETURN(config, LoadModelConfig(flags.model_dir + "/config.json"));
+  } else {
+    MP_ASSIGN_OR_RETURN(config, LoadModelPreset(flags.preset));
+  }
 
   // The prompt: token ids as given, or text through the chat template and the tokenizer.
   std::unique_ptr<Tokenizer> tokenizer;
@@ -115,6 +146,12 @@ absl::Status Run(const RunFlags& flags) {
   std::vector<int32_t> stop_ids(config.eos_token_ids.begin(), config.eos_token_ids.end());
   if (flags.prompt_ids_given) {
     MP_ASSIGN_OR_RETURN(prompt, ParseIds(flags.prompt_ids));
+  } else if (flags.random_prompt > 0) {
+    prompt = RandomPrompt(flags.random_prompt, config.vocab_size, flags.seed);
+  } else if (!flags.preset.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--preset ", flags.preset,
+        " has no tokenizer: give the prompt as --prompt-ids or --random-prompt"));
   } else {
     std::string text = flags.prompt_text;
     if (!flags.prompt_file.empty()) {
@@ -134,15 +171,24 @@ absl::Status Run(const RunFlags& flags) {
   }
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
 
+  MP_ASSIGN_OR_RETURN(std::shared_ptr<Backend> backend, NewBackend(flags.device));
   WeightLoadOptions load;
   load.layers = {0, config.num_hidden_layers};
-  MP_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(flags.model_dir, config, load));
-  std::shared_ptr<Backend> backend = NewCpuBackend();
+  ModelWeights weights;
+  if (flags.random_weights) {
+    MP_ASSIGN_OR_RETURN(weights, RandomWeightsFor(*backend, config, load, flags.weight_seed));
+  } else {
+    MP_ASSIGN_OR_RETURN(weights, LoadModelWeights(flags.model_dir, config, load));
+  }
   EngineOptions options;
   options.chunk_size = flags.chunk_size;
   options.max_context = flags.max_context;
+  // KV for this one request (the engine checks it against the maximum context).
+  KvCacheOptions kv;
+  kv.max_tokens = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(flags.max_new_tokens, 1);
   MP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                      Engine::Create(config, weights, backend, options));
+                      Engine::Create(config, weights, backend, options, kv));
+  weights = ModelWeights();  // the executor holds what it needs
 
   GenerationOptions gen;
   gen.max_new_tokens = flags.max_new_tokens;
@@ -199,7 +245,15 @@ absl::Status Run(const RunFlags& flags) {
 void RegisterRunCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<RunFlags>();
   auto* cmd = app.add_subcommand("run", "Run one prompt on the single-process engine");
-  cmd->add_option("--model", flags->model_dir, "Hugging Face model directory")->required();
+  cmd->add_option("--model", flags->model_dir, "Hugging Face model directory");
+  cmd->add_option("--preset", flags->preset,
+                  "a compiled-in architecture instead of --model: " +
+                      absl::StrJoin(ModelPresetNames(), ", ") + " (needs --random-weights)");
+  auto* random_weights = cmd->add_option("--random-weights", flags->weight_seed,
+                                         "seeded random weights instead of the checkpoint "
+                                         "(generated on the device for cuda)");
+  cmd->add_option("--random-prompt", flags->random_prompt,
+                  "a prompt of N seeded random token ids (seed: --seed)");
   cmd->add_option("--prompt-file", flags->prompt_file, "file holding the prompt text");
   cmd->add_option("--prompt", flags->prompt_text, "the prompt text");
   auto* ids = cmd->add_option("--prompt-ids", flags->prompt_ids,
@@ -214,10 +268,11 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--temperature", flags->temperature, "0 = greedy");
   cmd->add_option("--top-p", flags->top_p, "nucleus sampling mass");
   cmd->add_option("--seed", flags->seed, "sampling seed");
-  cmd->add_option("--device", flags->device, "cpu or cuda");
+  cmd->add_option("--device", flags->device, "cpu, cuda or cuda:N");
   cmd->add_flag("--quiet", flags->quiet, "no progress or timing lines on stderr");
-  cmd->callback([flags, ids, exit_code] {
+  cmd->callback([flags, ids, random_weights, exit_code] {
     flags->prompt_ids_given = ids->count() > 0;
+    flags->random_weights = random_weights->count() > 0;
     absl::Status status = Run(*flags);
     if (!status.ok()) {
       std::fprintf(stderr, "millipede run: %s\n", status.ToString().c_str());

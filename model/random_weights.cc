@@ -85,14 +85,16 @@ struct FillJob {
   int64_t begin, end;  // element range
 };
 
+// Matrices and embeddings 0.02 z, biases 0.01 z, norm weights 1 + 0.05 z.
+void KindScale(WeightKind kind, float* scale, float* offset) {
+  *scale = kind == WeightKind::kBias ? 0.01f : kind == WeightKind::kNorm ? 0.05f : 0.02f;
+  *offset = kind == WeightKind::kNorm ? 1.0f : 0.0f;
+}
+
 void RunJob(const FillJob& job) {
   const WeightSlot& s = *job.slot;
-  float scale = 0.02f, offset = 0.0f;
-  if (s.kind == WeightKind::kBias) scale = 0.01f;
-  if (s.kind == WeightKind::kNorm) {
-    scale = 0.05f;
-    offset = 1.0f;
-  }
+  float scale, offset;
+  KindScale(s.kind, &scale, &offset);
   Tensor& t = *s.tensor;
   switch (t.dtype()) {
     case DType::kF32: {
@@ -180,6 +182,13 @@ absl::Status WriteTextFile(const std::string& path, const std::string& text) {
 }
 
 }  // namespace
+
+RandomWeightStream RandomWeightStreamOf(uint64_t seed, const WeightSlot& slot) {
+  RandomWeightStream s;
+  s.key = TensorKey(seed, slot.name);
+  KindScale(slot.kind, &s.scale, &s.offset);
+  return s;
+}
 
 absl::StatusOr<ModelWeights> RandomModelWeights(const ModelConfig& config,
                                                 const WeightLoadOptions& options, uint64_t seed,

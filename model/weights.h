@@ -88,6 +88,18 @@ absl::StatusOr<ModelWeights> RandomModelWeights(const ModelConfig& config,
                                                 const WeightLoadOptions& options, uint64_t seed,
                                                 DType dtype = DType::kBF16);
 
+// The generator behind RandomModelWeights, for implementations on other devices (the CUDA
+// backend fills weights on the GPU with it): element i of the tensor of `slot` is
+//   offset + scale * z,  z = (sum of the four 16-bit fields of SplitMix64(key + (i + 1) *
+//   0x9E3779B97F4A7C15) - 131070) * (1.0f / 37837.2261f)
+// in fp32 with separate roundings, then rounded to nearest even into the target dtype.
+struct RandomWeightStream {
+  uint64_t key = 0;
+  float scale = 0.0f;
+  float offset = 0.0f;
+};
+RandomWeightStream RandomWeightStreamOf(uint64_t seed, const WeightSlot& slot);
+
 struct RandomModelDirOptions {
   DType dtype = DType::kBF16;
   // 1: model.safetensors. More: model-0000k-of-0000n.safetensors (layers split evenly, the

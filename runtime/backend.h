@@ -1,6 +1,6 @@
 // Backend: the device seam of the engine. Every op the stage executor runs goes through it.
-// CpuBackend (fp32, the reference) implements it today; the CUDA backend implements the same
-// interface with bf16 storage and fp32 accumulation.
+// CpuBackend (fp32, the reference) and CudaBackend (runtime/cuda_backend.h: bf16 storage, fp32
+// accumulation, one Hopper GPU) implement it; runtime/backend_factory.h picks one by name.
 //
 // Ops validate shapes/dtypes and return INVALID_ARGUMENT naming the tensor and the expected
 // shape before doing any work. All tensors passed to an op must live on this backend's device
@@ -86,7 +86,20 @@ class Backend {
                                const Tensor& v,  // [n, kv_heads, head_dim]
                                int64_t start, const KvLayerView& kv) = 0;
   virtual absl::Status Attention(const AttentionParams& params) = 0;
+
+  // ---- sampling ----
+  // One token from the last row of `logits` [rows, vocab] (this backend, compute dtype):
+  // cpu::SampleGreedy when temperature == 0, else cpu::SampleTopP with `uniform` in [0, 1)
+  // (kernels/cpu/sampling.h). Synchronizes. INVALID_ARGUMENT for a bad shape, a temperature
+  // that is negative or not finite, or top_p outside (0, 1]. The default copies the row to the
+  // host and runs the CPU sampler; device backends may sample in place.
+  virtual absl::StatusOr<int32_t> SampleToken(const Tensor& logits, float temperature,
+                                              float top_p, double uniform);
 };
+
+// OK when temperature is finite and >= 0 and top_p is in (0, 1]; else INVALID_ARGUMENT naming
+// the parameter.
+absl::Status ValidateSampling(float temperature, float top_p);
 
 // The fp32 reference backend on the host (kernels/cpu).
 std::unique_ptr<Backend> NewCpuBackend();

@@ -9,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "kernels/cpu/sampling.h"
 
 namespace mp {
 namespace {
@@ -142,10 +141,7 @@ absl::StatusOr<Tensor> Engine::Forward(uint64_t seq, int64_t start, std::span<co
   for (const auto& executor : executors_) {
     MP_ASSIGN_OR_RETURN(activations, executor->RunChunk(seq, start, activations, mode));
   }
-  if (mode == LogitsMode::kNone) return Tensor();
-  Backend& backend = executors_.back()->backend();
-  MP_RETURN_IF_ERROR(backend.Synchronize());
-  return backend.ToHostF32(activations);
+  return activations;
 }
 
 absl::StatusOr<GenerationResult> Engine::Generate(std::span<const int32_t> prompt,
@@ -177,12 +173,13 @@ absl::StatusOr<GenerationResult> Engine::GenerateLocked(uint64_t seq,
     MP_RETURN_IF_ERROR(executor->kv_cache().Reserve(seq, kv_tokens));
   }
 
+  Backend& backend = executors_.back()->backend();
   GenerationResult result;
   const Clock::time_point prefill_start = Clock::now();
   if (options.return_prompt_logits) {
     result.prompt_logits = Tensor::Host({prompt_len, vocab}, DType::kF32);
   }
-  Tensor last_logits;  // [1 or rows, vocab] host f32
+  Tensor last_logits;  // [1 or rows, vocab] on the backend
   for (int64_t start = 0; start < prompt_len; start += options_.chunk_size) {
     const int64_t n = std::min(options_.chunk_size, prompt_len - start);
     const bool last_chunk = start + n == prompt_len;
@@ -194,22 +191,25 @@ absl::StatusOr<GenerationResult> Engine::GenerateLocked(uint64_t seq,
     }
     MP_ASSIGN_OR_RETURN(Tensor logits, Forward(seq, start, prompt.subspan(start, n), mode));
     if (options.return_prompt_logits) {
-      std::memcpy(result.prompt_logits.Slice(start, start + n).data(), logits.data(),
-                  logits.nbytes());
+      MP_RETURN_IF_ERROR(backend.Synchronize());
+      MP_ASSIGN_OR_RETURN(Tensor host, backend.ToHostF32(logits));
+      std::memcpy(result.prompt_logits.Slice(start, start + n).data(), host.data(), host.nbytes());
     }
     if (last_chunk) last_logits = logits;
     if (callbacks.on_prefill_progress) callbacks.on_prefill_progress(start + n, prompt_len);
   }
+  MP_RETURN_IF_ERROR(backend.Synchronize());  // device backends run the chunks asynchronously
   result.timings.prefill_seconds = SecondsSince(prefill_start);
   if (max_new == 0) return result;
 
+  // The backend samples the last row where the logits are (a device backend on the device); the
+  // uniform draws come from one host RNG, so every backend consumes the same sequence.
   std::mt19937_64 rng(options.seed);
-  auto sample = [&](const Tensor& logits) {
-    const float* row = logits.data_as<const float>() + (logits.dim(0) - 1) * vocab;
-    if (options.temperature == 0.0f) return cpu::SampleGreedy(row, vocab);
-    return cpu::SampleTopP(row, vocab, options.temperature, options.top_p, NextUniform(rng));
+  auto sample = [&](const Tensor& logits) -> absl::StatusOr<int32_t> {
+    const double uniform = options.temperature == 0.0f ? 0.0 : NextUniform(rng);
+    return backend.SampleToken(logits, options.temperature, options.top_p, uniform);
   };
-  int32_t token = sample(last_logits);
+  MP_ASSIGN_OR_RETURN(int32_t token, sample(last_logits));
   result.timings.ttft_seconds = SecondsSince(t0);
   const Clock::time_point decode_start = Clock::now();
   while (true) {
@@ -232,7 +232,7 @@ absl::StatusOr<GenerationResult> Engine::GenerateLocked(uint64_t seq,
     const int32_t fed[1] = {token};
     MP_ASSIGN_OR_RETURN(Tensor logits,
                         Forward(seq, prompt_len + generated - 1, fed, LogitsMode::kLastRow));
-    token = sample(logits);
+    MP_ASSIGN_OR_RETURN(token, sample(logits));
   }
   result.timings.decode_seconds = SecondsSince(decode_start);
   return result;

@@ -98,7 +98,8 @@ class Engine {
   Engine() = default;
   absl::Status Validate(std::span<const int32_t> prompt, const GenerationOptions& options) const;
   // Runs tokens [start, start + ids.size()) of `seq` through all executors; returns the logits
-  // of the last executor (host f32, [rows, vocab]) or an undefined tensor for kNone.
+  // of the last executor ([rows, vocab] on its backend, valid until its next chunk) or an
+  // undefined tensor for kNone.
   absl::StatusOr<Tensor> Forward(uint64_t seq, int64_t start, std::span<const int32_t> ids,
                                  LogitsMode mode);
   absl::StatusOr<GenerationResult> GenerateLocked(uint64_t seq,

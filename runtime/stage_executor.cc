@@ -1,5 +1,6 @@
 #include "runtime/stage_executor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -54,8 +55,16 @@ absl::StatusOr<Tensor> StackGateUp(const Tensor& gate, const Tensor& up, const s
                      prefix, "up_proj.weight (", DTypeName(up.dtype()), ") differ in dtype"));
   }
   if (gate.device() != DeviceKind::kCpu || up.device() != DeviceKind::kCpu) {
+    // Weights already on a device (e.g. generated there) are used in place when gate and up are
+    // the two halves of one allocation.
+    if (gate.device() == up.device() &&
+        static_cast<const char*>(gate.data()) + gate.nbytes() == up.data()) {
+      return Tensor::Wrap(gate.data(), {2 * inter, hidden}, gate.dtype(), gate.device(),
+                          gate.owner());
+    }
     return absl::InvalidArgumentError(
-        absl::StrCat("weights ", prefix, "gate_proj/up_proj must be host tensors"));
+        absl::StrCat("weights ", prefix, "gate_proj/up_proj must be host tensors, or device "
+                     "tensors that are adjacent halves of one allocation"));
   }
   Tensor stacked = Tensor::Host({2 * inter, hidden}, gate.dtype());
   std::memcpy(stacked.data(), gate.data(), gate.nbytes());
@@ -105,8 +114,13 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
                                                    layers.begin, ", ", layers.end, ")"));
   }
 
+  if (options.mlp_block_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stage executor: mlp_block_rows must be >= 0, got ", options.mlp_block_rows));
+  }
   auto ex = std::unique_ptr<StageExecutor>(new StageExecutor());
   ex->config_ = config;
+  ex->options_ = options;
   ex->layers_ = layers;
   ex->backend_ = backend;
   ex->host_storage_ = weights.storage;
@@ -180,8 +194,10 @@ absl::Status StageExecutor::EnsureScratch(int64_t rows) {
   MP_ASSIGN_OR_RETURN(s.v, b.Allocate({rows, config_.kv_dim()}, dt));
   MP_ASSIGN_OR_RETURN(s.attn, b.Allocate({rows, config_.q_dim()}, dt));
   MP_ASSIGN_OR_RETURN(s.proj, b.Allocate({rows, hidden}, dt));
-  MP_ASSIGN_OR_RETURN(s.gate_up, b.Allocate({rows, 2 * config_.intermediate_size}, dt));
-  MP_ASSIGN_OR_RETURN(s.act, b.Allocate({rows, config_.intermediate_size}, dt));
+  const int64_t mlp_rows =
+      options_.mlp_block_rows > 0 ? std::min(rows, options_.mlp_block_rows) : rows;
+  MP_ASSIGN_OR_RETURN(s.gate_up, b.Allocate({mlp_rows, 2 * config_.intermediate_size}, dt));
+  MP_ASSIGN_OR_RETURN(s.act, b.Allocate({mlp_rows, config_.intermediate_size}, dt));
   s.positions = Tensor::Host({rows}, DType::kI32);
   s.logits = std::move(scratch_.logits);  // sized on its own: see RunChunk
   scratch_ = std::move(s);
@@ -301,8 +317,6 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
   Tensor v = scratch_.v.Slice(0, n);              // [n, kv_dim]
   Tensor attn = scratch_.attn.Slice(0, n);        // [n, q_dim]
   Tensor proj = scratch_.proj.Slice(0, n);        // [n, hidden]
-  Tensor gate_up = scratch_.gate_up.Slice(0, n);  // [n, 2 * inter]
-  Tensor act = scratch_.act.Slice(0, n);          // [n, inter]
 
   // Attention block.
   MP_RETURN_IF_ERROR(b.RmsNorm(x, w.input_norm, eps, h));
@@ -329,11 +343,18 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
   MP_RETURN_IF_ERROR(b.Linear(attn, w.o_proj, bias(w.o_bias), proj));
   MP_RETURN_IF_ERROR(b.Add(x, proj));
 
-  // MLP block.
+  // MLP block, in blocks of rows when options_.mlp_block_rows is set.
   MP_RETURN_IF_ERROR(b.RmsNorm(x, w.post_norm, eps, h));
-  MP_RETURN_IF_ERROR(b.Linear(h, w.gate_up, nullptr, gate_up));
-  MP_RETURN_IF_ERROR(b.SiluMul(gate_up, act));
-  MP_RETURN_IF_ERROR(b.Linear(act, w.down_proj, nullptr, proj));
+  const int64_t block = scratch_.gate_up.dim(0);
+  for (int64_t r = 0; r < n; r += block) {
+    const int64_t m = std::min(block, n - r);
+    Tensor gate_up = scratch_.gate_up.Slice(0, m);  // [m, 2 * inter]
+    Tensor act = scratch_.act.Slice(0, m);          // [m, inter]
+    Tensor proj_rows = proj.Slice(r, r + m);        // [m, hidden]
+    MP_RETURN_IF_ERROR(b.Linear(h.Slice(r, r + m), w.gate_up, nullptr, gate_up));
+    MP_RETURN_IF_ERROR(b.SiluMul(gate_up, act));
+    MP_RETURN_IF_ERROR(b.Linear(act, w.down_proj, nullptr, proj_rows));
+  }
   MP_RETURN_IF_ERROR(b.Add(x, proj));
   return absl::OkStatus();
 }

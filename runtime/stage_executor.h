@@ -47,6 +47,11 @@ enum class LogitsMode {
 
 struct StageExecutorOptions {
   KvCacheOptions kv_cache;
+  // > 0: the MLP runs over the chunk in blocks of at most this many rows, so its [rows, 2 *
+  // inter] intermediate (the largest activation: 2.5 GB for a 32K-token chunk of Qwen2.5-7B)
+  // is sized by this instead of the chunk. 0: the whole chunk at once. The result is the same
+  // up to the rounding of other GEMM shapes.
+  int64_t mlp_block_rows = 0;
 };
 
 class StageExecutor {
@@ -117,6 +122,7 @@ class StageExecutor {
                         int64_t n, const Tensor& positions);
 
   ModelConfig config_;
+  StageExecutorOptions options_;
   LayerRange layers_;
   std::shared_ptr<Backend> backend_;
   std::shared_ptr<void> host_storage_;  // keeps aliased host weights alive

@@ -39,7 +39,15 @@ add_library(mp_kernels_cuda STATIC
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention_hd64.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention_hd128.cu
-  ${CMAKE_CURRENT_LIST_DIR}/tma_tensor_map.cu)
+  ${CMAKE_CURRENT_LIST_DIR}/tma_tensor_map.cu
+  # The CUDA backend's other ops (bf16 storage, fp32 math).
+  ${CMAKE_CURRENT_LIST_DIR}/convert.cu
+  ${CMAKE_CURRENT_LIST_DIR}/elementwise.cu
+  ${CMAKE_CURRENT_LIST_DIR}/generic_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/kv_write.cu
+  ${CMAKE_CURRENT_LIST_DIR}/random_fill.cu
+  ${CMAKE_CURRENT_LIST_DIR}/rope.cu
+  ${CMAKE_CURRENT_LIST_DIR}/sampling.cu)
 set_target_properties(mp_kernels_cuda PROPERTIES
   CUDA_ARCHITECTURES 90a
   CUDA_STANDARD 17

@@ -21,7 +21,7 @@
 
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/paged_prefill_dca_attention.h"
-#include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/kernel_test_util.h"
 
 namespace mp::cuda {
 namespace {

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "kernels/cpu/rope.h"
-#include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/kernel_test_util.h"
 
 namespace mp::cuda {
 namespace {

@@ -41,6 +41,11 @@ expect_error empty_prompt "empty" -- run --model "$model" --prompt-ids ""
 expect_error id_out_of_range "100000" -- run --model "$model" --prompt-ids "1,2,100000"
 expect_error too_long "max" -- run --model "$model" --prompt-ids "1,2,3,4,5,6" --max-context 4
 expect_error bad_chunk "chunk" -- run --model "$model" --prompt-ids "1,2" --chunk-size 0
+expect_error unknown_device "unknown device 'tpu'" -- run --model "$model" --prompt-ids "1,2" --device tpu
+expect_error preset_without_weights "--random-weights" -- run --preset Qwen2.5-7B-Instruct-1M --prompt-ids "1,2"
+expect_error unknown_preset "no model preset 'Qwen9'" -- run --preset Qwen9 --random-weights 1 --prompt-ids "1"
+expect_error preset_text_prompt "no tokenizer" -- run --preset Qwen2.5-7B-Instruct-1M --random-weights 1 --prompt "hi"
+expect_error model_and_preset "exactly one of --model" -- run --model "$model" --preset Qwen2.5-7B-Instruct-1M --random-weights 1 --prompt-ids "1"
 
 # Corrupt / truncated model files.
 trunc="$tmp/trunc"; cp -r "$good" "$trunc"

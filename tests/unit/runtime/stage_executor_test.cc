@@ -366,5 +366,22 @@ TEST_F(StageExecutorTest, TiedHeadOnALaterStageUsesTheEmbedding) {
   ExpectRowsClose(split, whole, config_.vocab_size, 1e-5);
 }
 
+TEST_F(StageExecutorTest, MlpRowBlocksBoundTheIntermediateAndKeepTheResult) {
+  const std::vector<int32_t> ids = RandomIds(100, config_.vocab_size, 12);
+  auto whole_ex = Make();
+  MP_ASSERT_OK_AND_ASSIGN(std::vector<float> whole, RunPrompt({whole_ex.get()}, 1, ids, 50));
+  StageExecutorOptions o = Options();
+  o.mlp_block_rows = 7;  // 50-row chunks: blocks of 7, 7, ..., 1
+  auto blocked = Make({0, 3}, o);
+  MP_ASSERT_OK_AND_ASSIGN(std::vector<float> rows, RunPrompt({blocked.get()}, 1, ids, 50));
+  ExpectRowsClose(rows, whole, config_.vocab_size, 1e-5);
+  // The [rows, 2 * inter] and [rows, inter] buffers shrink from 50 rows to 7.
+  const int64_t saved = (50 - 7) * 3 * config_.intermediate_size * 4;
+  EXPECT_EQ(whole_ex->scratch_bytes() - blocked->scratch_bytes(), saved);
+  o.mlp_block_rows = -1;
+  MP_EXPECT_ERROR(StageExecutor::Create(config_, weights_, backend_, o),
+                  StatusCode::kInvalidArgument, "mlp_block_rows");
+}
+
 }  // namespace
 }  // namespace mp

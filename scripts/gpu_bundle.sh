@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Packs the GPU tests and benchmarks of a CUDA build, with the shared libraries they need, into
+# .gpu-bundle/ (git-ignored, < 40 MB: the programs and libraries travel as one .tar.xz) and
+# writes .gpu-bundle/run.sh, which on a machine with an H100/H200 runs every ctest test labelled
+# `gpu`, then the benchmarks, and prints a summary table last.
+#
+#   scripts/gpu_bundle.sh [BUILD_DIR]          (default: build/, configured with CUDA)
+#
+# On the GPU machine, from the repository root (tests/testdata is read from there):
+#   .gpu-bundle/run.sh                 tests, then benchmarks
+#   .gpu-bundle/run.sh tests           only the tests
+#   .gpu-bundle/run.sh bench           only the benchmarks
+#   MP_TTFT_LENGTHS=1048576 .gpu-bundle/run.sh bench     the 1M-token prefill (several minutes)
+# Logs and JSON lines go to $OUT when it is set, else to /tmp/mp-gpu-bundle/out.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+bundle=$root/.gpu-bundle
+bundle_libs=${BUNDLE_LIBS:-$root/../shared/tools/bundle-libs}
+[ -x "$bundle_libs" ] || bundle_libs=/work/shared/tools/bundle-libs
+[ -x "$bundle_libs" ] || { echo "gpu_bundle.sh: bundle-libs not found (set BUNDLE_LIBS)" >&2; exit 1; }
+if ! grep -q 'mp_kernels_cuda' "$build/build.ninja" 2>/dev/null; then
+  echo "gpu_bundle.sh: $build is not a CUDA build (configure with the CUDA toolkit)" >&2
+  exit 1
+fi
+
+echo "building the GPU tests and benchmarks in $build"
+ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" tests/gpu/all bench/cuda/all
+
+# Every gpu-labelled ctest test: gtest binaries run whole (once each), other tests as written.
+plan=$(mktemp)
+trap 'rm -f "$plan"' EXIT
+ctest --test-dir "$build" -L gpu --show-only=json-v1 | python3 -c '
+import json, os, sys
+tests = json.load(sys.stdin)["tests"]
+binaries, commands = [], []
+for t in tests:
+    cmd = t["command"]
+    if any(a.startswith("--gtest_filter=") for a in cmd[1:]) and len(cmd) <= 3 and \
+       not cmd[0].endswith(".sh"):
+        if cmd[0] not in binaries:
+            binaries.append(cmd[0])
+    else:
+        commands.append((t["name"], cmd))
+for b in binaries:
+    print("binary\t" + b)
+for name, cmd in commands:
+    print("command\t" + name + "\t" + "\t".join(cmd))
+' > "$plan"
+[ -s "$plan" ] || { echo "gpu_bundle.sh: ctest lists no gpu tests in $build" >&2; exit 1; }
+
+# Test binaries outside tests/gpu (other modules' gpu-labelled tests) are built by name.
+targets=$(awk -F'\t' '$1 == "binary" {n = split($2, p, "/"); print p[n]}' "$plan")
+ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" $targets
+
+rm -rf "$bundle"
+stage=$(mktemp -d)
+trap 'rm -f "$plan"; rm -rf "$stage"' EXIT
+exes=()
+while IFS=$'\t' read -r kind a b rest; do
+  if [ "$kind" = binary ]; then
+    exes+=("$a")
+  fi
+done < "$plan"
+exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench")
+"$bundle_libs" "$stage" "${exes[@]}" >/dev/null
+cp "$root/tests/gpu/run_memcheck.sh" "$stage/bin/"
+strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
+
+# The commands of non-gtest tests, with build paths replaced by bundle paths.
+{
+  echo "# name<TAB>command... (paths relative to the unpacked bundle)"
+  while IFS=$'\t' read -r kind name rest; do
+    [ "$kind" = command ] || continue
+    line=$name
+    IFS=$'\t' read -r -a args <<< "$rest"
+    for arg in "${args[@]}"; do
+      case "$arg" in
+        */run_memcheck.sh) arg=bin/run_memcheck.sh ;;
+        "$build"/*) arg=bin/$(basename "$arg") ;;
+      esac
+      line+=$'\t'$arg
+    done
+    echo "$line"
+  done < "$plan"
+} > "$stage/commands.tsv"
+for exe in "${exes[@]}"; do basename "$exe"; done | grep -v '^mp_.*_bench$' > "$stage/tests.txt"
+
+mkdir -p "$bundle"
+tar -C "$stage" -cJf "$bundle/payload.tar.xz" bin lib commands.tsv tests.txt
+
+cat > "$bundle/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs the GPU tests and benchmarks of this bundle (made by scripts/gpu_bundle.sh).
+#   run.sh [all|tests|bench]     env: MP_TTFT_LENGTHS (default 32768,131072,262144),
+#                                     MP_ATTENTION_CASES (default 32k,128k), OUT (log folder)
+set -u
+mode=${1:-all}
+here=$(cd "$(dirname "$0")" && pwd)
+work=${MP_BUNDLE_WORK:-/tmp/mp-gpu-bundle}
+out=${OUT:-$work/out}
+mkdir -p "$work" "$out"
+if [ ! -f "$work/.unpacked" ] || [ "$here/payload.tar.xz" -nt "$work/.unpacked" ]; then
+  rm -rf "$work/bin" "$work/lib"
+  if ! tar -C "$work" -xJf "$here/payload.tar.xz" 2>/dev/null; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$here/payload.tar.xz" "$work" || { echo "cannot unpack $here/payload.tar.xz"; exit 1; }
+  fi
+  touch "$work/.unpacked"
+fi
+# The CUDA runtime and cuBLAS come from the machine: the toolkit, or the wheels next to PyTorch.
+cuda_libs=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && cuda_libs+=":$d"
+done
+py_libs=$(python3 - 2>/dev/null <<'PY'
+import glob, os, site
+dirs = []
+for base in site.getsitepackages():
+    dirs += glob.glob(os.path.join(base, "nvidia", "*", "lib"))
+print(":".join(dirs))
+PY
+)
+export LD_LIBRARY_PATH="$work/lib$cuda_libs${py_libs:+:$py_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -z "${MP_TESTDATA_DIR:-}" ] && [ -d "$here/../tests/testdata" ]; then
+  export MP_TESTDATA_DIR=$(cd "$here/../tests/testdata" && pwd)
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+  | sed 's/^/gpu: /'
+
+summary=()
+add() { summary+=("$(printf '| %-44s | %-6s | %s |' "$1" "$2" "$3")"); }
+
+if [ "$mode" = all ] || [ "$mode" = tests ]; then
+  : > "$out/tests.log"
+  while read -r t; do
+    echo "=== $t" | tee -a "$out/tests.log"
+    "$work/bin/$t" --gtest_color=no > "$work/$t.log" 2>&1
+    rc=$?
+    cat "$work/$t.log" >> "$out/tests.log"
+    passed=$(grep -a -oE '^\[  PASSED  \] [0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || true)
+    failed=$(grep -a -cE '^\[  FAILED  \] [A-Za-z0-9_/.]+' "$work/$t.log" || true)
+    skipped=$(grep -a -oE '^\[  SKIPPED \] [0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || true)
+    if [ "$rc" -eq 0 ] && [ -n "$skipped" ] && [ "$skipped" -gt 0 ]; then
+      add "$t" FAIL "${passed:-0} passed, $skipped SKIPPED (a GPU test must not skip)"
+    elif [ "$rc" -eq 0 ]; then
+      add "$t" PASS "${passed:-?} tests"
+    else
+      add "$t" FAIL "exit $rc, ${passed:-0} passed, ${failed:-?} failed (tests.log)"
+    fi
+  done < "$work/tests.txt"
+  : > "$out/memcheck.log"
+  while IFS=$'\t' read -r -a cmd; do
+    [ "${cmd[0]:0:1}" = "#" ] && continue
+    name=${cmd[0]}
+    args=("${cmd[@]:1}")
+    for i in "${!args[@]}"; do
+      case "${args[$i]}" in bin/*) args[$i]="$work/${args[$i]}" ;; esac
+    done
+    echo "=== $name" | tee -a "$out/memcheck.log"
+    (cd "$work" && "${args[@]}") >> "$out/memcheck.log" 2>&1
+    rc=$?
+    errors=$(grep -a -oE 'ERROR SUMMARY: [0-9]+ error' "$out/memcheck.log" | tail -n 1)
+    [ "$rc" -eq 0 ] && add "$name" PASS "${errors:-ok}" || add "$name" FAIL "exit $rc ${errors:-} (memcheck.log)"
+  done < "$work/commands.tsv"
+fi
+
+if [ "$mode" = all ] || [ "$mode" = bench ]; then
+  echo "=== mp_attention_bench"
+  "$work/bin/mp_attention_bench" --cases "${MP_ATTENTION_CASES:-32k,128k}" \
+    --json "$out/attention.json" 2>&1 | tee "$out/attention.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] && add mp_attention_bench DONE "attention.log, attention.json" \
+                  || add mp_attention_bench FAIL "exit $rc"
+  echo "=== mp_ttft_bench"
+  "$work/bin/mp_ttft_bench" --lengths "${MP_TTFT_LENGTHS:-32768,131072,262144}" \
+    --json "$out/ttft.jsonl" 2>&1 | tee "$out/ttft.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] && add mp_ttft_bench DONE "ttft.log, ttft.jsonl" || add mp_ttft_bench FAIL "exit $rc"
+fi
+
+{
+  echo
+  echo "| run                                          | result | detail |"
+  echo "|----------------------------------------------|--------|--------|"
+  printf '%s\n' "${summary[@]}"
+  if [ -f "$out/ttft.log" ] && [ "$mode" != tests ]; then
+    echo
+    sed -n '/^| tokens/,$p' "$out/ttft.log"
+  fi
+} | tee "$out/summary.txt"
+! printf '%s\n' "${summary[@]}" | grep -q '| FAIL '
+RUN
+chmod +x "$bundle/run.sh"
+size=$(du -sm "$bundle" | cut -f1)
+echo "bundle: $(du -sh "$bundle" | cut -f1) in $bundle ($(wc -l < "$stage/tests.txt") test binaries," \
+     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 2 benchmarks)"
+[ "$size" -lt 40 ] || { echo "gpu_bundle.sh: the bundle is ${size} MB, over 40 MB" >&2; exit 1; }

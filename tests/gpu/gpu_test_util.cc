@@ -1,0 +1,123 @@
+#include "tests/gpu/gpu_test_util.h"
+
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <random>
+
+#include "common/status.h"
+
+namespace mp::testing {
+
+std::shared_ptr<CudaBackend> SharedCudaBackend() {
+  static std::once_flag once;
+  static std::shared_ptr<CudaBackend>* backend = nullptr;
+  static absl::Status* error = nullptr;
+  std::call_once(once, [] {
+    absl::StatusOr<std::unique_ptr<CudaBackend>> b = CudaBackend::Create();
+    if (b.ok()) {
+      backend = new std::shared_ptr<CudaBackend>(*std::move(b));
+    } else {
+      error = new absl::Status(b.status());
+    }
+  });
+  if (backend == nullptr) {
+    ADD_FAILURE() << "this test needs an sm_90 GPU (H100/H200): " << *error;
+    return nullptr;
+  }
+  return *backend;
+}
+
+uint16_t Bf16Bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float Bf16Value(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+float RoundToBf16(float f) { return Bf16Value(Bf16Bits(f)); }
+
+Tensor HostBf16(const Tensor& f32) {
+  Tensor out = Tensor::Host(f32.shape(), DType::kBF16);
+  const float* src = f32.data_as<const float>();
+  uint16_t* dst = out.data_as<uint16_t>();
+  for (int64_t i = 0; i < f32.numel(); ++i) dst[i] = Bf16Bits(src[i]);
+  return out;
+}
+
+Bf16Input RandomBf16Input(std::vector<int64_t> shape, uint64_t seed, float stddev, float mean) {
+  Bf16Input in;
+  in.f32 = Tensor::Host(shape, DType::kF32);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(mean, stddev);
+  float* p = in.f32.data_as<float>();
+  for (int64_t i = 0; i < in.f32.numel(); ++i) p[i] = RoundToBf16(normal(rng));
+  in.bf16 = HostBf16(in.f32);
+  return in;
+}
+
+absl::StatusOr<Tensor> ToDevice(CudaBackend& backend, const Tensor& host) {
+  MP_ASSIGN_OR_RETURN(Tensor t, backend.Allocate(host.shape(), host.dtype()));
+  MP_RETURN_IF_ERROR(backend.CopyFromHost(host, t));
+  return t;
+}
+
+void ExpectBf16Close(const Tensor& got, const Tensor& want, double fro_tol, double elem_tol,
+                     const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), DType::kF32) << what;
+  ASSERT_EQ(want.dtype(), DType::kF32) << what;
+  const float* g = got.data_as<const float>();
+  const float* w = want.data_as<const float>();
+  const int64_t n = want.numel();
+  double err2 = 0, ref2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(std::isfinite(g[i])) << what << ": element " << i << " is " << g[i];
+    err2 += (static_cast<double>(g[i]) - w[i]) * (static_cast<double>(g[i]) - w[i]);
+    ref2 += static_cast<double>(w[i]) * w[i];
+  }
+  const double rms = n > 0 ? std::sqrt(ref2 / static_cast<double>(n)) : 0.0;
+  const double fro = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  EXPECT_LE(fro, fro_tol) << what << ": relative Frobenius error";
+  int64_t worst = -1;
+  double worst_ratio = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double bound = elem_tol * (std::fabs(w[i]) + rms);
+    const double diff = std::fabs(static_cast<double>(g[i]) - w[i]);
+    const double ratio = bound > 0 ? diff / bound : (diff > 0 ? INFINITY : 0.0);
+    if (ratio > worst_ratio) {
+      worst_ratio = ratio;
+      worst = i;
+    }
+  }
+  EXPECT_LE(worst_ratio, 1.0) << what << ": element " << worst << " is " << g[worst]
+                              << ", want " << w[worst] << " (tolerance " << elem_tol
+                              << " x (|want| + rms " << rms << "))";
+  std::printf("[ stats    ] %s: relative Frobenius error %.2e, worst element at %.2f of its "
+              "tolerance\n",
+              what.c_str(), fro, worst_ratio);
+}
+
+void ExpectBitwiseEqual(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  const size_t elem = DTypeSize(got.dtype());
+  const auto* a = static_cast<const unsigned char*>(got.data());
+  const auto* b = static_cast<const unsigned char*>(want.data());
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    if (std::memcmp(a + i * elem, b + i * elem, elem) != 0) {
+      ADD_FAILURE() << what << ": element " << i << " differs";
+      return;
+    }
+  }
+}
+
+}  // namespace mp::testing
