@@ -62,7 +62,8 @@ while IFS=$'\t' read -r kind a b rest; do
     exes+=("$a")
   fi
 done < "$plan"
-exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench")
+exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench"
+      "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so")
 "$bundle_libs" "$stage" "${exes[@]}" >/dev/null
 cp "$root/tests/gpu/run_memcheck.sh" "$stage/bin/"
 strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
@@ -84,7 +85,8 @@ strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
     echo "$line"
   done < "$plan"
 } > "$stage/commands.tsv"
-for exe in "${exes[@]}"; do basename "$exe"; done | grep -v '^mp_.*_bench$' > "$stage/tests.txt"
+for exe in "${exes[@]}"; do basename "$exe"; done | grep -vE '^(lib)?mp_.*_bench(\.so)?$' \
+  > "$stage/tests.txt"
 
 mkdir -p "$bundle"
 tar -C "$stage" -cJf "$bundle/payload.tar.xz" bin lib commands.tsv tests.txt
@@ -172,6 +174,18 @@ if [ "$mode" = all ] || [ "$mode" = bench ]; then
   rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] && add mp_attention_bench DONE "attention.log, attention.json" \
                   || add mp_attention_bench FAIL "exit $rc"
+  echo "=== attention_peer.py (our kernel interleaved with cuDNN SDPA)"
+  python3 "$here/../bench/attention_peer.py" --lib "$work/bin/libmp_attention_bench.so" \
+    --cases "${MP_ATTENTION_CASES:-32k,128k}" --json "$out/attention_peer.json" 2>&1 \
+    | tee "$out/attention_peer.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] && add attention_peer.py DONE "attention_peer.log, attention_peer.json" \
+                  || add attention_peer.py FAIL "exit $rc"
+  echo "=== mp_decode_bench"
+  "$work/bin/mp_decode_bench" --json "$out/decode.json" 2>&1 | tee "$out/decode.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] && add mp_decode_bench DONE "decode.log, decode.json" \
+                  || add mp_decode_bench FAIL "exit $rc"
   echo "=== mp_ttft_bench"
   "$work/bin/mp_ttft_bench" --lengths "${MP_TTFT_LENGTHS:-32768,131072,262144}" \
     --json "$out/ttft.jsonl" 2>&1 | tee "$out/ttft.log"
@@ -194,5 +208,5 @@ RUN
 chmod +x "$bundle/run.sh"
 size=$(du -sm "$bundle" | cut -f1)
 echo "bundle: $(du -sh "$bundle" | cut -f1) in $bundle ($(wc -l < "$stage/tests.txt") test binaries," \
-     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 2 benchmarks)"
+     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 4 benchmarks)"
 [ "$size" -lt 40 ] || { echo "gpu_bundle.sh: the bundle is ${size} MB, over 40 MB" >&2; exit 1; }

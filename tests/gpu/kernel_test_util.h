@@ -1,6 +1,6 @@
 // Helpers shared by the GPU kernel tests (raw kernels, no backend): device buffers, CUDA status
-// requirement, bf16 conversion and the comparison of attention outputs with a double-precision
-// reference.
+// assertions, the GPU requirement, bf16 conversion and the comparison of attention outputs with a
+// double-precision reference.
 #pragma once
 
 #include <cuda_bf16.h>
