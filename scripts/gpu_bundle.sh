@@ -5,6 +5,7 @@
 # `gpu`, then the benchmarks, and prints a summary table last.
 #
 #   scripts/gpu_bundle.sh [BUILD_DIR]          (default: build/, configured with CUDA)
+#   MP_BUNDLE_LABEL_EXCLUDE=  scripts/gpu_bundle.sh   also the multigpu tests (default: left out)
 #
 # On the GPU machine, from the repository root (tests/testdata is read from there):
 #   .gpu-bundle/run.sh                 tests, then benchmarks
@@ -30,7 +31,8 @@ ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" tests/gpu/all bench/cuda/all
 # Every gpu-labelled ctest test: gtest binaries run whole (once each), other tests as written.
 plan=$(mktemp)
 trap 'rm -f "$plan"' EXIT
-ctest --test-dir "$build" -L gpu --show-only=json-v1 | python3 -c '
+exclude=${MP_BUNDLE_LABEL_EXCLUDE-multigpu}  # tests that need more than one GPU
+ctest --test-dir "$build" -L gpu ${exclude:+-LE "$exclude"} --show-only=json-v1 | python3 -c '
 import json, os, sys
 tests = json.load(sys.stdin)["tests"]
 binaries, commands = [], []

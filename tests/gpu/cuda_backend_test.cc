@@ -546,7 +546,9 @@ TEST_F(CudaBackendTest, AttentionRejectsBadArguments) {
   MP_EXPECT_ERROR(gpu_->Attention(p), StatusCode::kInvalidArgument, "key range");
   p.key_begin = 0;
   MP_ASSERT_OK_AND_ASSIGN(Tensor q5, gpu_->Allocate({8, 5, 128}, DType::kBF16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out5, gpu_->Allocate({8, 5, 128}, DType::kBF16));
   p.q = &q5;
+  p.out = &out5;
   MP_EXPECT_ERROR(gpu_->Attention(p), StatusCode::kInvalidArgument, "not a multiple");
   MP_ASSERT_OK_AND_ASSIGN(Tensor q512, gpu_->Allocate({8, 2, 512}, DType::kBF16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor out512, gpu_->Allocate({8, 2, 512}, DType::kBF16));

@@ -96,7 +96,8 @@ void RunDecode(const DecodeCase& c, const PagedCache& cache, const std::vector<_
   a.k_cache = dk.get();
   a.v_cache = dv.get();
   a.block_tables = tables.get();
-  a.key_begin = c.null_key_begin ? nullptr : kb.get();
+  // DCA decode takes keys from 0 (key_begin must be null).
+  a.key_begin = c.null_key_begin || c.dca != nullptr ? nullptr : kb.get();
   a.key_end = ke.get();
   a.out = out.get();
   a.lse = lse.get();

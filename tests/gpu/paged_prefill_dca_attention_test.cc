@@ -83,6 +83,9 @@ void ComputeReference(const DcaCase& c, const PagedCache& cache,
       std::vector<float> rotated = qf;
       const int32_t pos = static_cast<int32_t>(r.pos);
       cpu::RopeNeox(rotated.data(), &pos, 1, 1, d, c.dca.rope_theta);
+      // The kernel's contract: the rotated query is rounded to bf16, as the unfused path's RoPE
+      // output would be.
+      for (float& x : rotated) x = Bf(__float2bfloat16(x));
       std::vector<double> qd(rotated.begin(), rotated.end()), o(d);
       lses.push_back(
           testing::ReferenceAttention(cache, 0, h / group, qd.data(), lo, hi, scale, o.data()));
@@ -221,8 +224,9 @@ TEST(PagedPrefillDcaAttentionTest, ChunkLen64ManyBoundariesPerTileGqa4x2Hd128) {
 }
 
 TEST(PagedPrefillDcaAttentionTest, TinyChunksGqa28x4Hd64) {
+  // Queries are the positions [327, 777): the boundaries of DCA chunks 1-4 (C = 192, W = 64).
   RunCase({.head_dim = 64, .num_queries = 450, .key_end = 777, .block_size = 192, .seed = 20,
-           .probes = kProbes192});
+           .probes = {383, 384, 447, 448, 449, 575, 576, 767, 768}});
 }
 
 TEST(PagedPrefillDcaAttentionTest, RowsWithoutKeys) {
