@@ -14,6 +14,7 @@
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "kernels/cuda/convert.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/generic_attention.h"
 #include "kernels/cuda/kv_write.h"
@@ -205,6 +206,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
                                 "cudaStreamCreate"));
   b->pool_ = CudaMemoryPool::Create(options.device);
   MP_ASSIGN_OR_RETURN(b->gemm_, CublasLtGemm::Create(b->pool_, options.gemm_workspace_bytes));
+  b->num_sms_ = prop.multiProcessorCount;
   MP_ASSIGN_OR_RETURN(b->sample_out_, b->Allocate({1}, DType::kI32));
   MP_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(reinterpret_cast<void**>(&b->sample_host_), sizeof(int32_t)),
                                 "cudaMallocHost"));
@@ -217,6 +219,8 @@ CudaBackend::~CudaBackend() {
   staged_ints_ = Tensor();
   sample_out_ = Tensor();
   sample_workspace_ = Tensor();
+  decode_ranges_ = Tensor();
+  decode_workspace_ = Tensor();
   gemm_.reset();
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
   if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
@@ -650,30 +654,70 @@ absl::Status CudaBackend::Attention(const AttentionParams& p) {
   return CudaStatus(cuda::GenericPagedAttention(g, stream_), "Attention (generic)");
 }
 
-// One query row (decode) against the paged cache. The split-KV decode kernel
-// (kernels/cuda/decode_attention.h) plugs in here: same arguments, same contract (out + lse).
-// Until then the prefill kernel serves single queries too.
+// One query row (decode) against the paged cache: the split-KV decode kernel
+// (kernels/cuda/decode_attention.h), whose contract for one query equals the prefill kernel's
+// (a single bottom-right causal row sees every key of its range). Shapes the decode kernel does
+// not take (more than 16 query heads per KV head) go to the prefill kernel.
 absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
                                                const int32_t* block_table) {
   ++stats_.single_query_attention_calls;
-  cuda::PagedPrefillAttentionArgs a;
-  a.q = Bf16(*p.q);
-  a.k_cache = Bf16(p.kv.k);
-  a.v_cache = Bf16(p.kv.v);
-  a.block_table = block_table;
-  a.out = MutableBf16(*p.out);
-  a.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
-  a.num_queries = 1;
-  a.q_heads = p.q->dim(1);
-  a.kv_heads = p.kv.k.dim(1);
-  a.head_dim = p.q->dim(2);
-  a.num_blocks = p.kv.k.dim(0);
-  a.block_size = p.kv.block_size;
-  a.key_begin = p.key_begin;
-  a.key_end = p.key_end;
-  a.causal = p.causal;
-  a.scale = p.scale;
-  return CudaStatus(cuda::PagedPrefillAttention(a, stream_), "Attention (single query)");
+  const int64_t kv_heads = p.kv.k.dim(1), block_size = p.kv.block_size;
+  cuda::DecodeAttentionArgs d;
+  d.q = Bf16(*p.q);
+  d.k_cache = Bf16(p.kv.k);
+  d.v_cache = Bf16(p.kv.v);
+  d.block_tables = block_table;
+  d.out = MutableBf16(*p.out);
+  d.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
+  d.num_seqs = 1;
+  d.q_heads = p.q->dim(1);
+  d.kv_heads = kv_heads;
+  d.head_dim = p.q->dim(2);
+  d.num_blocks = p.kv.k.dim(0);
+  d.block_size = block_size;
+  d.table_stride = std::max<int64_t>(1, (p.key_end + block_size - 1) / block_size);
+  d.num_splits = cuda::DecodeAttentionDefaultSplits(1, kv_heads, p.key_end - p.key_begin,
+                                                    num_sms_);
+  d.scale = p.scale;
+  if (!decode_ranges_.defined()) {
+    MP_ASSIGN_OR_RETURN(decode_ranges_, Allocate({2}, DType::kI32));
+  }
+  d.key_begin = decode_ranges_.data_as<const int32_t>();
+  d.key_end = decode_ranges_.data_as<const int32_t>() + 1;
+  const int64_t ws_bytes = cuda::DecodeAttentionWorkspaceBytes(d);
+  if (ws_bytes > 0 && (!decode_workspace_.defined() ||
+                       static_cast<int64_t>(decode_workspace_.nbytes()) < ws_bytes)) {
+    MP_ASSIGN_OR_RETURN(decode_workspace_, Allocate({ws_bytes}, DType::kU8));
+  }
+  d.workspace = ws_bytes > 0 ? decode_workspace_.data() : nullptr;
+  d.workspace_bytes = ws_bytes;
+  if (!cuda::DecodeAttentionUnsupported(d, nullptr).empty()) {
+    cuda::PagedPrefillAttentionArgs a;
+    a.q = d.q;
+    a.k_cache = d.k_cache;
+    a.v_cache = d.v_cache;
+    a.block_table = block_table;
+    a.out = d.out;
+    a.lse = d.lse;
+    a.num_queries = 1;
+    a.q_heads = d.q_heads;
+    a.kv_heads = kv_heads;
+    a.head_dim = d.head_dim;
+    a.num_blocks = d.num_blocks;
+    a.block_size = block_size;
+    a.key_begin = p.key_begin;
+    a.key_end = p.key_end;
+    a.causal = p.causal;
+    a.scale = p.scale;
+    return CudaStatus(cuda::PagedPrefillAttention(a, stream_), "Attention (single query)");
+  }
+  // Pageable source: the copy takes the values before returning, so `range` may go out of scope.
+  const int32_t range[2] = {static_cast<int32_t>(p.key_begin), static_cast<int32_t>(p.key_end)};
+  MP_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(decode_ranges_.data(), range, sizeof(range),
+                                                cudaMemcpyHostToDevice, stream_),
+                                "Attention (decode ranges)"));
+  ++stats_.decode_attention_calls;
+  return CudaStatus(cuda::DecodeAttention(d, stream_), "Attention (split-KV decode)");
 }
 
 absl::StatusOr<int32_t> CudaBackend::SampleToken(const Tensor& logits, float temperature,

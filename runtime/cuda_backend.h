@@ -47,6 +47,7 @@ struct CudaBackendOptions {
 struct CudaBackendStats {
   int64_t prefill_attention_calls = 0;  // sm_90a paged prefill kernel
   int64_t single_query_attention_calls = 0;
+  int64_t decode_attention_calls = 0;  // ... of them through the split-KV decode kernel
   int64_t generic_attention_calls = 0;  // shapes the sm_90a kernel does not take
   int64_t gemm_plans = 0;               // distinct cuBLASLt plans built
 };
@@ -130,6 +131,9 @@ class CudaBackend final : public Backend {
   Tensor sample_out_;        // [1] i32 device
   Tensor sample_workspace_;  // top-p workspace, grown on demand
   int32_t* sample_host_ = nullptr;  // pinned [1]
+  int num_sms_ = 0;
+  Tensor decode_ranges_;     // [2] i32 device: key_begin, key_end of the decode kernel
+  Tensor decode_workspace_;  // split-KV partial results, grown on demand
   struct InvFreqKey {
     double theta;
     int64_t head_dim;

@@ -484,6 +484,9 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
             path == "prefill" ? 1 : 0);
   EXPECT_EQ(after.single_query_attention_calls - before.single_query_attention_calls,
             path == "single" ? 1 : 0);
+  // Single queries with at most 16 query heads per KV head take the split-KV decode kernel.
+  EXPECT_EQ(after.decode_attention_calls - before.decode_attention_calls,
+            path == "single" && c.q_heads / c.kv_heads <= 16 ? 1 : 0);
   EXPECT_EQ(after.generic_attention_calls - before.generic_attention_calls,
             path == "generic" ? 1 : 0);
 
