@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
+#include "cli/dca_flags.h"
 #include "common/status.h"
 #include "model/chat_template.h"
 #include "model/config.h"
@@ -42,6 +43,7 @@ struct RunFlags {
   float temperature = 0.0f;
   float top_p = 1.0f;
   uint64_t seed = 0;
+  DcaFlags dca;
 };
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -108,6 +110,7 @@ absl::Status Run(const RunFlags& flags) {
   }
 
   MP_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(flags.model_dir + "/config.json"));
+  MP_RETURN_IF_ERROR(ApplyDcaFlags(flags.dca, &config));
 
   // The prompt: token ids as given, or text through the chat template and the tokenizer.
   std::unique_ptr<Tokenizer> tokenizer;
@@ -216,6 +219,7 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", flags->seed, "sampling seed");
   cmd->add_option("--device", flags->device, "cpu or cuda");
   cmd->add_flag("--quiet", flags->quiet, "no progress or timing lines on stderr");
+  AddDcaFlags(cmd, &flags->dca);
   cmd->callback([flags, ids, exit_code] {
     flags->prompt_ids_given = ids->count() > 0;
     absl::Status status = Run(*flags);

@@ -41,6 +41,12 @@ expect_error empty_prompt "empty" -- run --model "$model" --prompt-ids ""
 expect_error id_out_of_range "100000" -- run --model "$model" --prompt-ids "1,2,100000"
 expect_error too_long "max" -- run --model "$model" --prompt-ids "1,2,3,4,5,6" --max-context 4
 expect_error bad_chunk "chunk" -- run --model "$model" --prompt-ids "1,2" --chunk-size 0
+expect_error dca_misaligned "multiple of 64" -- run --model "$model" --prompt-ids "1,2" \
+  --dca-chunk-size 512 --dca-local-size 100
+expect_error dca_no_chunk "leaves no chunk" -- run --model "$model" --prompt-ids "1,2" \
+  --dca-chunk-size 512 --dca-local-size 512
+expect_error dca_on_and_off "both disabled and configured" -- run --model "$model" \
+  --prompt-ids "1,2" --no-dca --dca-local-size 64
 
 # Corrupt / truncated model files.
 trunc="$tmp/trunc"; cp -r "$good" "$trunc"
