@@ -5,6 +5,7 @@
 //       [--depths 0,25,50,75,100] [--trials 5] [--seed 1] [--modes rope,dca]
 //       [--dca-chunk-size S] [--dca-local-size W] [--dca-original-max-position-embeddings L0]
 //       [--chunk-size 2048] [--max-new-tokens 12] [--jsonl trials.jsonl]
+//       [--save-prompts prompts.jsonl]
 //
 // Every cell (mode, length, depth) runs `trials` prompts whose 5-digit keys come from a seeded
 // generator (the same keys and prompts in every mode). Prompts are built by passkey_prompt.h
@@ -56,6 +57,7 @@ struct Flags {
   int64_t chunk_size = 2048;
   int64_t max_new_tokens = 12;
   std::string jsonl;
+  std::string save_prompts;
   bool quiet = false;
   int64_t dca_chunk_size = 0, dca_local_size = 0, dca_l0 = 0;
   CLI::Option* dca_chunk_option = nullptr;
@@ -135,6 +137,18 @@ absl::Status Run(const Flags& f) {
         prompts[{length, depth, t}] = std::move(p);
         keys[{length, depth, t}] = key;
       }
+    }
+  }
+
+  if (!f.save_prompts.empty()) {
+    std::ofstream out(f.save_prompts);
+    if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", f.save_prompts));
+    for (const auto& [cell, p] : prompts) {
+      const auto& [length, depth, t] = cell;
+      nlohmann::json j = {{"length", length},     {"depth", depth},
+                          {"trial", t},           {"key", keys[cell]},
+                          {"tokens", p.ids.size()}, {"text", p.text}};
+      out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     }
   }
 
@@ -276,6 +290,8 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-size", f.chunk_size, "prefill chunk size in tokens");
   app.add_option("--max-new-tokens", f.max_new_tokens, "tokens generated per answer");
   app.add_option("--jsonl", f.jsonl, "write one JSON line per trial to this file");
+  app.add_option("--save-prompts", f.save_prompts,
+                 "write every prompt (text and key) as one JSON line to this file");
   app.add_flag("--quiet", f.quiet, "no per-trial lines on stderr");
   f.dca_chunk_option = app.add_option("--dca-chunk-size", f.dca_chunk_size,
                                       "DCA chunk_size of mode dca (default: config.json's, else "
