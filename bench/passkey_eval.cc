@@ -17,19 +17,18 @@
 //
 // Prints a table (accuracy % per depth and overall, per mode and length) and one JSON line per
 // cell to stdout; with --jsonl, one JSON line per trial (prompt, key, answer) to that file.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -95,8 +94,7 @@ absl::Status Run(const Flags& f) {
   }
   for (const std::string& m : f.modes) {
     if (m != "rope" && m != "dca") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--modes: '", m, "' is neither rope nor dca"));
+      return absl::InvalidArgumentError(absl::StrCat("--modes: '", m, "' is neither rope nor dca"));
     }
   }
   if (f.lengths.empty() || f.depths.empty() || f.modes.empty()) {
@@ -145,9 +143,8 @@ absl::Status Run(const Flags& f) {
     if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", f.save_prompts));
     for (const auto& [cell, p] : prompts) {
       const auto& [length, depth, t] = cell;
-      nlohmann::json j = {{"length", length},     {"depth", depth},
-                          {"trial", t},           {"key", keys[cell]},
-                          {"tokens", p.ids.size()}, {"text", p.text}};
+      nlohmann::json j = {{"length", length},  {"depth", depth},         {"trial", t},
+                          {"key", keys[cell]}, {"tokens", p.ids.size()}, {"text", p.text}};
       out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     }
   }
@@ -190,7 +187,8 @@ absl::Status Run(const Flags& f) {
           cell.prompt_tokens = std::max<int64_t>(cell.prompt_tokens, p.ids.size());
           cell.prefill_seconds += r.timings.prefill_seconds;
           if (!f.quiet) {
-            std::fprintf(stderr, "%s len %lld depth %lld%% trial %lld: key %s answer \"%s\" %s (%.1f s)\n",
+            std::fprintf(stderr,
+                         "%s len %lld depth %lld%% trial %lld: key %s answer \"%s\" %s (%.1f s)\n",
                          mode.c_str(), static_cast<long long>(length),
                          static_cast<long long>(depth), static_cast<long long>(t), key.c_str(),
                          answer.c_str(), ok ? "ok" : "WRONG", r.timings.prefill_seconds);
@@ -207,8 +205,7 @@ absl::Status Run(const Flags& f) {
                                 {"answer", answer},
                                 {"correct", ok},
                                 {"prefill_seconds", r.timings.prefill_seconds}};
-            trials_out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                       << "\n";
+            trials_out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             trials_out.flush();
           }
         }

@@ -36,8 +36,7 @@ absl::StatusOr<Rendered> Render(const ChatTemplate& chat, const std::string& key
     (i < needle_after ? filler_before : filler_after) += kPasskeyFiller;
   }
   const std::string head = absl::StrCat(kPasskeyIntro, filler_before);
-  const std::string user =
-      absl::StrCat(head, PasskeyNeedle(key), filler_after, kPasskeyQuestion);
+  const std::string user = absl::StrCat(head, PasskeyNeedle(key), filler_after, kPasskeyQuestion);
   std::vector<ChatMessage> messages = {{"user", user}};
   MP_ASSIGN_OR_RETURN(std::string text, chat.Render(messages, /*add_generation_prompt=*/true));
   Rendered r;
@@ -66,8 +65,8 @@ absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
   MP_ASSIGN_OR_RETURN(auto empty, tokens_for(0));
   if (empty.first > options.target_tokens) {
     return absl::InvalidArgumentError(
-        absl::StrCat("passkey prompt: target of ", options.target_tokens,
-                     " tokens is below the ", empty.first, " tokens of the prompt without filler"));
+        absl::StrCat("passkey prompt: target of ", options.target_tokens, " tokens is below the ",
+                     empty.first, " tokens of the prompt without filler"));
   }
   // Tokens per filler unit, measured on a long run (BPE merges across unit boundaries).
   std::string run;
@@ -77,8 +76,8 @@ absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
   // Correct the estimate: the largest unit count whose prompt fits.
   MP_ASSIGN_OR_RETURN(auto cur, tokens_for(units));
   while (cur.first > options.target_tokens && units > 0) {
-    units -= std::max<int64_t>(
-        1, static_cast<int64_t>((cur.first - options.target_tokens) / per_unit));
+    units -=
+        std::max<int64_t>(1, static_cast<int64_t>((cur.first - options.target_tokens) / per_unit));
     MP_ASSIGN_OR_RETURN(cur, tokens_for(units));
   }
   while (true) {

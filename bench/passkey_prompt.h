@@ -27,10 +27,10 @@ struct PasskeyPromptOptions {
 };
 
 struct PasskeyPrompt {
-  std::vector<int32_t> ids;   // the whole prompt, chat template included
-  int64_t filler_units = 0;   // repetitions of the filler sentence block
-  int64_t needle_token = 0;   // index of the needle's first token in ids (approximate)
-  std::string text;           // the rendered prompt
+  std::vector<int32_t> ids;  // the whole prompt, chat template included
+  int64_t filler_units = 0;  // repetitions of the filler sentence block
+  int64_t needle_token = 0;  // index of the needle's first token in ids (approximate)
+  std::string text;          // the rendered prompt
 };
 
 extern const char kPasskeyFiller[];

@@ -43,11 +43,10 @@ DualChunkOverride ToDualChunkOverride(const DcaFlags& flags) {
 absl::Status ApplyDcaFlags(const DcaFlags& flags, ModelConfig* config) {
   const absl::Status status = ApplyDualChunkOverride(ToDualChunkOverride(flags), config);
   if (status.ok()) return status;
-  return absl::Status(
-      status.code(),
-      absl::StrCat("--dca / --no-dca / --dca-chunk-size / --dca-local-size / "
-                   "--dca-original-max-position-embeddings: ",
-                   status.message()));
+  return absl::Status(status.code(),
+                      absl::StrCat("--dca / --no-dca / --dca-chunk-size / --dca-local-size / "
+                                   "--dca-original-max-position-embeddings: ",
+                                   status.message()));
 }
 
 }  // namespace mp::cli

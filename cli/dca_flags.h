@@ -1,11 +1,10 @@
 // Command-line flags that turn dual chunk attention on, off or adjust it for any RoPE model
 // (qwen1m-spec.md §2): --dca, --no-dca, --dca-chunk-size, --dca-local-size and
-// --dca-original-max-position-embeddings. Shared by `millipede run` and the benchmarks.
+// --dca-original-max-position-embeddings, as used by `millipede run`.
 #pragma once
 
-#include <cstdint>
-
 #include <CLI/CLI.hpp>
+#include <cstdint>
 
 #include "absl/status/status.h"
 #include "model/config.h"

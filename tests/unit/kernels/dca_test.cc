@@ -8,8 +8,6 @@
 //   * empty regions merging as (0, -inf).
 // Tiny geometries as in §9: chunk_size 64, local_size 16 (C = 48), page 16, 4 q heads with 2 or
 // 4 kv heads, lengths over 0..3+ DCA chunks, L0 below L to exercise the temperature.
-#include "kernels/cpu/dca_attention.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +20,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/dca_attention.h"
 #include "kernels/cpu/dca_positions.h"
 #include "kernels/cpu/rope.h"
 #include "tests/unit/kernels/kernel_test_util.h"
@@ -271,12 +270,12 @@ TEST_P(DcaAttentionTest, OneShotPrefillMatchesTheRelativeDistanceReference) {
   const float m = Temperature(L);
   ASSERT_GT(m, 1.0f) << "the case should exercise the temperature";
   const Result want = BruteForce(q, L, heads, seq, 0, c().g, Scale(), m);
-  for (const AttentionTiles& tiles : {AttentionTiles{}, AttentionTiles{3, 5}, AttentionTiles{1, 1},
-                                      AttentionTiles{16, 16}}) {
+  for (const AttentionTiles& tiles :
+       {AttentionTiles{}, AttentionTiles{3, 5}, AttentionTiles{1, 1}, AttentionTiles{16, 16}}) {
     const KernelOut got = RunDca(q, seq, Shape(c().g, L, heads, 0, m, d), tiles);
-    ExpectNearReference(got, want, L, heads, d, 0,
-                        "tiles " + std::to_string(tiles.query_block) + "x" +
-                            std::to_string(tiles.key_block));
+    ExpectNearReference(
+        got, want, L, heads, d, 0,
+        "tiles " + std::to_string(tiles.query_block) + "x" + std::to_string(tiles.key_block));
   }
 }
 
@@ -389,17 +388,16 @@ TEST_P(DcaAttentionTest, LseMayBeOmitted) {
   EXPECT_EQ(out, with_lse.out);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Geometries, DcaAttentionTest,
-    ::testing::Values(
-        // name, {S, W, L0}, heads, kv_heads, head_dim, block
-        Case{"S64W16Gqa2", {64, 16, 40}, 4, 2, 32, 16},
-        Case{"S64W16Mha", {64, 16, 40}, 4, 4, 32, 16},
-        // 2C - 1 < S: the inter position is 2C - 1, not S.
-        Case{"S64W32InterBelowS", {64, 32, 50}, 4, 2, 16, 16},
-        // The runtime's usual alignment: C a multiple of 64.
-        Case{"S80W16C64Mqa", {80, 16, 100}, 4, 1, 64, 16}),
-    CaseName);
+INSTANTIATE_TEST_SUITE_P(Geometries, DcaAttentionTest,
+                         ::testing::Values(
+                             // name, {S, W, L0}, heads, kv_heads, head_dim, block
+                             Case{"S64W16Gqa2", {64, 16, 40}, 4, 2, 32, 16},
+                             Case{"S64W16Mha", {64, 16, 40}, 4, 4, 32, 16},
+                             // 2C - 1 < S: the inter position is 2C - 1, not S.
+                             Case{"S64W32InterBelowS", {64, 32, 50}, 4, 2, 16, 16},
+                             // The runtime's usual alignment: C a multiple of 64.
+                             Case{"S80W16C64Mqa", {80, 16, 100}, 4, 1, 64, 16}),
+                         CaseName);
 
 // ---- empty regions --------------------------------------------------------------------------
 
@@ -610,8 +608,7 @@ TEST(DcaPositionsTest, PrefillPiecesSplitAtChunkBoundaries) {
     pieces.push_back({b, e});
     b = e;
   }
-  const std::vector<std::pair<int64_t, int64_t>> want = {
-      {40, 48}, {48, 96}, {96, 144}, {144, 150}};
+  const std::vector<std::pair<int64_t, int64_t>> want = {{40, 48}, {48, 96}, {96, 144}, {144, 150}};
   EXPECT_EQ(pieces, want);
   const DcaRegions r = DcaPieceRegions(144, 150, C);
   EXPECT_EQ(r.intra.begin, 144);

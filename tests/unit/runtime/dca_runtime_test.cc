@@ -146,21 +146,20 @@ TEST_P(DcaExecutorReferenceTest, AllRowLogitsMatchTheReferenceForEveryChunking) 
 
 INSTANTIATE_TEST_SUITE_P(
     Models, DcaExecutorReferenceTest,
-    ::testing::Values(
-        ModelCase{"qwen2_gqa", {.layers = 2, .max_position_embeddings = 1024}},
-        ModelCase{"llama_tied_mha",
-                  {.architecture = Architecture::kLlama,
-                   .layers = 2,
-                   .kv_heads = 4,
-                   .tie_word_embeddings = true,
-                   .max_position_embeddings = 1024}},
-        ModelCase{"qwen2_mqa_theta_1e6",
-                  {.layers = 2,
-                   .heads = 8,
-                   .kv_heads = 1,
-                   .head_dim = 8,
-                   .rope_theta = 1e6,
-                   .max_position_embeddings = 1024}}),
+    ::testing::Values(ModelCase{"qwen2_gqa", {.layers = 2, .max_position_embeddings = 1024}},
+                      ModelCase{"llama_tied_mha",
+                                {.architecture = Architecture::kLlama,
+                                 .layers = 2,
+                                 .kv_heads = 4,
+                                 .tie_word_embeddings = true,
+                                 .max_position_embeddings = 1024}},
+                      ModelCase{"qwen2_mqa_theta_1e6",
+                                {.layers = 2,
+                                 .heads = 8,
+                                 .kv_heads = 1,
+                                 .head_dim = 8,
+                                 .rope_theta = 1e6,
+                                 .max_position_embeddings = 1024}}),
     [](const ::testing::TestParamInfo<ModelCase>& info) { return info.param.name; });
 
 class DcaExecutorTest : public ::testing::Test {
@@ -212,11 +211,10 @@ TEST_F(DcaExecutorTest, DecodeEqualsTheLastRowOfPrefill) {
                             full->RunChunk(1, 0, HostIds(ids), LogitsMode::kLastRow, L));
     const std::vector<float> want = ToVector(*backend_, one_shot);
     auto ex = Make();
-    MP_ASSERT_OK(ex->RunChunk(1, 0, HostIds(std::span(ids).first(L - 1)), LogitsMode::kNone, L)
-                     .status());
-    MP_ASSERT_OK_AND_ASSIGN(
-        Tensor step, ex->RunChunk(1, L - 1, HostIds(std::span(ids).last(1)), LogitsMode::kLastRow,
-                                  L));
+    MP_ASSERT_OK(
+        ex->RunChunk(1, 0, HostIds(std::span(ids).first(L - 1)), LogitsMode::kNone, L).status());
+    MP_ASSERT_OK_AND_ASSIGN(Tensor step, ex->RunChunk(1, L - 1, HostIds(std::span(ids).last(1)),
+                                                      LogitsMode::kLastRow, L));
     ExpectRowsNear(ToVector(*backend_, step), want, config_.vocab_size, 1e-5, "decode");
     const std::vector<double> ref = ReferenceLogits(config_, weights_, ids);
     ExpectRowsNear(want, std::vector<double>(ref.end() - config_.vocab_size, ref.end()),
@@ -295,9 +293,8 @@ TEST(DcaEngineTest, GreedyGenerationAcrossFourDcaChunksMatchesTheReference) {
   const ModelConfig config = DcaConfig({.layers = 2, .max_position_embeddings = 1024});
   const ModelWeights weights = TinyWeights(config, 91);
   const std::vector<int32_t> prompt = RandomIds(180, config.vocab_size, 92);
-  MP_ASSERT_OK_AND_ASSIGN(auto engine,
-                          Engine::Create(config, weights, NewCpuBackend(), {.chunk_size = 37},
-                                         {.block_size = kBlock}));
+  MP_ASSERT_OK_AND_ASSIGN(auto engine, Engine::Create(config, weights, NewCpuBackend(),
+                                                      {.chunk_size = 37}, {.block_size = kBlock}));
   GenerationOptions options{.max_new_tokens = 20, .return_prompt_logits = true};
   MP_ASSERT_OK_AND_ASSIGN(GenerationResult result, engine->Generate(prompt, options));
   EXPECT_EQ(result.token_ids, testing::ReferenceGreedy(config, weights, prompt, 20));
@@ -316,9 +313,8 @@ TEST(DcaEngineTest, ChunkSizeAndLayerSplitDoNotChangeTheResult) {
   std::shared_ptr<Backend> backend = NewCpuBackend();
   const std::vector<int32_t> prompt = RandomIds(2 * kC + 11, config.vocab_size, 94);
   GenerationOptions options{.max_new_tokens = 6, .return_prompt_logits = true};
-  MP_ASSERT_OK_AND_ASSIGN(auto one,
-                          Engine::Create(config, weights, backend, {.chunk_size = 1024},
-                                         {.block_size = kBlock}));
+  MP_ASSERT_OK_AND_ASSIGN(auto one, Engine::Create(config, weights, backend, {.chunk_size = 1024},
+                                                   {.block_size = kBlock}));
   MP_ASSERT_OK_AND_ASSIGN(GenerationResult want, one->Generate(prompt, options));
   std::vector<std::unique_ptr<StageExecutor>> chain;
   for (LayerRange range : {LayerRange{0, 1}, LayerRange{1, 2}}) {
