@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
+#include "cli/dca_flags.h"
 #include "common/status.h"
 #include "model/chat_template.h"
 #include "model/config.h"
@@ -50,6 +51,7 @@ struct RunFlags {
   float temperature = 0.0f;
   float top_p = 1.0f;
   uint64_t seed = 0;
+  DcaFlags dca;
 };
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -139,6 +141,7 @@ absl::Status Run(const RunFlags& flags) {
   } else {
     MP_ASSIGN_OR_RETURN(config, LoadModelPreset(flags.preset));
   }
+  MP_RETURN_IF_ERROR(ApplyDcaFlags(flags.dca, &config));
 
   // The prompt: token ids as given, or text through the chat template and the tokenizer.
   std::unique_ptr<Tokenizer> tokenizer;
@@ -270,6 +273,7 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", flags->seed, "sampling seed");
   cmd->add_option("--device", flags->device, "cpu, cuda or cuda:N");
   cmd->add_flag("--quiet", flags->quiet, "no progress or timing lines on stderr");
+  AddDcaFlags(cmd, &flags->dca);
   cmd->callback([flags, ids, random_weights, exit_code] {
     flags->prompt_ids_given = ids->count() > 0;
     flags->random_weights = random_weights->count() > 0;

@@ -275,6 +275,7 @@ absl::StatusOr<DualChunkConfig> ParseDualChunk(const Json& dca) {
                       absl::StrCat("= ", out.chunk_size, " minus local_size = ", out.local_size,
                                    " gives chunk length ", c, ", which must be a multiple of 64"));
   }
+  MP_RETURN_IF_ERROR(ValidateDualChunkConfig(out));
   return out;
 }
 
@@ -468,6 +469,73 @@ std::string ModelConfigToJson(const ModelConfig& config) {
     j["dual_chunk_attention_config"] = std::move(dca);
   }
   return j.dump(2) + "\n";
+}
+
+absl::Status ValidateDualChunkConfig(const DualChunkConfig& d) {
+  constexpr absl::string_view kPrefix = "dual_chunk_attention_config.";
+  if (d.chunk_size <= 0 || d.chunk_size > std::numeric_limits<int32_t>::max()) {
+    return FieldError(absl::StrCat(kPrefix, "chunk_size"),
+                      absl::StrCat("= ", d.chunk_size, " must be in [1, 2147483647]"));
+  }
+  if (d.local_size < 0) {
+    return FieldError(absl::StrCat(kPrefix, "local_size"),
+                      absl::StrCat("must be >= 0, got ", d.local_size));
+  }
+  const int64_t c = d.chunk_len();
+  if (c <= 0) {
+    return FieldError(absl::StrCat(kPrefix, "local_size"),
+                      absl::StrCat("= ", d.local_size, " leaves no chunk: chunk_size (",
+                                   d.chunk_size, ") - local_size = ", c, " must be positive"));
+  }
+  if (c % 64 != 0) {
+    return FieldError(absl::StrCat(kPrefix, "chunk_size"),
+                      absl::StrCat("= ", d.chunk_size, " minus local_size = ", d.local_size,
+                                   " gives chunk length ", c, ", which must be a multiple of 64"));
+  }
+  if (d.original_max_position_embeddings <= 0) {
+    return FieldError(absl::StrCat(kPrefix, "original_max_position_embeddings"),
+                      absl::StrCat("must be positive, got ", d.original_max_position_embeddings));
+  }
+  return absl::OkStatus();
+}
+
+int64_t DefaultDcaLocalSize(int64_t chunk_size) {
+  const int64_t chunk_len = (chunk_size - chunk_size / 32) / 64 * 64;
+  return chunk_size - chunk_len;
+}
+
+absl::Status ApplyDualChunkOverride(const DualChunkOverride& o, ModelConfig* config) {
+  if (!o.any()) return absl::OkStatus();
+  const bool values = o.chunk_size.has_value() || o.local_size.has_value() ||
+                      o.original_max_position_embeddings.has_value();
+  if (o.disable) {
+    if (o.enable || values) {
+      return absl::InvalidArgumentError(
+          "dual chunk attention cannot be both disabled and configured");
+    }
+    config->dual_chunk.reset();
+    return absl::OkStatus();
+  }
+  DualChunkConfig d;
+  if (config->dual_chunk.has_value()) {
+    d = *config->dual_chunk;
+    if (o.chunk_size.has_value()) d.chunk_size = *o.chunk_size;
+    if (o.local_size.has_value()) {
+      d.local_size = *o.local_size;
+    } else if (o.chunk_size.has_value()) {
+      d.local_size = DefaultDcaLocalSize(d.chunk_size);
+    }
+  } else {
+    d.chunk_size = o.chunk_size.value_or(config->max_position_embeddings);
+    d.local_size = o.local_size.value_or(DefaultDcaLocalSize(d.chunk_size));
+    d.original_max_position_embeddings = config->max_position_embeddings;
+  }
+  if (o.original_max_position_embeddings.has_value()) {
+    d.original_max_position_embeddings = *o.original_max_position_embeddings;
+  }
+  MP_RETURN_IF_ERROR(ValidateDualChunkConfig(d));
+  config->dual_chunk = d;
+  return absl::OkStatus();
 }
 
 namespace {

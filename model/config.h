@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace mp {
@@ -60,6 +61,39 @@ struct ModelConfig {
 
 // "Qwen2ForCausalLM" or "LlamaForCausalLM".
 const char* ArchitectureName(Architecture architecture);
+
+// Checks a DCA setting for the engine: chunk_size positive and at most 2^31 - 1, local_size
+// >= 0, chunk length C = chunk_size - local_size positive and a multiple of 64 (the tile
+// alignment of the fused kernels, qwen1m-spec.md §8), original_max_position_embeddings
+// positive. INVALID_ARGUMENT naming the field and the limit. (C must also be a multiple of the
+// KV block size; KvCache::Create checks that.)
+absl::Status ValidateDualChunkConfig(const DualChunkConfig& dca);
+
+// The local window W used when DCA is enabled without one: Qwen2.5-1M's ratio W = S / 32
+// (8192 for S = 262144), made larger by less than 64 where needed so that S - W is a multiple
+// of 64. For S = 8192 (SmolLM2) it is 256.
+int64_t DefaultDcaLocalSize(int64_t chunk_size);
+
+// DCA settings given on the command line, applied over config.json.
+struct DualChunkOverride {
+  bool enable = false;   // turn DCA on: the config's block, or the defaults below
+  bool disable = false;  // turn DCA off even when config.json has dual_chunk_attention_config
+  // Each given value turns DCA on. Defaults: the config's block where it has one, else
+  // chunk_size = max_position_embeddings (the training length), local_size =
+  // DefaultDcaLocalSize(chunk_size), original_max_position_embeddings = max_position_embeddings.
+  std::optional<int64_t> chunk_size;
+  std::optional<int64_t> local_size;
+  std::optional<int64_t> original_max_position_embeddings;
+  bool any() const {
+    return enable || disable || chunk_size.has_value() || local_size.has_value() ||
+           original_max_position_embeddings.has_value();
+  }
+};
+
+// Applies `override` to config->dual_chunk (nothing when !override.any()), then validates the
+// result with ValidateDualChunkConfig. INVALID_ARGUMENT for disable together with DCA values,
+// or for a resulting setting that is not valid.
+absl::Status ApplyDualChunkOverride(const DualChunkOverride& override, ModelConfig* config);
 
 // Parses config.json text. Errors are INVALID_ARGUMENT naming the field; an unknown
 // architecture is INVALID_ARGUMENT naming it and the supported ones. Features the engine does

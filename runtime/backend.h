@@ -38,6 +38,44 @@ struct AttentionParams {
   Tensor* lse = nullptr;  // [q_heads, n] f32, may be null when not needed
 };
 
+// Dual chunk attention (qwen1m-spec.md §2, the Qwen/vLLM semantics) of a run of queries of one
+// sequence, prefill or decode. The CPU reference is kernels/cpu/dca_attention.h; device backends
+// implement exactly this contract.
+//
+//   * q [n, q_heads, head_dim] is NOT rotated. Query i is the token at absolute position
+//     p_i = query_begin + i (a contiguous run; decode is n = 1).
+//   * kv holds the sequence's keys [0, query_begin + n) (the run's own K/V written first). The
+//     cached K of token j is rotated by RoPE position j mod C (NeoX rotate-half over head_dim,
+//     rope_theta, fp32 angles) and NOT multiplied by the temperature.
+//   * Query i attends to every key j <= p_i, in three disjoint regions by DCA chunk
+//     c(x) = floor(x / C), each with its own rotation of q_i:
+//        intra  c(j) == c(p_i)       (causal)  Q rotated by p_i mod C
+//        succ   c(j) == c(p_i) - 1             Q rotated by min(p_i mod C + C, S)
+//        inter  c(j) <  c(p_i) - 1             Q rotated by min(2C - 1, S)
+//     logit(i, j) = scale * temperature^2 * (R(pos_q) q_i) . k_j; the output is the softmax
+//     over all those keys (one online softmax, or per-region parts merged exactly by
+//     log-sum-exp in fp32; an empty region counts as (0, -inf)). A run that crosses a multiple
+//     of C is split there (each piece has its own regions).
+//   * temperature is the YaRN m(L) = max(1, 0.1 ln(L / L0) + 1) (kernels/cpu/dca_positions.h):
+//     the softmax-scale form of spec §2.7, with L the request's prompt length in prefill and the
+//     current length in decode; 1 inside the training length.
+//   * out [n, q_heads, head_dim]; lse [q_heads, n] f32 (optional): natural-log sum of
+//     exp(logit) over the keys of each query.
+//   * Requirements: 0 < chunk_len <= chunk_size, chunk_len % kv.block_size == 0, chunk_size fits
+//     int32, q_heads a multiple of kv_heads, temperature finite and > 0.
+struct DcaAttentionParams {
+  const Tensor* q = nullptr;  // [n, q_heads, head_dim], not rotated
+  KvLayerView kv;             // keys [0, query_begin + n), K rotated by j mod C
+  int64_t query_begin = 0;    // absolute position of query 0
+  int64_t chunk_size = 0;     // S (dual_chunk_attention_config.chunk_size)
+  int64_t chunk_len = 0;      // C = chunk_size - local_size
+  double rope_theta = 10000.0;
+  float scale = 1.0f;        // usually 1 / sqrt(head_dim)
+  float temperature = 1.0f;  // YaRN m(L): logits carry scale * temperature^2
+  Tensor* out = nullptr;     // [n, q_heads, head_dim]
+  Tensor* lse = nullptr;     // [q_heads, n] f32, may be null when not needed
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -86,6 +124,11 @@ class Backend {
                                const Tensor& v,  // [n, kv_heads, head_dim]
                                int64_t start, const KvLayerView& kv) = 0;
   virtual absl::Status Attention(const AttentionParams& params) = 0;
+  // Dual chunk attention; see DcaAttentionParams. Backends without it return UNIMPLEMENTED.
+  virtual absl::Status DcaAttention(const DcaAttentionParams& params) {
+    return absl::UnimplementedError("DcaAttention: dual chunk attention is not implemented on the " +
+                                    name() + " backend");
+  }
 
   // ---- sampling ----
   // One token from the last row of `logits` [rows, vocab] (this backend, compute dtype):

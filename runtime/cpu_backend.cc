@@ -1,5 +1,6 @@
 // CpuBackend: the fp32 reference backend. Every op checks shapes, dtypes and devices, then calls
 // the kernels in kernels/cpu.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "common/status.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/dca_attention.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rope.h"
@@ -377,6 +379,77 @@ class CpuBackend final : public Backend {
     cpu::PagedAttention(p.q->data_as<const float>(), ToKernelView(p.kv), shape,
                         p.out->data_as<float>(),
                         p.lse != nullptr ? p.lse->data_as<float>() : nullptr);
+    return absl::OkStatus();
+  }
+
+  absl::Status DcaAttention(const DcaAttentionParams& p) override {
+    constexpr absl::string_view kOp = "DcaAttention";
+    if (p.q == nullptr || p.out == nullptr) {
+      return absl::InvalidArgumentError("DcaAttention: q and out must be given");
+    }
+    MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kF32, {kAny, kAny, kAny}));
+    const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
+    MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kF32, {n, q_heads, head_dim}));
+    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
+    if (p.lse != nullptr) {
+      MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
+    }
+    if (head_dim % 2 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DcaAttention: head_dim must be even for RoPE, q has shape ", p.q->ShapeString()));
+    }
+    if (p.chunk_len <= 0 || p.chunk_size < p.chunk_len ||
+        p.chunk_size > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DcaAttention: chunk_len (", p.chunk_len, ") and chunk_size (",
+                       p.chunk_size, ") must satisfy 0 < chunk_len <= chunk_size <= 2^31 - 1"));
+    }
+    if (p.kv.block_size > 0 && p.chunk_len % p.kv.block_size != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DcaAttention: the KV block size ", p.kv.block_size,
+                       " must divide the DCA chunk length ", p.chunk_len));
+    }
+    if (p.query_begin < 0 ||
+        p.query_begin > std::numeric_limits<int32_t>::max() - std::max<int64_t>(n, 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DcaAttention: query_begin must be in [0, 2^31 - 1 - n], got ", p.query_begin));
+    }
+    if (!(p.rope_theta > 0.0) || !std::isfinite(p.rope_theta)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DcaAttention: rope_theta must be > 0, got ", p.rope_theta));
+    }
+    if (!std::isfinite(p.scale)) {
+      return absl::InvalidArgumentError("DcaAttention: scale must be finite");
+    }
+    if (!(p.temperature > 0.0f) || !std::isfinite(p.temperature)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DcaAttention: temperature must be finite and > 0, got ", p.temperature));
+    }
+    if (p.kv.k.rank() != 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DcaAttention: K cache has ", Describe(p.kv.k),
+                       ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
+    }
+    const int64_t kv_heads = p.kv.k.dim(1);
+    if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("DcaAttention: q has ", q_heads,
+                                                     " heads, not a multiple of the cache's ",
+                                                     kv_heads, " kv heads"));
+    }
+    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.query_begin + n));
+    if (n == 0) return absl::OkStatus();
+    cpu::DcaAttentionShape shape;
+    shape.num_queries = n;
+    shape.q_heads = q_heads;
+    shape.query_begin = p.query_begin;
+    shape.chunk_size = p.chunk_size;
+    shape.chunk_len = p.chunk_len;
+    shape.rope_theta = p.rope_theta;
+    shape.scale = p.scale;
+    shape.temperature = p.temperature;
+    cpu::DcaPagedAttention(p.q->data_as<const float>(), ToKernelView(p.kv), shape,
+                           p.out->data_as<float>(),
+                           p.lse != nullptr ? p.lse->data_as<float>() : nullptr);
     return absl::OkStatus();
   }
 

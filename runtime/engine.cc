@@ -134,12 +134,13 @@ absl::Status Engine::Validate(std::span<const int32_t> prompt,
 }
 
 absl::StatusOr<Tensor> Engine::Forward(uint64_t seq, int64_t start, std::span<const int32_t> ids,
-                                       LogitsMode mode) {
+                                       LogitsMode mode, int64_t prompt_len) {
   const int64_t n = static_cast<int64_t>(ids.size());
   Tensor activations = Tensor::Host({n}, DType::kI32);
   std::memcpy(activations.data(), ids.data(), ids.size_bytes());
   for (const auto& executor : executors_) {
-    MP_ASSIGN_OR_RETURN(activations, executor->RunChunk(seq, start, activations, mode));
+    MP_ASSIGN_OR_RETURN(activations,
+                        executor->RunChunk(seq, start, activations, mode, prompt_len));
   }
   return activations;
 }
@@ -189,7 +190,8 @@ absl::StatusOr<GenerationResult> Engine::GenerateLocked(uint64_t seq,
     } else if (last_chunk && max_new > 0) {
       mode = LogitsMode::kLastRow;
     }
-    MP_ASSIGN_OR_RETURN(Tensor logits, Forward(seq, start, prompt.subspan(start, n), mode));
+    MP_ASSIGN_OR_RETURN(Tensor logits,
+                        Forward(seq, start, prompt.subspan(start, n), mode, prompt_len));
     if (options.return_prompt_logits) {
       MP_RETURN_IF_ERROR(backend.Synchronize());
       MP_ASSIGN_OR_RETURN(Tensor host, backend.ToHostF32(logits));
@@ -230,8 +232,8 @@ absl::StatusOr<GenerationResult> Engine::GenerateLocked(uint64_t seq,
       break;
     }
     const int32_t fed[1] = {token};
-    MP_ASSIGN_OR_RETURN(Tensor logits,
-                        Forward(seq, prompt_len + generated - 1, fed, LogitsMode::kLastRow));
+    MP_ASSIGN_OR_RETURN(Tensor logits, Forward(seq, prompt_len + generated - 1, fed,
+                                               LogitsMode::kLastRow, prompt_len));
     MP_ASSIGN_OR_RETURN(token, sample(logits));
   }
   result.timings.decode_seconds = SecondsSince(decode_start);

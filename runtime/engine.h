@@ -7,7 +7,9 @@
 // executor (RESOURCE_EXHAUSTED up front when it cannot fit), prefills the prompt in chunks of
 // EngineOptions::chunk_size tokens, samples the first token from the last prompt row, then
 // decodes one token per step through the same executors until max_new_tokens, a stop token, or
-// the on_token callback says stop. The request's KV is released on every exit path.
+// the on_token callback says stop. The request's KV is released on every exit path. With dual
+// chunk attention every chunk carries the prompt length (the YaRN temperature length, see
+// StageExecutor); the DCA op itself splits chunks at DCA chunk boundaries.
 //
 // Generate() calls are serialized (one request at a time).
 #pragma once
@@ -97,11 +99,11 @@ class Engine {
  private:
   Engine() = default;
   absl::Status Validate(std::span<const int32_t> prompt, const GenerationOptions& options) const;
-  // Runs tokens [start, start + ids.size()) of `seq` through all executors; returns the logits
-  // of the last executor ([rows, vocab] on its backend, valid until its next chunk) or an
-  // undefined tensor for kNone.
+  // Runs tokens [start, start + ids.size()) of `seq` of a request with `prompt_len` prompt
+  // tokens through all executors; returns the logits of the last executor ([rows, vocab] on its
+  // backend, valid until its next chunk) or an undefined tensor for kNone.
   absl::StatusOr<Tensor> Forward(uint64_t seq, int64_t start, std::span<const int32_t> ids,
-                                 LogitsMode mode);
+                                 LogitsMode mode, int64_t prompt_len);
   absl::StatusOr<GenerationResult> GenerateLocked(uint64_t seq,
                                                   std::chrono::steady_clock::time_point t0,
                                                   std::span<const int32_t> prompt,

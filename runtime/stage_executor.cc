@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "kernels/cpu/dca_positions.h"
 
 namespace mp {
 namespace {
@@ -102,6 +103,10 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
     const StageExecutorOptions& options) {
   if (backend == nullptr) return absl::InvalidArgumentError("stage executor: no backend given");
   MP_RETURN_IF_ERROR(ValidateConfig(config));
+  if (config.dual_chunk.has_value()) {
+    MP_RETURN_IF_ERROR(Annotate(ValidateDualChunkConfig(*config.dual_chunk),
+                                "stage executor: dual chunk attention"));
+  }
   const LayerRange layers = weights.layers;
   if (layers.begin < 0 || layers.end <= layers.begin || layers.end > config.num_hidden_layers) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -215,9 +220,9 @@ int64_t StageExecutor::scratch_bytes() const {
 }
 
 absl::StatusOr<Tensor> StageExecutor::RunChunk(uint64_t seq, int64_t start, const Tensor& input,
-                                               LogitsMode logits) {
+                                               LogitsMode logits, int64_t prompt_len) {
   const bool new_sequence = !kv_cache_->Contains(seq);
-  absl::StatusOr<Tensor> out = Forward(seq, start, input, logits);
+  absl::StatusOr<Tensor> out = Forward(seq, start, input, logits, prompt_len);
   // A sequence that a failed chunk created holds nothing worth keeping.
   if (!out.ok() && new_sequence && kv_cache_->Contains(seq)) {
     kv_cache_->Release(seq).IgnoreError();
@@ -226,7 +231,7 @@ absl::StatusOr<Tensor> StageExecutor::RunChunk(uint64_t seq, int64_t start, cons
 }
 
 absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const Tensor& input,
-                                              LogitsMode logits) {
+                                              LogitsMode logits, int64_t prompt_len) {
   Backend& b = *backend_;
   const int64_t hidden = config_.hidden_size;
   if (input.rank() < 1) {
@@ -254,10 +259,9 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
     return absl::InvalidArgumentError(
         absl::StrCat("RunChunk: positions up to ", end, " exceed the int32 range"));
   }
-  if (config_.dual_chunk.has_value() && end > config_.dual_chunk->chunk_len()) {
-    return absl::UnimplementedError(
-        absl::StrCat("RunChunk: dual chunk attention is not implemented; positions up to ", end,
-                     " exceed the DCA chunk length ", config_.dual_chunk->chunk_len()));
+  if (prompt_len < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RunChunk: prompt_len must be >= 0, got ", prompt_len));
   }
   const int64_t cached = kv_cache_->Length(seq);
   if (start != cached) {
@@ -275,13 +279,28 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
   } else {
     MP_RETURN_IF_ERROR(b.Copy(input, x));
   }
+  // RoPE positions of K (and of Q on the dense path): p, or p mod C with DCA.
   Tensor positions = scratch_.positions.Slice(0, n);
   int32_t* pos = positions.data_as<int32_t>();
-  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(start + i);
+  float dca_temperature = 0.0f;  // 0: dense attention
+  if (config_.dual_chunk.has_value()) {
+    const DualChunkConfig& dca = *config_.dual_chunk;
+    const int64_t chunk_len = dca.chunk_len();
+    for (int64_t i = 0; i < n; ++i) {
+      pos[i] = static_cast<int32_t>(cpu::DcaKeyPosition(start + i, chunk_len));
+    }
+    const double m = cpu::YarnTemperature(std::max(prompt_len, end),
+                                          dca.original_max_position_embeddings);
+    // Below the chunk length with m = 1, DCA is exactly the dense attention (spec §2.8).
+    if (end > chunk_len || m != 1.0) dca_temperature = static_cast<float>(m);
+  } else {
+    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(start + i);
+  }
 
   for (int64_t i = 0; i < static_cast<int64_t>(layer_weights_.size()); ++i) {
     const int64_t layer = layers_.begin + i;
-    absl::Status status = RunLayer(layer_weights_[i], layer, seq, start, n, positions);
+    absl::Status status =
+        RunLayer(layer_weights_[i], layer, seq, start, n, positions, dca_temperature);
     if (!status.ok()) return Annotate(status, absl::StrCat("layer ", layer));
   }
   MP_RETURN_IF_ERROR(kv_cache_->SetLength(seq, end));
@@ -302,7 +321,8 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
 }
 
 absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64_t seq,
-                                     int64_t start, int64_t n, const Tensor& positions) {
+                                     int64_t start, int64_t n, const Tensor& positions,
+                                     float dca_temperature) {
   Backend& b = *backend_;
   const int64_t heads = config_.num_attention_heads;
   const int64_t kv_heads = config_.num_key_value_heads;
@@ -327,19 +347,35 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
   Tensor k3 = k.Reshape({n, kv_heads, head_dim});
   Tensor v3 = v.Reshape({n, kv_heads, head_dim});
   Tensor attn3 = attn.Reshape({n, heads, head_dim});
-  MP_RETURN_IF_ERROR(b.Rope(q3, positions, config_.rope_theta));
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   MP_RETURN_IF_ERROR(b.Rope(k3, positions, config_.rope_theta));
   MP_ASSIGN_OR_RETURN(KvLayerView kv, kv_cache_->LayerView(seq, layer_index));
   MP_RETURN_IF_ERROR(b.WriteKv(k3, v3, start, kv));
-  AttentionParams params;
-  params.q = &q3;
-  params.kv = kv;
-  params.key_begin = 0;
-  params.key_end = start + n;
-  params.causal = true;
-  params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
-  params.out = &attn3;
-  MP_RETURN_IF_ERROR(b.Attention(params));
+  if (dca_temperature > 0.0f) {
+    // Q stays un-rotated: the DCA op rotates it per key region.
+    DcaAttentionParams params;
+    params.q = &q3;
+    params.kv = kv;
+    params.query_begin = start;
+    params.chunk_size = config_.dual_chunk->chunk_size;
+    params.chunk_len = config_.dual_chunk->chunk_len();
+    params.rope_theta = config_.rope_theta;
+    params.scale = scale;
+    params.temperature = dca_temperature;
+    params.out = &attn3;
+    MP_RETURN_IF_ERROR(b.DcaAttention(params));
+  } else {
+    MP_RETURN_IF_ERROR(b.Rope(q3, positions, config_.rope_theta));
+    AttentionParams params;
+    params.q = &q3;
+    params.kv = kv;
+    params.key_begin = 0;
+    params.key_end = start + n;
+    params.causal = true;
+    params.scale = scale;
+    params.out = &attn3;
+    MP_RETURN_IF_ERROR(b.Attention(params));
+  }
   MP_RETURN_IF_ERROR(b.Linear(attn, w.o_proj, bias(w.o_bias), proj));
   MP_RETURN_IF_ERROR(b.Add(x, proj));
 

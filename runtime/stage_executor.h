@@ -19,8 +19,16 @@
 // live in the executor's scratch buffers: they stay valid until the next RunChunk. Scratch
 // grows to the largest chunk seen and is reused; only the KV cache grows with the sequence.
 //
-// Dual chunk attention is not applied yet: positions at or beyond the DCA chunk length are
-// UNIMPLEMENTED (below it DCA equals the dense attention computed here).
+// Dual chunk attention (config.dual_chunk; qwen1m-spec.md §2, Qwen/vLLM semantics): K is
+// rotated by p mod C before it is cached, Q stays un-rotated and Backend::DcaAttention rotates it
+// per key region (intra / succ / inter) and merges the parts. The YaRN temperature
+// m(L) = max(1, 0.1 ln(L / L0) + 1) uses the softmax-scale form of spec §2.7: cached K is never
+// scaled, the logits carry m(L)^2 with L = max(prompt_len, start + n) — the request's prompt
+// length for every prefill chunk, the current length in decode. (vLLM instead pre-scales K by
+// m(L) at write time; the two agree exactly in prefill and differ in decode only by
+// m(L_now) / m(L_write) on older keys. The cache thus stays independent of the request length.)
+// Where DCA is a no-op (start + n <= C and m = 1) the dense Backend::Attention runs instead: K
+// is then rotated by p = p mod C and the result is the same.
 //
 // Not thread-safe: one thread runs an executor.
 #pragma once
@@ -71,8 +79,12 @@ class StageExecutor {
   // already cached (FAILED_PRECONDITION otherwise); the sequence's KV reservation grows as
   // needed (RESOURCE_EXHAUSTED when the cache is full). On error the cached length is unchanged,
   // and a sequence the failed chunk would have started is not kept.
+  // `prompt_len` is the request's total prompt length (>= 0; 0 = unknown): with DCA it sets the
+  // YaRN temperature length L = max(prompt_len, start + n), so that every chunk of a chunked
+  // prefill uses the same m. Without DCA it is ignored.
   absl::StatusOr<Tensor> RunChunk(uint64_t seq, int64_t start, const Tensor& input,
-                                  LogitsMode logits = LogitsMode::kLastRow);
+                                  LogitsMode logits = LogitsMode::kLastRow,
+                                  int64_t prompt_len = 0);
 
   // Frees the KV of `seq` (NOT_FOUND when it holds none).
   absl::Status Release(uint64_t seq) { return kv_cache_->Release(seq); }
@@ -116,10 +128,12 @@ class StageExecutor {
 
   StageExecutor() = default;
   absl::StatusOr<Tensor> Forward(uint64_t seq, int64_t start, const Tensor& input,
-                                 LogitsMode logits);
+                                 LogitsMode logits, int64_t prompt_len);
   absl::Status EnsureScratch(int64_t rows);
+  // `positions` are the RoPE positions of K (p mod C with DCA) and, on the dense path, of Q.
+  // `dca_temperature` > 0 selects Backend::DcaAttention with that YaRN m; 0 the dense path.
   absl::Status RunLayer(const Layer& layer, int64_t layer_index, uint64_t seq, int64_t start,
-                        int64_t n, const Tensor& positions);
+                        int64_t n, const Tensor& positions, float dca_temperature);
 
   ModelConfig config_;
   StageExecutorOptions options_;

@@ -46,6 +46,12 @@ expect_error preset_without_weights "--random-weights" -- run --preset Qwen2.5-7
 expect_error unknown_preset "no model preset 'Qwen9'" -- run --preset Qwen9 --random-weights 1 --prompt-ids "1"
 expect_error preset_text_prompt "no tokenizer" -- run --preset Qwen2.5-7B-Instruct-1M --random-weights 1 --prompt "hi"
 expect_error model_and_preset "exactly one of --model" -- run --model "$model" --preset Qwen2.5-7B-Instruct-1M --random-weights 1 --prompt-ids "1"
+expect_error dca_misaligned "multiple of 64" -- run --model "$model" --prompt-ids "1,2" \
+  --dca-chunk-size 512 --dca-local-size 100
+expect_error dca_no_chunk "leaves no chunk" -- run --model "$model" --prompt-ids "1,2" \
+  --dca-chunk-size 512 --dca-local-size 512
+expect_error dca_on_and_off "both disabled and configured" -- run --model "$model" \
+  --prompt-ids "1,2" --no-dca --dca-local-size 64
 
 # Corrupt / truncated model files.
 trunc="$tmp/trunc"; cp -r "$good" "$trunc"

@@ -501,5 +501,112 @@ TEST(ModelConfigTest, ParsesTransformersWrittenFixtures) {
   EXPECT_EQ(l.bos_token_id, 1);
 }
 
+TEST(DualChunkSettingsTest, DefaultLocalSizeFollowsTheQwenRatioWithAlignedChunks) {
+  EXPECT_EQ(DefaultDcaLocalSize(262144), 8192);  // Qwen2.5-1M
+  EXPECT_EQ(DefaultDcaLocalSize(8192), 256);     // SmolLM2-135M
+  EXPECT_EQ(DefaultDcaLocalSize(32768), 1024);
+  for (int64_t s = 64; s < 20000; s += 37) {
+    const int64_t w = DefaultDcaLocalSize(s);
+    ASSERT_EQ((s - w) % 64, 0) << "S " << s;
+    ASSERT_GE(w, s / 32) << "S " << s;
+    ASSERT_LT(w, s / 32 + 64) << "S " << s;
+  }
+}
+
+TEST(DualChunkSettingsTest, ValidateNamesTheFieldAndTheLimit) {
+  DualChunkConfig d;
+  d.chunk_size = 8192;
+  d.local_size = 256;
+  d.original_max_position_embeddings = 8192;
+  EXPECT_TRUE(ValidateDualChunkConfig(d).ok());
+  auto expect_error = [](DualChunkConfig bad, const std::string& text) {
+    const absl::Status status = ValidateDualChunkConfig(bad);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(status.message().find(text), std::string::npos) << status;
+  };
+  DualChunkConfig bad = d;
+  bad.local_size = 200;
+  expect_error(bad, "gives chunk length 7992, which must be a multiple of 64");
+  bad = d;
+  bad.local_size = 8192;
+  expect_error(bad, "dual_chunk_attention_config.local_size' = 8192 leaves no chunk");
+  bad = d;
+  bad.local_size = -64;
+  expect_error(bad, "dual_chunk_attention_config.local_size' must be >= 0");
+  bad = d;
+  bad.chunk_size = int64_t{1} << 31;
+  expect_error(bad, "chunk_size' = 2147483648 must be in [1, 2147483647]");
+  bad = d;
+  bad.original_max_position_embeddings = 0;
+  expect_error(bad, "original_max_position_embeddings' must be positive");
+}
+
+TEST(DualChunkSettingsTest, OverrideEnablesDcaOnAnyRopeModel) {
+  ModelConfig smol = testing::TinyLlamaConfig();
+  smol.max_position_embeddings = 8192;
+  smol.dual_chunk.reset();
+
+  ModelConfig c = smol;
+  EXPECT_TRUE(ApplyDualChunkOverride({}, &c).ok());
+  EXPECT_FALSE(c.dual_chunk.has_value());
+
+  DualChunkOverride on;
+  on.enable = true;
+  ASSERT_TRUE(ApplyDualChunkOverride(on, &c).ok());
+  ASSERT_TRUE(c.dual_chunk.has_value());
+  EXPECT_EQ(c.dual_chunk->chunk_size, 8192);
+  EXPECT_EQ(c.dual_chunk->local_size, 256);
+  EXPECT_EQ(c.dual_chunk->chunk_len(), 7936);
+  EXPECT_EQ(c.dual_chunk->original_max_position_embeddings, 8192);
+  EXPECT_FALSE(c.dual_chunk->sparse_attention_enabled);
+
+  c = smol;
+  DualChunkOverride sized;
+  sized.chunk_size = 4096;  // a value alone turns DCA on
+  sized.local_size = 512;
+  ASSERT_TRUE(ApplyDualChunkOverride(sized, &c).ok());
+  EXPECT_EQ(c.dual_chunk->chunk_len(), 3584);
+  EXPECT_EQ(c.dual_chunk->original_max_position_embeddings, 8192);  // the training length
+
+  c = smol;
+  DualChunkOverride bad;
+  bad.local_size = 100;
+  const absl::Status status = ApplyDualChunkOverride(bad, &c);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("multiple of 64"), std::string::npos) << status;
+  EXPECT_FALSE(c.dual_chunk.has_value()) << "a failed override changes nothing";
+}
+
+TEST(DualChunkSettingsTest, OverrideAdjustsOrDisablesTheConfigBlock) {
+  const ModelConfig qwen = Qwen25_7BInstruct1MConfig();
+  ModelConfig c = qwen;
+  DualChunkOverride l0;
+  l0.original_max_position_embeddings = 131072;
+  ASSERT_TRUE(ApplyDualChunkOverride(l0, &c).ok());
+  EXPECT_EQ(c.dual_chunk->chunk_size, 262144);
+  EXPECT_EQ(c.dual_chunk->local_size, 8192);
+  EXPECT_EQ(c.dual_chunk->original_max_position_embeddings, 131072);
+
+  c = qwen;
+  DualChunkOverride chunk;
+  chunk.chunk_size = 65536;  // the local size follows the default ratio unless given
+  ASSERT_TRUE(ApplyDualChunkOverride(chunk, &c).ok());
+  EXPECT_EQ(c.dual_chunk->local_size, 2048);
+  EXPECT_EQ(c.dual_chunk->original_max_position_embeddings, 262144);
+
+  c = qwen;
+  DualChunkOverride off;
+  off.disable = true;
+  ASSERT_TRUE(ApplyDualChunkOverride(off, &c).ok());
+  EXPECT_FALSE(c.dual_chunk.has_value());
+
+  c = qwen;
+  off.local_size = 1024;
+  const absl::Status status = ApplyDualChunkOverride(off, &c);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("both disabled and configured"), std::string::npos) << status;
+  EXPECT_TRUE(c.dual_chunk.has_value());
+}
+
 }  // namespace
 }  // namespace mp

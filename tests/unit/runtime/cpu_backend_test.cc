@@ -2,10 +2,13 @@
 // shape/dtype checks that must reject bad inputs before any work.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status_matchers.h"
@@ -397,6 +400,207 @@ TEST_F(CpuBackendTest, KvOpsRejectBadGeometry) {
   MP_EXPECT_OK(backend_->Attention(p));
   p.q = nullptr;
   MP_EXPECT_ERROR(backend_->Attention(p), StatusCode::kInvalidArgument, "q and out");
+}
+
+// Dual chunk attention through the backend: K written rotated by j mod C with Rope + WriteKv,
+// then DcaAttention over a run crossing two chunk boundaries, against dense attention in double
+// with the relative distances of qwen1m-spec.md §2.2 on the un-rotated q and k.
+TEST_F(CpuBackendTest, DcaAttentionMatchesTheRelativeDistanceReference) {
+  const int64_t kv_heads = 2, q_heads = 4, hd = 8, bs = 4, S = 12, W = 4, C = S - W, len = 27;
+  const double theta = 10000.0;
+  const float scale = 0.35f, m = 1.1f;
+  const int64_t num_blocks = 8;
+  const std::vector<int32_t> table = {5, 0, 7, 2, 6, 1, 3};  // 7 blocks cover 28 tokens
+  MP_ASSERT_OK_AND_ASSIGN(Tensor kc,
+                          backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor vc,
+                          backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
+  KvLayerView kv{kc, vc, I32(table), bs};
+  Tensor k = RandomF32({len, kv_heads, hd}, rng_);
+  Tensor v = RandomF32({len, kv_heads, hd}, rng_);
+  Tensor k_rot = Tensor::Host({len, kv_heads, hd}, DType::kF32);
+  std::memcpy(k_rot.data(), k.data(), k.nbytes());
+  std::vector<int32_t> key_pos(len);
+  for (int64_t j = 0; j < len; ++j) key_pos[j] = static_cast<int32_t>(j % C);
+  MP_ASSERT_OK(backend_->Rope(k_rot, I32(key_pos), theta));
+  MP_ASSERT_OK(backend_->WriteKv(k_rot, v, 0, kv));
+
+  auto distance = [&](int64_t p, int64_t j) -> int64_t {
+    if (j / C == p / C) return p - j;
+    if (j / C == p / C - 1) return std::min(p % C + C, S) - j % C;
+    return std::min(2 * C - 1, S) - j % C;
+  };
+  for (const auto& [query_begin, n] :
+       std::vector<std::pair<int64_t, int64_t>>{{0, len}, {5, 14}, {26, 1}, {16, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "query_begin=" << query_begin << " n=" << n);
+    Tensor q = RandomF32({n, q_heads, hd}, rng_);
+    MP_ASSERT_OK_AND_ASSIGN(Tensor out, backend_->Allocate({n, q_heads, hd}, DType::kF32));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor lse, backend_->Allocate({q_heads, n}, DType::kF32));
+    DcaAttentionParams p;
+    p.q = &q;
+    p.kv = kv;
+    p.query_begin = query_begin;
+    p.chunk_size = S;
+    p.chunk_len = C;
+    p.rope_theta = theta;
+    p.scale = scale;
+    p.temperature = m;
+    p.out = &out;
+    p.lse = &lse;
+    MP_ASSERT_OK(backend_->DcaAttention(p));
+    std::vector<double> expected(n * q_heads * hd, 0.0), expected_lse(q_heads * n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = query_begin + i;
+      for (int64_t h = 0; h < q_heads; ++h) {
+        const int64_t kh = h / (q_heads / kv_heads);
+        const float* qv = q.data_as<float>() + (i * q_heads + h) * hd;
+        std::vector<double> s;
+        for (int64_t j = 0; j <= pos; ++j) {
+          const float* kv_row = k.data_as<float>() + (j * kv_heads + kh) * hd;
+          double d = 0;
+          for (int64_t e = 0; e < hd / 2; ++e) {
+            const double a = distance(pos, j) * std::pow(theta, -2.0 * e / hd);
+            const double x1 = qv[e], x2 = qv[e + hd / 2];
+            d += (x1 * std::cos(a) - x2 * std::sin(a)) * kv_row[e] +
+                 (x2 * std::cos(a) + x1 * std::sin(a)) * kv_row[e + hd / 2];
+          }
+          s.push_back(double{scale} * m * m * d);
+        }
+        const double mx = *std::max_element(s.begin(), s.end());
+        double sum = 0;
+        for (double x : s) sum += std::exp(x - mx);
+        expected_lse[h * n + i] = mx + std::log(sum);
+        for (int64_t j = 0; j <= pos; ++j) {
+          const double pj = std::exp(s[j] - mx) / sum;
+          for (int64_t e = 0; e < hd; ++e) {
+            expected[(i * q_heads + h) * hd + e] +=
+                pj * v.data_as<float>()[(j * kv_heads + kh) * hd + e];
+          }
+        }
+      }
+    }
+    ExpectNear(out, expected, 1e-5);
+    ExpectNear(lse, expected_lse, 1e-4);
+  }
+}
+
+TEST_F(CpuBackendTest, DcaAttentionRejectsBadInput) {
+  const int64_t kv_heads = 2, hd = 8, bs = 4;
+  MP_ASSERT_OK_AND_ASSIGN(Tensor kc, backend_->Allocate({3, kv_heads, bs, hd}, DType::kF32));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor vc, backend_->Allocate({3, kv_heads, bs, hd}, DType::kF32));
+  Tensor q = RandomF32({2, 4, hd}, rng_);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out, backend_->Allocate({2, 4, hd}, DType::kF32));
+  DcaAttentionParams good;
+  good.q = &q;
+  good.kv = KvLayerView{kc, vc, I32({0, 1}), bs};
+  good.query_begin = 3;
+  good.chunk_size = 12;
+  good.chunk_len = 8;
+  good.scale = 0.3f;
+  good.temperature = 1.0f;
+  good.out = &out;
+  MP_EXPECT_OK(backend_->DcaAttention(good));
+
+  DcaAttentionParams p = good;
+  p.chunk_len = 0;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "chunk_len (0)");
+  p = good;
+  p.chunk_size = 7;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument,
+                  "0 < chunk_len <= chunk_size");
+  p = good;
+  p.chunk_len = 6;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument,
+                  "block size 4 must divide the DCA chunk length 6");
+  p = good;
+  p.query_begin = 7;  // keys up to 9 need 3 blocks
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "positions up to 9");
+  p = good;
+  p.query_begin = -1;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "query_begin");
+  p = good;
+  p.temperature = 0.0f;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "temperature");
+  p = good;
+  p.rope_theta = -1.0;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "rope_theta");
+  p = good;
+  Tensor q3 = RandomF32({2, 3, hd}, rng_);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out3, backend_->Allocate({2, 3, hd}, DType::kF32));
+  p.q = &q3;
+  p.out = &out3;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument,
+                  "not a multiple of the cache's 2 kv heads");
+  p = good;
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out_bad, backend_->Allocate({2, 4, hd + 1}, DType::kF32));
+  p.out = &out_bad;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "out has shape");
+  p = good;
+  Tensor wrong_lse = Tensor::Host({2, 4}, DType::kF32);
+  p.lse = &wrong_lse;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "lse has shape [2, 4]");
+  p = good;
+  p.out = &q;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "must not overlap");
+  p = good;
+  p.q = nullptr;
+  MP_EXPECT_ERROR(backend_->DcaAttention(p), StatusCode::kInvalidArgument, "q and out");
+}
+
+// A backend that implements only the pure virtual ops (by forwarding to the CPU backend) gets
+// the default DcaAttention, which says it is not implemented.
+class MinimalBackend final : public Backend {
+ public:
+  DeviceKind device() const override { return inner_->device(); }
+  std::string name() const override { return "minimal"; }
+  DType compute_dtype() const override { return inner_->compute_dtype(); }
+  absl::StatusOr<Tensor> Allocate(std::vector<int64_t> shape, DType dtype) override {
+    return inner_->Allocate(std::move(shape), dtype);
+  }
+  absl::StatusOr<Tensor> UploadWeight(const Tensor& host) override {
+    return inner_->UploadWeight(host);
+  }
+  absl::Status CopyFromHost(const Tensor& host, Tensor& dst) override {
+    return inner_->CopyFromHost(host, dst);
+  }
+  absl::Status CopyToHost(const Tensor& src, Tensor& host) override {
+    return inner_->CopyToHost(src, host);
+  }
+  absl::Status Copy(const Tensor& src, Tensor& dst) override { return inner_->Copy(src, dst); }
+  absl::StatusOr<Tensor> ToHostF32(const Tensor& src) override { return inner_->ToHostF32(src); }
+  absl::Status Synchronize() override { return inner_->Synchronize(); }
+  absl::Status Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    return inner_->Embedding(ids, table, out);
+  }
+  absl::Status RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    return inner_->RmsNorm(x, w, eps, out);
+  }
+  absl::Status Add(Tensor& x, const Tensor& y) override { return inner_->Add(x, y); }
+  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y) override {
+    return inner_->Linear(x, w, b, y);
+  }
+  absl::Status Rope(Tensor& x, const Tensor& positions, double theta) override {
+    return inner_->Rope(x, positions, theta);
+  }
+  absl::Status SiluMul(const Tensor& gate_up, Tensor& out) override {
+    return inner_->SiluMul(gate_up, out);
+  }
+  absl::Status WriteKv(const Tensor& k, const Tensor& v, int64_t start,
+                       const KvLayerView& kv) override {
+    return inner_->WriteKv(k, v, start, kv);
+  }
+  absl::Status Attention(const AttentionParams& params) override {
+    return inner_->Attention(params);
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_ = NewCpuBackend();
+};
+
+TEST(BackendDefaultsTest, DcaAttentionIsUnimplementedUnlessOverridden) {
+  MinimalBackend backend;
+  MP_EXPECT_ERROR(backend.DcaAttention(DcaAttentionParams{}), StatusCode::kUnimplemented,
+                  "not implemented on the minimal backend");
 }
 
 }  // namespace

@@ -295,19 +295,6 @@ TEST_F(StageExecutorTest, FullCacheIsResourceExhausted) {
   MP_EXPECT_OK(ex->RunChunk(1, 30, HostIds(std::span(ids).subspan(30, 2))).status());
 }
 
-TEST_F(StageExecutorTest, PositionsBeyondTheDcaChunkLengthAreUnimplemented) {
-  DualChunkConfig dca;
-  dca.chunk_size = 64;
-  dca.local_size = 16;
-  dca.original_max_position_embeddings = 32;
-  config_.dual_chunk = dca;
-  auto ex = Make();
-  const std::vector<int32_t> ids = RandomIds(49, config_.vocab_size, 3);
-  MP_ASSERT_OK(ex->RunChunk(1, 0, HostIds(std::span(ids).first(48))).status());
-  MP_EXPECT_ERROR(ex->RunChunk(1, 48, HostIds(std::span(ids).last(1))), StatusCode::kUnimplemented,
-                  "chunk length 48");
-}
-
 TEST_F(StageExecutorTest, CreateNamesMissingOrMisshapenWeights) {
   auto create = [&](const ModelWeights& w) {
     return StageExecutor::Create(config_, w, backend_, Options());

@@ -189,8 +189,16 @@ ModelWeights ToBf16(const ModelWeights& full) {
   return w;
 }
 
+int64_t ReferenceDcaDistance(const DualChunkConfig& dca, int64_t p, int64_t j) {
+  const int64_t C = dca.chunk_size - dca.local_size, S = dca.chunk_size;
+  const int64_t i = p % C, jj = j % C;
+  if (j / C == p / C) return p - j;
+  if (j / C == p / C - 1) return std::min(i + C, S) - jj;
+  return std::min(2 * C - 1, S) - jj;
+}
+
 std::vector<double> ReferenceLogits(const ModelConfig& c, const ModelWeights& w,
-                                    std::span<const int32_t> ids) {
+                                    std::span<const int32_t> ids, int64_t prompt_len) {
   const int64_t T = static_cast<int64_t>(ids.size());
   const int64_t hidden = c.hidden_size, inter = c.intermediate_size, hd = c.head_dim;
   const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
@@ -205,19 +213,46 @@ std::vector<double> ReferenceLogits(const ModelConfig& c, const ModelWeights& w,
     std::vector<double> q = Linear(h, T, hidden, l.q_proj, &l.q_bias);
     std::vector<double> k = Linear(h, T, hidden, l.k_proj, &l.k_bias);
     std::vector<double> v = Linear(h, T, hidden, l.v_proj, &l.v_bias);
-    Rope(q, T, heads, hd, c.rope_theta);
-    Rope(k, T, kv_heads, hd, c.rope_theta);
+    const bool dca = c.dual_chunk.has_value();
+    const double base_scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    if (!dca) {
+      Rope(q, T, heads, hd, c.rope_theta);
+      Rope(k, T, kv_heads, hd, c.rope_theta);
+    }
+    // With DCA q and k stay un-rotated; the logit of (t, j) rotates q_t by r(t, j).
+    const int64_t half = hd / 2;
+    std::vector<double> inv_freq(half);
+    for (int64_t e = 0; e < half; ++e) {
+      inv_freq[e] = std::pow(c.rope_theta, -2.0 * static_cast<double>(e) / hd);
+    }
     std::vector<double> a(T * heads * hd, 0.0);
-    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     for (int64_t t = 0; t < T; ++t) {
+      double scale = base_scale;
+      if (dca) {
+        const double L = static_cast<double>(std::max<int64_t>(prompt_len > 0 ? prompt_len : T,
+                                                               t + 1));
+        const double L0 = static_cast<double>(c.dual_chunk->original_max_position_embeddings);
+        const double m = std::max(1.0, 0.1 * std::log(L / L0) + 1.0);
+        scale *= m * m;
+      }
       for (int64_t hh = 0; hh < heads; ++hh) {
         const int64_t kh = hh / group;
         std::vector<double> s(t + 1);
         double m = -INFINITY;
         for (int64_t j = 0; j <= t; ++j) {
           double d = 0;
-          for (int64_t e = 0; e < hd; ++e) {
-            d += q[(t * heads + hh) * hd + e] * k[(j * kv_heads + kh) * hd + e];
+          const double* qv = &q[(t * heads + hh) * hd];
+          const double* kv = &k[(j * kv_heads + kh) * hd];
+          if (dca) {
+            const double r = static_cast<double>(ReferenceDcaDistance(*c.dual_chunk, t, j));
+            for (int64_t e = 0; e < half; ++e) {
+              const double angle = r * inv_freq[e];
+              const double cs = std::cos(angle), sn = std::sin(angle);
+              d += (qv[e] * cs - qv[e + half] * sn) * kv[e] +
+                   (qv[e + half] * cs + qv[e] * sn) * kv[e + half];
+            }
+          } else {
+            for (int64_t e = 0; e < hd; ++e) d += qv[e] * kv[e];
           }
           s[j] = d * scale;
           m = std::max(m, s[j]);
@@ -249,8 +284,9 @@ std::vector<int32_t> ReferenceGreedy(const ModelConfig& config, const ModelWeigh
   std::vector<int32_t> ids(prompt.begin(), prompt.end());
   std::vector<int32_t> out;
   const int64_t vocab = config.vocab_size;
+  const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   for (int64_t step = 0; step < new_tokens; ++step) {
-    std::vector<double> logits = ReferenceLogits(config, weights, ids);
+    std::vector<double> logits = ReferenceLogits(config, weights, ids, prompt_len);
     const double* last = logits.data() + (static_cast<int64_t>(ids.size()) - 1) * vocab;
     const int32_t next = static_cast<int32_t>(std::max_element(last, last + vocab) - last);
     out.push_back(next);

@@ -42,12 +42,24 @@ ModelWeights ToBf16(const ModelWeights& full);
 
 // Logits [T, vocab] (row-major) at every position of `ids`, computed in double from the f32
 // weights with plain loops.
+//
+// With config.dual_chunk set, attention is dual chunk attention written directly from
+// qwen1m-spec.md §2.2 / §2.7: logits (R(r(t, j)) q_t) . k_j * m_t^2 / sqrt(head_dim) on
+// un-rotated q and k, with the per-pair relative distance r(t, j) and the YaRN temperature of
+// row t, m_t = max(1, 0.1 ln(L_t / L0) + 1), L_t = max(prompt_len, t + 1) (prompt_len 0: T, the
+// length of `ids`). Rows below prompt_len are a prefill of prompt_len tokens (all at
+// m(prompt_len)); each later row is the decode step of its token at the then current length
+// (cached keys are not scaled, so that is exactly incremental generation).
 std::vector<double> ReferenceLogits(const ModelConfig& config, const ModelWeights& weights,
-                                    std::span<const int32_t> ids);
+                                    std::span<const int32_t> ids, int64_t prompt_len = 0);
 
-// Greedy continuation of `prompt` by `new_tokens` tokens with ReferenceLogits.
+// Greedy continuation of `prompt` by `new_tokens` tokens with ReferenceLogits (with DCA, the
+// prompt at m(prompt length) and each generated token at its decode temperature).
 std::vector<int32_t> ReferenceGreedy(const ModelConfig& config, const ModelWeights& weights,
                                      std::span<const int32_t> prompt, int64_t new_tokens);
+
+// The relative distance of query position p and key position j <= p under DCA (spec §2.2).
+int64_t ReferenceDcaDistance(const DualChunkConfig& dca, int64_t p, int64_t j);
 
 // max_i |a[i] - b[i]| / max_i |b[i]| over one row of n values.
 double RowRelativeError(const float* a, const double* b, int64_t n);
