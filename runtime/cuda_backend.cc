@@ -19,6 +19,7 @@
 #include "kernels/cuda/generic_attention.h"
 #include "kernels/cuda/kv_write.h"
 #include "kernels/cuda/paged_prefill_attention.h"
+#include "kernels/cuda/paged_prefill_dca_attention.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
 
@@ -718,6 +719,121 @@ absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
                                 "Attention (decode ranges)"));
   ++stats_.decode_attention_calls;
   return CudaStatus(cuda::DecodeAttention(d, stream_), "Attention (split-KV decode)");
+}
+
+// Dual chunk attention (backend.h: K cached unscaled and rotated by j mod C, logits carry
+// scale * temperature^2): the fused sm_90a kernels, which rotate the query per key region
+// themselves. Prefill chunks take kernels/cuda/paged_prefill_dca_attention.h, single queries
+// the split-KV DCA decode kernel (kernels/cuda/decode_attention.h).
+absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
+  constexpr absl::string_view kOp = "DcaAttention";
+  if (p.q == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("DcaAttention: q and out must be given");
+  }
+  MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kBF16, {kAny, kAny, kAny}));
+  const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
+  MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kBF16, {n, q_heads, head_dim}));
+  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
+  if (p.lse != nullptr) {
+    MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
+  }
+  if (p.query_begin < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DcaAttention: query_begin must be >= 0, got ", p.query_begin));
+  }
+  if (!(p.temperature >= 1.0f) || !std::isfinite(p.temperature) || !std::isfinite(p.scale) ||
+      !(p.scale > 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DcaAttention: scale must be positive and temperature >= 1, got scale ", p.scale,
+        " and temperature ", p.temperature));
+  }
+  if (p.kv.k.rank() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DcaAttention: K cache has ", Describe(p.kv.k),
+                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
+  }
+  const int64_t kv_heads = p.kv.k.dim(1);
+  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("DcaAttention: q has ", q_heads,
+                                                   " heads, not a multiple of the cache's ",
+                                                   kv_heads, " kv heads"));
+  }
+  const int64_t key_end = p.query_begin + n;
+  MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, key_end));
+  if (n == 0) return absl::OkStatus();
+  MP_RETURN_IF_ERROR(UseDevice(device_));
+  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));
+  cuda::DcaParams dca;
+  dca.chunk_len = p.chunk_len;
+  dca.chunk_size = p.chunk_size;
+  dca.rope_theta = p.rope_theta;
+  const float scale = p.scale * p.temperature * p.temperature;
+
+  if (n == 1) {
+    const int64_t block_size = p.kv.block_size;
+    cuda::DecodeAttentionArgs d;
+    d.q = Bf16(*p.q);
+    d.k_cache = Bf16(p.kv.k);
+    d.v_cache = Bf16(p.kv.v);
+    d.block_tables = table;
+    d.out = MutableBf16(*p.out);
+    d.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
+    d.num_seqs = 1;
+    d.q_heads = q_heads;
+    d.kv_heads = kv_heads;
+    d.head_dim = head_dim;
+    d.num_blocks = p.kv.k.dim(0);
+    d.block_size = block_size;
+    d.table_stride = std::max<int64_t>(1, (key_end + block_size - 1) / block_size);
+    d.num_splits = cuda::DecodeAttentionDefaultSplits(1, kv_heads, key_end, num_sms_);
+    d.scale = scale;
+    if (!decode_ranges_.defined()) {
+      MP_ASSIGN_OR_RETURN(decode_ranges_, Allocate({2}, DType::kI32));
+    }
+    d.key_begin = nullptr;  // DCA decode reads keys [0, key_end)
+    d.key_end = decode_ranges_.data_as<const int32_t>() + 1;
+    const int64_t ws_bytes = cuda::DecodeAttentionWorkspaceBytes(d);
+    if (ws_bytes > 0 && (!decode_workspace_.defined() ||
+                         static_cast<int64_t>(decode_workspace_.nbytes()) < ws_bytes)) {
+      MP_ASSIGN_OR_RETURN(decode_workspace_, Allocate({ws_bytes}, DType::kU8));
+    }
+    d.workspace = ws_bytes > 0 ? decode_workspace_.data() : nullptr;
+    d.workspace_bytes = ws_bytes;
+    const std::string unsupported = cuda::DecodeAttentionUnsupported(d, &dca);
+    if (!unsupported.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("DcaAttention (decode): ", unsupported));
+    }
+    const int32_t range[2] = {0, static_cast<int32_t>(key_end)};
+    MP_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(decode_ranges_.data(), range, sizeof(range),
+                                                  cudaMemcpyHostToDevice, stream_),
+                                  "DcaAttention (decode ranges)"));
+    ++stats_.dca_decode_calls;
+    return CudaStatus(cuda::DcaDecodeAttention(d, dca, stream_), "DcaAttention (decode)");
+  }
+
+  cuda::PagedPrefillAttentionArgs a;
+  a.q = Bf16(*p.q);
+  a.k_cache = Bf16(p.kv.k);
+  a.v_cache = Bf16(p.kv.v);
+  a.block_table = table;
+  a.out = MutableBf16(*p.out);
+  a.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
+  a.num_queries = n;
+  a.q_heads = q_heads;
+  a.kv_heads = kv_heads;
+  a.head_dim = head_dim;
+  a.num_blocks = p.kv.k.dim(0);
+  a.block_size = p.kv.block_size;
+  a.key_begin = 0;
+  a.key_end = key_end;  // query row i sits at query_begin + i (bottom-right aligned)
+  a.causal = true;
+  a.scale = scale;
+  const std::string unsupported = cuda::PagedPrefillDcaAttentionUnsupported(a, dca);
+  if (!unsupported.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("DcaAttention: ", unsupported));
+  }
+  ++stats_.dca_prefill_calls;
+  return CudaStatus(cuda::PagedPrefillDcaAttention(a, dca, stream_), "DcaAttention (prefill)");
 }
 
 absl::StatusOr<int32_t> CudaBackend::SampleToken(const Tensor& logits, float temperature,

@@ -49,6 +49,8 @@ struct CudaBackendStats {
   int64_t single_query_attention_calls = 0;
   int64_t decode_attention_calls = 0;  // ... of them through the split-KV decode kernel
   int64_t generic_attention_calls = 0;  // shapes the sm_90a kernel does not take
+  int64_t dca_prefill_calls = 0;        // fused sm_90a DCA prefill kernel
+  int64_t dca_decode_calls = 0;         // split-KV DCA decode kernel
   int64_t gemm_plans = 0;               // distinct cuBLASLt plans built
 };
 
@@ -97,6 +99,7 @@ class CudaBackend final : public Backend {
   absl::Status WriteKv(const Tensor& k, const Tensor& v, int64_t start,
                        const KvLayerView& kv) override;
   absl::Status Attention(const AttentionParams& params) override;
+  absl::Status DcaAttention(const DcaAttentionParams& params) override;
   // Greedy argmax or top-p sampling on the device (kernels/cuda/sampling.h).
   absl::StatusOr<int32_t> SampleToken(const Tensor& logits, float temperature, float top_p,
                                       double uniform) override;

@@ -26,7 +26,7 @@ if ! grep -q 'mp_kernels_cuda' "$build/build.ninja" 2>/dev/null; then
 fi
 
 echo "building the GPU tests and benchmarks in $build"
-ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" tests/gpu/all bench/cuda/all
+ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" tests/gpu/all bench/cuda/all millipede mp_passkey_eval
 
 # Every gpu-labelled ctest test: gtest binaries run whole (once each), other tests as written.
 plan=$(mktemp)
@@ -65,7 +65,8 @@ while IFS=$'\t' read -r kind a b rest; do
   fi
 done < "$plan"
 exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench"
-      "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so")
+      "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so"
+      "$build/cli/millipede" "$build/bench/mp_passkey_eval")
 "$bundle_libs" "$stage" "${exes[@]}" >/dev/null
 cp "$root/tests/gpu/run_memcheck.sh" "$stage/bin/"
 strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
@@ -87,7 +88,7 @@ strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
     echo "$line"
   done < "$plan"
 } > "$stage/commands.tsv"
-for exe in "${exes[@]}"; do basename "$exe"; done | grep -vE '^(lib)?mp_.*_bench(\.so)?$' \
+for exe in "${exes[@]}"; do basename "$exe"; done | grep -vE '^((lib)?mp_.*_bench(\.so)?|millipede|mp_passkey_eval)$' \
   > "$stage/tests.txt"
 
 mkdir -p "$bundle"
@@ -97,6 +98,7 @@ cat > "$bundle/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs the GPU tests and benchmarks of this bundle (made by scripts/gpu_bundle.sh).
 #   run.sh [all|tests|bench]     env: MP_TTFT_LENGTHS (default 32768,131072,262144),
+#                                     MP_TTFT_ATTENTION (dense or dca; default dense),
 #                                     MP_ATTENTION_CASES (default 32k,128k), OUT (log folder)
 set -u
 mode=${1:-all}
@@ -190,6 +192,7 @@ if [ "$mode" = all ] || [ "$mode" = bench ]; then
                   || add mp_decode_bench FAIL "exit $rc"
   echo "=== mp_ttft_bench"
   "$work/bin/mp_ttft_bench" --lengths "${MP_TTFT_LENGTHS:-32768,131072,262144}" \
+    --attention "${MP_TTFT_ATTENTION:-dense}" \
     --json "$out/ttft.jsonl" 2>&1 | tee "$out/ttft.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] && add mp_ttft_bench DONE "ttft.log, ttft.jsonl" || add mp_ttft_bench FAIL "exit $rc"

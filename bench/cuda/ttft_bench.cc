@@ -1,12 +1,15 @@
-// End-to-end dense prefill on one GPU: time to first token of a Qwen2.5-1M architecture with
+// End-to-end prefill on one GPU: time to first token of a Qwen2.5-1M architecture with
 // seeded random weights (generated on the GPU), at several prompt lengths, in fixed-size chunks,
 // next to a cuBLAS bf16 GEMM (8192^3) measured in the same run.
 //
 //   mp_ttft_bench [--preset Qwen2.5-7B-Instruct-1M] [--lengths 32768,131072,262144]
 //                 [--chunk-size 32768] [--mlp-block-rows 8192] [--seed 1] [--json FILE]
+//                 [--attention dense|dca]
 //
-// Attention is dense causal over the whole prompt (the model's dual chunk attention is switched
-// off), so positions run past the model's 1,010,000 when asked for 1M = 1,048,576 tokens.
+// --attention dense (the default): causal attention over the whole prompt with plain RoPE (the
+// model's dual chunk attention is switched off), so positions run past the model's 1,010,000
+// when asked for 1M = 1,048,576 tokens. --attention dca: the model's dual chunk attention with
+// the YaRN temperature (the fused DCA kernel from the DCA chunk length on); the same FLOPs.
 // Per length: a fresh engine whose KV cache holds exactly that prompt (block size 64), one
 // request with max_new_tokens = 1; TTFT is the engine's (validation, KV admission, every prefill
 // chunk, final norm, LM head of the last row and the sampled token). Model FLOPs
@@ -148,6 +151,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   int gemm_iters = 10;
   std::string json_path;
+  std::string attention = "dense";
   app.add_option("--preset", preset, "model architecture (model/presets)");
   app.add_option("--lengths", lengths, "prompt lengths in tokens (1M: 1048576)")->delimiter(',');
   app.add_option("--chunk-size", chunk, "prefill chunk size");
@@ -156,6 +160,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "weight and prompt seed");
   app.add_option("--gemm-iters", gemm_iters, "timed GEMMs of the 8192^3 reference");
   app.add_option("--json", json_path, "also append the JSON lines to this file");
+  app.add_option("--attention", attention, "dense (plain RoPE) or dca (the model's DCA)")
+      ->check(CLI::IsMember({"dense", "dca"}));
   CLI11_PARSE(app, argc, argv);
   if (chunk <= 0 || lengths.empty() || mlp_block_rows < 0) {
     std::fprintf(stderr,
@@ -185,7 +191,13 @@ int main(int argc, char** argv) {
       gpu->name(), gemm_tflops));
 
   mp::ModelConfig config = OrDie(mp::LoadModelPreset(preset), "preset");
-  config.dual_chunk.reset();  // dense attention over the whole prompt
+  if (attention == "dense") {
+    config.dual_chunk.reset();  // dense attention over the whole prompt
+  } else if (!config.dual_chunk.has_value()) {
+    std::fprintf(stderr, "--attention dca: preset %s has no dual_chunk_attention_config\n",
+                 preset.c_str());
+    return 2;
+  }
   mp::WeightLoadOptions load;
   load.layers = {0, config.num_hidden_layers};
   const int64_t before_weights = pool.stats().bytes_in_use;
@@ -256,13 +268,13 @@ int main(int argc, char** argv) {
     row.scratch_gib = engine->executors()[0]->scratch_bytes() / kGiB;
     rows.push_back(row);
     emit(absl::StrFormat(
-        "{\"bench\":\"ttft\",\"model\":\"%s\",\"attention\":\"dense\",\"tokens\":%d,"
+        "{\"bench\":\"ttft\",\"model\":\"%s\",\"attention\":\"%s\",\"tokens\":%d,"
         "\"chunk\":%d,\"mlp_block_rows\":%d,\"ttft_s\":%.3f,\"prefill_s\":%.3f,\"tokens_per_s\":%.1f,"
         "\"linear_pflop\":%.2f,\"attention_pflop\":%.2f,\"model_tflops\":%.1f,"
         "\"mfu_of_989\":%.3f,\"of_gemm\":%.3f,\"gemm_tflops\":%.1f,\"peak_gib\":%.2f,"
         "\"weights_gib\":%.2f,\"kv_gib\":%.2f,\"above_weights_kv_gib\":%.2f,"
         "\"scratch_gib\":%.2f,\"device_used_gib\":%.2f}",
-        preset, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
+        preset, attention, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
         AttentionFlops(config, t) / 1e15, row.tflops, row.tflops / kPeakTflops,
         row.tflops / gemm_tflops, gemm_tflops, row.peak_gib, row.weights_gib, row.kv_gib,
         row.peak_gib - row.weights_gib - row.kv_gib, row.scratch_gib, row.device_used_gib));
@@ -270,8 +282,9 @@ int main(int argc, char** argv) {
     OrDie(pool.ReleaseCached(), "release");
   }
 
-  std::printf("\n%s, dense attention, %lld-token chunks, on %s (cuBLAS bf16 8192^3: %.0f TFLOP/s)\n",
-              preset.c_str(), static_cast<long long>(chunk), gpu->name().c_str(), gemm_tflops);
+  std::printf("\n%s, %s attention, %lld-token chunks, on %s (cuBLAS bf16 8192^3: %.0f TFLOP/s)\n",
+              preset.c_str(), attention.c_str(), static_cast<long long>(chunk),
+              gpu->name().c_str(), gemm_tflops);
   std::printf("| tokens | TTFT s | tokens/s | model TFLOP/s | of 989 | of GEMM | peak GiB | "
               "weights + KV GiB | above |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");

@@ -674,5 +674,81 @@ TEST_F(CudaBackendTest, MemoryPoolReusesFreedBlocks) {
   EXPECT_EQ(again.device_allocations, freed.device_allocations);
 }
 
+
+// DcaAttention through the fused sm_90a kernels against the CPU backend's three-region
+// reference (kernels/cpu): prefill chunks that start inside the first, second and later DCA
+// chunks, and single queries (decode), with the YaRN temperature above 1.
+struct DcaCase {
+  int64_t n, q_heads, kv_heads, head_dim, query_begin, chunk_size, local_size;
+  float temperature;
+  const char* path;  // "prefill" or "decode"
+};
+
+class CudaDcaAttentionTest : public CudaBackendTest,
+                             public ::testing::WithParamInterface<DcaCase> {};
+
+TEST_P(CudaDcaAttentionTest, MatchesCpu) {
+  const DcaCase c = GetParam();
+  constexpr int64_t kBlock = 64;
+  const int64_t key_end = c.query_begin + c.n;
+  const int64_t blocks = (key_end + kBlock - 1) / kBlock;
+  PagedCache cache = MakeCache(*gpu_, blocks + 2, c.kv_heads, kBlock, c.head_dim, blocks,
+                               301 + c.query_begin);
+  Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 302 + c.n);
+  DcaAttentionParams cp;
+  cp.q = &q.f32;
+  cp.kv = CpuView(cache);
+  cp.query_begin = c.query_begin;
+  cp.chunk_size = c.chunk_size;
+  cp.chunk_len = c.chunk_size - c.local_size;
+  cp.rope_theta = 10000.0;
+  cp.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  cp.temperature = c.temperature;
+  Tensor want = Tensor::Host({c.n, c.q_heads, c.head_dim}, DType::kF32);
+  Tensor want_lse = Tensor::Host({c.q_heads, c.n}, DType::kF32);
+  cp.out = &want;
+  cp.lse = &want_lse;
+  MP_ASSERT_OK(cpu_->DcaAttention(cp));
+
+  Tensor dq = Device(q.bf16);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu_->Allocate({c.n, c.q_heads, c.head_dim}, DType::kBF16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor lse, gpu_->Allocate({c.q_heads, c.n}, DType::kF32));
+  DcaAttentionParams gp = cp;
+  gp.q = &dq;
+  gp.kv = GpuView(cache);
+  gp.out = &out;
+  gp.lse = &lse;
+  const CudaBackendStats before = gpu_->stats();
+  MP_ASSERT_OK(gpu_->DcaAttention(gp));
+  const CudaBackendStats after = gpu_->stats();
+  const std::string path = c.path;
+  EXPECT_EQ(after.dca_prefill_calls - before.dca_prefill_calls, path == "prefill" ? 1 : 0);
+  EXPECT_EQ(after.dca_decode_calls - before.dca_decode_calls, path == "decode" ? 1 : 0);
+  ExpectBf16Close(Host(out), want, 1e-2, 3e-2, "DCA attention out");
+  Tensor got_lse = Host(lse);
+  for (int64_t i = 0; i < want_lse.numel(); ++i) {
+    ASSERT_NEAR(got_lse.data_as<float>()[i], want_lse.data_as<float>()[i], 2e-2) << "lse " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaDcaAttentionTest,
+    ::testing::Values(
+        // C = 192, S = 256 (spec §9's tiny configuration scaled to 64-key blocks).
+        DcaCase{150, 4, 2, 128, 0, 256, 64, 1.0f, "prefill"},     // inside chunk 0
+        DcaCase{300, 28, 4, 128, 100, 256, 64, 1.0f, "prefill"},  // chunks 0-2
+        DcaCase{257, 9, 3, 64, 500, 256, 64, 1.2f, "prefill"},    // chunks 2-3, YaRN
+        DcaCase{64, 8, 8, 64, 960, 512, 128, 1.1f, "prefill"},    // C = 384, chunk 2
+        DcaCase{1, 28, 4, 128, 777, 256, 64, 1.15f, "decode"},    // chunk 4
+        DcaCase{1, 9, 3, 64, 191, 256, 64, 1.0f, "decode"},       // last key of chunk 0
+        DcaCase{1, 4, 2, 128, 192, 256, 64, 1.0f, "decode"}),     // first key of chunk 1
+    [](const ::testing::TestParamInfo<DcaCase>& info) {
+      const DcaCase& c = info.param;
+      return std::string(c.path) + "_n" + std::to_string(c.n) + "_h" +
+             std::to_string(c.q_heads) + "x" + std::to_string(c.kv_heads) + "_d" +
+             std::to_string(c.head_dim) + "_q" + std::to_string(c.query_begin) + "_S" +
+             std::to_string(c.chunk_size) + "_W" + std::to_string(c.local_size);
+    });
+
 }  // namespace
 }  // namespace mp
