@@ -15,6 +15,7 @@ struct WorkerFlags {
   ConfigFlags config;
   double activation_timeout = 600;
   double drain_timeout = 30;
+  double inject_receive_delay_ms = 0;
 };
 
 }  // namespace
@@ -44,11 +45,14 @@ void RegisterWorkerCommand(CLI::App& app, int* exit_code) {
                   "seconds a stage waits for its input activations");
   cmd->add_option("--drain-timeout", f->drain_timeout,
                   "seconds running requests get to finish on SIGTERM");
+  cmd->add_option("--inject-receive-delay-ms", f->inject_receive_delay_ms,
+                  "testing: every activation receive takes at least this long (fault injection)");
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;
     f->options.activation_timeout = absl::Seconds(f->activation_timeout);
     f->options.drain_timeout = absl::Seconds(f->drain_timeout);
+    f->options.inject_receive_delay = absl::Milliseconds(f->inject_receive_delay_ms);
     if (f->config.check) {
       std::printf("configuration OK\n");
       return;

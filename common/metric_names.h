@@ -47,7 +47,7 @@ inline constexpr char kStageRequestsHeld[] = "millipede_stage_requests_held";
 inline constexpr char kActivationBytes[] = "millipede_activation_transfer_bytes_total";  // {direction}
 inline constexpr char kActivationSeconds[] = "millipede_activation_transfer_seconds";  // {direction}
 inline constexpr char kKvBlocksInUse[] = "millipede_kv_blocks_in_use";
-inline constexpr char kKvBlocksTotal[] = "millipede_kv_blocks_total";
+inline constexpr char kKvBlocksCapacity[] = "millipede_kv_blocks_capacity";
 inline constexpr char kKvCacheUsageRatio[] = "millipede_kv_cache_usage_ratio";
 
 }  // namespace mp::metric_names

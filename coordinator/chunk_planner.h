@@ -28,7 +28,8 @@ struct ChunkPlannerOptions {
   CostModelOptions cost;
 };
 
-// INVALID_ARGUMENT naming the option: sizes must be positive, min_chunk <= max_chunk.
+// INVALID_ARGUMENT naming the option: sizes must be positive and, in dynamic mode,
+// min_chunk <= max_chunk.
 absl::Status ValidateChunkPlannerOptions(const ChunkPlannerOptions& options);
 // "dynamic" / "fixed".
 const char* ChunkModeName(ChunkMode mode);

@@ -134,7 +134,14 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
       workers_(BuildGauge()
                    .Name(n::kWorkers)
                    .Help("Known workers by state")
-                   .Register(r)) {}
+                   .Register(r)) {
+  // Series that exist from the start, so that rates over them begin at 0.
+  for (const char* reason : {"invalid", "overload", "unavailable"}) rejected_.Add({{"reason", reason}});
+  for (const char* reason : {"client", "deadline"}) cancelled_.Add({{"reason", reason}});
+  for (const char* code : {"unavailable", "internal", "resource_exhausted"}) {
+    failed_.Add({{"code", code}});
+  }
+}
 
 prometheus::Histogram& CoordinatorMetrics::ChunkTokens(const std::string& mode) {
   return chunk_tokens_.Add({{"mode", mode}}, ChunkTokenBuckets());

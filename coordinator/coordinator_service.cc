@@ -87,24 +87,23 @@ grpc::Status CoordinatorService::Serve(grpc::ServerContext* context,
   }
   absl::StatusOr<RequestHandle> handle = scheduler_->Submit(*std::move(params));
   if (!handle.ok()) return ToGrpcStatus(handle.status());
+  // Why the call ended from the client's side: its deadline, or it cancelled / went away.
+  auto client_gone = [&] {
+    const bool past = absl::FromChrono(context->deadline()) <= absl::Now();
+    return past ? absl::DeadlineExceededError("the client's deadline passed")
+                : absl::CancelledError("the client cancelled the call or went away");
+  };
   while (true) {
     v1::GenerateEvent event;
     absl::Status final_status;
     switch (handle->events->Pop(absl::Milliseconds(100), &event, &final_status)) {
       case EventQueue::PopResult::kEvent:
-        if (!writer->Write(event)) {
-          scheduler_->Cancel(handle->name, absl::CancelledError("the client went away"));
-        }
+        if (!writer->Write(event)) scheduler_->Cancel(handle->name, client_gone());
         break;
       case EventQueue::PopResult::kClosed:
         return ToGrpcStatus(final_status);
       case EventQueue::PopResult::kTimeout:
-        if (context->IsCancelled()) {
-          const bool past = absl::FromChrono(context->deadline()) <= absl::Now();
-          scheduler_->Cancel(handle->name,
-                             past ? absl::DeadlineExceededError("the client's deadline passed")
-                                  : absl::CancelledError("the client cancelled the call"));
-        }
+        if (context->IsCancelled()) scheduler_->Cancel(handle->name, client_gone());
         break;
     }
   }

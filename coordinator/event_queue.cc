@@ -9,7 +9,8 @@ using millipede::v1::GenerateEvent;
 void EventQueue::Push(GenerateEvent event) {
   absl::MutexLock lock(&mu_);
   if (closed_) return;
-  if (!events_.empty()) {
+  // Only a client that falls behind sees coalesced events.
+  if (events_.size() >= kCoalesceAfter) {
     GenerateEvent& last = events_.back();
     if (last.has_progress() && event.has_progress()) {
       last = std::move(event);

@@ -1,8 +1,9 @@
 // EventQueue: the events of one request, from the scheduler to the RPC handler that streams
 // them to the client.
 //
-// Push() never blocks: a slow client never stalls the pipeline. Consecutive Progress events
-// coalesce (the latest wins) and consecutive Tokens events merge while they wait to be sent.
+// Push() never blocks: a slow client never stalls the pipeline. Once kCoalesceAfter events wait
+// to be sent, consecutive Progress events coalesce (the latest wins) and consecutive Tokens
+// events merge, so the queue stays small.
 // Close() ends the stream with its final status after the queued events. Thread-safe.
 #pragma once
 
@@ -19,6 +20,7 @@ namespace mp {
 class EventQueue {
  public:
   enum class PopResult { kEvent, kClosed, kTimeout };
+  static constexpr size_t kCoalesceAfter = 16;
 
   void Push(millipede::v1::GenerateEvent event);
   // The first Close() wins; later pushes are dropped.

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "kvtransfer/fault_injecting_transport.h"
 #include "kvtransfer/transport_factory.h"
 
 namespace mp {
@@ -79,6 +80,16 @@ absl::Status ActivationLinks::Init() {
   t.cuda_device = options_.cuda_device;
   if (options_.upstream) {
     MP_ASSIGN_OR_RETURN(up_, kvtransfer::NewTransport(options_.kind, t));
+    if (options_.inject_receive_delay > absl::ZeroDuration()) {
+      auto wrapped = std::make_unique<kvtransfer::FaultInjectingTransport>(std::move(up_));
+      kvtransfer::FaultRule rule;
+      rule.action = kvtransfer::FaultAction::kDelay;
+      rule.direction = kvtransfer::TransferDirection::kRecv;
+      rule.count = 0;  // every receive
+      rule.delay = options_.inject_receive_delay;
+      MP_RETURN_IF_ERROR(wrapped->AddRule(rule));
+      up_ = std::move(wrapped);
+    }
     MP_ASSIGN_OR_RETURN(recv_, NewBuffer(*up_, /*need_device=*/true));
     MP_ASSIGN_OR_RETURN(upstream_endpoint_, up_->LocalEndpoint());
   }

@@ -43,6 +43,9 @@ struct ActivationLinkOptions {
   int cuda_device = 0;      // device ordinal of a CUDA backend
   // A receive or a wait for a send slot fails with DEADLINE_EXCEEDED after this long.
   absl::Duration timeout = absl::Seconds(600);
+  // Tests: every receive completes no earlier than this after it is posted (the transport is
+  // wrapped in kvtransfer's FaultInjectingTransport), which makes each step that long at least.
+  absl::Duration inject_receive_delay = absl::ZeroDuration();
 };
 
 struct TransferTiming {

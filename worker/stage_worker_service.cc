@@ -145,6 +145,7 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   link.send_buffers = options_.send_buffers;
   link.cuda_device = DeviceOrdinal(loaded_.device);
   link.timeout = options_.activation_timeout;
+  link.inject_receive_delay = options_.inject_receive_delay;
   auto epoch = std::make_shared<Epoch>();
   epoch->epoch = r.pipeline_epoch();
   epoch->stage = r.stage();

@@ -77,7 +77,7 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& r)
                            .Register(r)
                            .Add({})),
       kv_blocks_total(BuildGauge()
-                          .Name(n::kKvBlocksTotal)
+                          .Name(n::kKvBlocksCapacity)
                           .Help("KV cache blocks of this stage")
                           .Register(r)
                           .Add({})),

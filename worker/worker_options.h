@@ -22,6 +22,8 @@ struct WorkerOptions {
   int send_buffers = 4;
   absl::Duration activation_timeout = absl::Seconds(600);
   absl::Duration drain_timeout = absl::Seconds(30);
+  // Tests: delay every activation receive by this much (see ActivationLinkOptions).
+  absl::Duration inject_receive_delay = absl::ZeroDuration();
 };
 
 }  // namespace mp
