@@ -153,8 +153,8 @@ std::vector<std::string> ConfigArgs(const ConfigValues& yaml, const ConfigValues
 std::vector<std::string> OptionNamesInArgs(const std::vector<std::string>& args) {
   std::vector<std::string> names;
   for (const std::string& a : args) {
-    if (a.size() < 3 || a[0] != '-' || a[1] != '-') continue;
     if (a == "--") break;
+    if (a.size() < 3 || a[0] != '-' || a[1] != '-') continue;
     const size_t eq = a.find('=');
     names.push_back(a.substr(2, eq == std::string::npos ? std::string::npos : eq - 2));
   }

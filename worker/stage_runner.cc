@@ -235,13 +235,15 @@ absl::Status StageRunner::Compute(const RunChunkRequest& r, const Tensor& input,
       executor_->is_last() && SamplesToken(r) ? LogitsMode::kLastRow : LogitsMode::kNone;
   absl::StatusOr<Tensor> result =
       executor_->RunChunk(id, static_cast<int64_t>(r.start()), input, mode);
+  // Device backends run asynchronously: the input buffer is reused by the next receive.
+  absl::Status synced = executor_->backend().Synchronize();
   if (!result.ok()) {
     if (!kv.Contains(id)) held_.erase(id);
     return result.status();
   }
   held_.insert(id);
   *out = *std::move(result);
-  return executor_->backend().Synchronize();
+  return synced;
 }
 
 absl::StatusOr<RunChunkResponse> StageRunner::RunOne(const RunChunkRequest& r, bool pass_through) {
