@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -53,6 +55,7 @@ struct GenerateFlags {
   double timeout = 0;
   double wait_ready = 0;
   bool quiet = false;
+  bool json = false;
 };
 
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
@@ -146,6 +149,7 @@ absl::Status Run(const GenerateFlags& f) {
     progress_line = false;
   };
   auto emit = [&](const std::string& piece, int32_t id) {
+    if (f.json) return;
     if (text) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
     } else {
@@ -198,9 +202,24 @@ absl::Status Run(const GenerateFlags& f) {
   done.store(true);
   canceller.join();
   end_progress();
-  std::fputc('\n', stdout);
+  if (!f.json) std::fputc('\n', stdout);
   std::fflush(stdout);
   if (!status.ok()) return FromGrpcStatus(status);
+  if (f.json) {
+    const v1::Timings& t = completed.timings();
+    nlohmann::json j = {{"request_id", completed.request_id()},
+                        {"prompt_tokens", completed.prompt_tokens()},
+                        {"generated_tokens", completed.generated_tokens()},
+                        {"ttft_seconds", t.ttft_seconds()},
+                        {"queue_seconds", t.queue_seconds()},
+                        {"prefill_seconds", t.prefill_seconds()},
+                        {"decode_seconds", t.decode_seconds()},
+                        {"total_seconds", t.total_seconds()},
+                        {"chunks", t.chunks()},
+                        {"stop_reason", v1::StopReason_Name(completed.stop_reason())}};
+    std::printf("%s\n", j.dump().c_str());
+    std::fflush(stdout);
+  }
   if (!f.quiet) {
     const v1::Timings& t = completed.timings();
     const double prefill = t.prefill_seconds();
@@ -245,6 +264,8 @@ void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--wait-ready", f->wait_ready,
                   "wait up to this many seconds for the cluster to be ready");
   cmd->add_flag("--quiet", f->quiet, "no progress or timing lines on stderr");
+  cmd->add_flag("--json", f->json,
+                "print the completion (counts and timings) as one JSON line instead of the text");
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, ids, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;

@@ -391,6 +391,7 @@ void Scheduler::CheckPipeline(Actions* after) {
     }
     if (it->state == v1::WORKER_STATE_DRAINING) draining = true;
   }
+  draining_ = draining;
   if (draining) {
     if (running_.empty()) TearDown("a stage's worker is draining", after);
     return;
@@ -489,6 +490,7 @@ void Scheduler::DoBuild(BuildPlan plan) {
       }
     } else {
       pipeline_ = *built;
+      draining_ = false;
       ever_built_ = true;
       build_error_.clear();
       next_step_ = 1;
@@ -538,10 +540,24 @@ void Scheduler::BreakPipeline(const StageFailure& failure, Actions* after) {
   MP_LOG(Warning) << reason << "; failing its requests and rebuilding";
   broken_at_ = absl::Now();
   next_build_ = absl::Now() + absl::Milliseconds(200);
+  // Requests that ran on the pipeline fail; admitted ones that had not started wait again.
   std::vector<uint64_t> ids(running_.begin(), running_.end());
+  std::vector<uint64_t> requeue;
   for (uint64_t id : ids) {
     Request& r = *requests_[id];
+    if (r.next_chunk == 0) {
+      requeue.push_back(id);
+      continue;
+    }
     Finish(r, absl::UnavailableError(absl::StrCat(reason, "; the request's KV is lost")), after);
+  }
+  for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) {
+    Request& r = *requests_[*it];
+    r.state = State::kQueued;
+    r.reserved = false;
+    r.epoch = 0;
+    running_.erase(std::remove(running_.begin(), running_.end(), r.id), running_.end());
+    waiting_.push_front(r.id);
   }
   admission_.Reset(0, 0);
   const std::string worker = failure.worker_id;
@@ -556,7 +572,8 @@ void Scheduler::BreakPipeline(const StageFailure& failure, Actions* after) {
 }
 
 void Scheduler::Admit(Actions* after) {
-  if (pipeline_ == nullptr) return;
+  // A pipeline with a draining stage takes no new requests; it is rebuilt once it is idle.
+  if (pipeline_ == nullptr || draining_) return;
   while (!waiting_.empty()) {
     Request& r = *requests_[waiting_.front()];
     const int64_t prompt = static_cast<int64_t>(r.params.prompt.size());

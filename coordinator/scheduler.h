@@ -176,6 +176,7 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<Pipeline> pipeline_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;  // a stage of pipeline_ is draining
   bool ever_built_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time broken_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time next_build_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

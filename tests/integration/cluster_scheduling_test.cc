@@ -1,7 +1,9 @@
-// Cancellation and deadlines reach every stage: a request stopped in the middle of its prefill
-// (a Cancel call, the client cancelling its call, or its deadline passing) ends with CANCELLED /
-// DEADLINE_EXCEEDED, and every stage's KV blocks (millipede_kv_blocks_in_use on each worker's
-// /metrics) are back to 0 within 1 s. The cluster then serves the next request normally.
+// Scheduling on a two-stage cluster whose second stage takes at least 10 ms per step:
+//  * cancellation and deadlines reach every stage: a request stopped in the middle of its
+//    prefill (a Cancel call, the client cancelling its call, or its deadline passing) ends with
+//    CANCELLED / DEADLINE_EXCEEDED, and every stage's KV blocks (millipede_kv_blocks_in_use on
+//    each worker's /metrics) are back to 0 within 1 s; the cluster then serves normally;
+//  * fair interleaving: a short request sent while a long prefill runs finishes long before it.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,7 +20,7 @@ namespace {
 
 namespace v1 = millipede::v1;
 
-class ClusterCancelTest : public ::testing::Test {
+class ClusterSchedulingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ClusterOptions options;
@@ -88,10 +90,10 @@ class ClusterCancelTest : public ::testing::Test {
   static std::vector<std::string>* worker_metrics_;
 };
 
-Cluster* ClusterCancelTest::cluster_ = nullptr;
-std::vector<std::string>* ClusterCancelTest::worker_metrics_ = new std::vector<std::string>();
+Cluster* ClusterSchedulingTest::cluster_ = nullptr;
+std::vector<std::string>* ClusterSchedulingTest::worker_metrics_ = new std::vector<std::string>();
 
-TEST_F(ClusterCancelTest, CancelCallStopsThePrefillAndFreesKvOnEveryStage) {
+TEST_F(ClusterSchedulingTest, CancelCallStopsThePrefillAndFreesKvOnEveryStage) {
   std::atomic<int> progress{0};
   absl::Notification started;
   GenerateResult result;
@@ -132,7 +134,7 @@ TEST_F(ClusterCancelTest, CancelCallStopsThePrefillAndFreesKvOnEveryStage) {
   ExpectServes();
 }
 
-TEST_F(ClusterCancelTest, ClientCancellingItsCallFreesKv) {
+TEST_F(ClusterSchedulingTest, ClientCancellingItsCallFreesKv) {
   std::atomic<int> progress{0};
   absl::Time at;
   GenerateCall call;
@@ -150,7 +152,7 @@ TEST_F(ClusterCancelTest, ClientCancellingItsCallFreesKv) {
   ExpectServes();
 }
 
-TEST_F(ClusterCancelTest, DeadlineStopsTheRequestAndFreesKv) {
+TEST_F(ClusterSchedulingTest, DeadlineStopsTheRequestAndFreesKv) {
   GenerateCall call;
   call.timeout = absl::Milliseconds(500);
   const double before = CoordinatorMetric("millipede_requests_cancelled_total{reason=\"deadline\"}");
@@ -164,6 +166,36 @@ TEST_F(ClusterCancelTest, DeadlineStopsTheRequestAndFreesKv) {
       << CoordinatorMetric("millipede_requests_cancelled_total{reason=\"client\"}") << "\n"
       << cluster_->coordinator().Log();
   ExpectServes();
+}
+
+TEST_F(ClusterSchedulingTest, ShortRequestsAreNotStuckBehindALongPrefill) {
+  absl::Notification started;
+  GenerateResult long_result;
+  absl::Time long_first_token = absl::InfiniteFuture();
+  std::thread client([&] {
+    GenerateCall call;
+    call.on_event = [&](const v1::GenerateEvent& ev, grpc::ClientContext&) {
+      if (ev.has_progress() && !started.HasBeenNotified()) started.Notify();
+      if (ev.has_first_token()) long_first_token = absl::Now();
+    };
+    long_result = RunGenerate(cluster_->stub(), LongRequest("long-one"), call);
+    if (!started.HasBeenNotified()) started.Notify();
+  });
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  // About a hundred steps of the long prefill remain; the short request needs one chunk and a
+  // few decode steps, interleaved with them.
+  GenerateResult short_result =
+      RunGenerate(cluster_->stub(), TokenRequest(RandomIds(20, 512, 4), 3));
+  const absl::Time short_done = absl::Now();
+  client.join();
+  ASSERT_TRUE(short_result.status.ok()) << short_result.status.error_message();
+  ASSERT_TRUE(long_result.status.ok()) << long_result.status.error_message();
+  EXPECT_EQ(short_result.tokens.size(), 3u);
+  EXPECT_LT(short_done, long_first_token) << "the short request waited for the long prefill";
+  EXPECT_LT(short_result.completed.timings().ttft_seconds(),
+            long_result.completed.timings().prefill_seconds() / 4)
+      << "short TTFT " << short_result.completed.timings().ttft_seconds() << " s vs long prefill "
+      << long_result.completed.timings().prefill_seconds() << " s";
 }
 
 }  // namespace
