@@ -84,9 +84,8 @@ bool HandleConfigFlags(CLI::App* cmd, const ConfigFlags& flags) {
       if (kMetaOptions.contains(name)) continue;
       std::string value;
       if (opt->count() > 0) {
-        value = opt->get_type_size() == 0
-                    ? (opt->as<bool>() ? "true" : "false")
-                    : absl::StrJoin(opt->results(), ", ");
+        value = opt->get_type_size() == 0 ? (opt->as<bool>() ? "true" : "false")
+                                          : absl::StrJoin(opt->results(), ", ");
         if (opt->get_expected_max() > 1) value = absl::StrCat("[", value, "]");
       } else {
         value = opt->get_type_size() == 0 ? "false" : opt->get_default_str();

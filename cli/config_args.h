@@ -3,10 +3,9 @@
 // configuration as YAML and exit), --check-config (validate and exit).
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "absl/status/statusor.h"
 

@@ -42,8 +42,9 @@ absl::Status Check(CoordinatorFlags& f) {
 void RegisterCoordinatorCommand(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<CoordinatorFlags>();
   CoordinatorOptions& o = f->options;
-  auto* cmd = app.add_subcommand("coordinator", "Serve the cluster's public API and drive the "
-                                                "pipeline of workers");
+  auto* cmd = app.add_subcommand("coordinator",
+                                 "Serve the cluster's public API and drive the "
+                                 "pipeline of workers");
   cmd->option_defaults()->always_capture_default();
   cmd->add_option("--listen", o.listen, "host:port of the gRPC service");
   cmd->add_option("--metrics-listen", o.metrics_listen, "host:port of /metrics (\"\": off)");
@@ -53,8 +54,8 @@ void RegisterCoordinatorCommand(CLI::App& app, int* exit_code) {
   cmd->add_flag("--random-weights", o.random_weights,
                 "seeded random weights for the model directory's config (speed runs)");
   cmd->add_option("--seed", o.random_seed, "seed of random weights");
-  cmd->add_option("--stages", o.num_stages,
-                  "pipeline stages (0: every registered worker)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stages", o.num_stages, "pipeline stages (0: every registered worker)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--device", o.device, "cpu or cuda (workers started with --device win)");
   cmd->add_option("--transport", o.transport, "activations between stages: ucx or nccl")
       ->check(CLI::IsMember({"ucx", "nccl"}));
@@ -83,8 +84,7 @@ void RegisterCoordinatorCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--rebuild-wait", f->rebuild_wait,
                   "seconds to wait for lost workers before rebuilding with fewer stages");
   cmd->add_option("--health-interval", f->health_interval, "seconds between worker checks");
-  cmd->add_option("--health-failures", o.health_failures,
-                  "failed checks before a worker is DOWN");
+  cmd->add_option("--health-failures", o.health_failures, "failed checks before a worker is DOWN");
   cmd->add_option("--step-timeout", f->step_timeout, "seconds one step may take on a stage");
   cmd->add_option("--drain-timeout", f->drain_timeout,
                   "seconds running requests get to finish on SIGTERM");

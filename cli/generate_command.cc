@@ -7,13 +7,12 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -63,8 +62,8 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     int32_t id;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", part,
-                                                     "' is not a token id"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--prompt-ids: '", part, "' is not a token id"));
     }
     ids.push_back(id);
   }
@@ -72,8 +71,8 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
 }
 
 absl::StatusOr<v1::GenerateRequest> BuildRequest(const GenerateFlags& f) {
-  const int sources = !f.prompt.empty() + !f.prompt_file.empty() + f.prompt_ids_given +
-                      (f.random_prompt > 0);
+  const int sources =
+      !f.prompt.empty() + !f.prompt_file.empty() + f.prompt_ids_given + (f.random_prompt > 0);
   if (sources != 1) {
     return absl::InvalidArgumentError(
         "give exactly one of --prompt, --prompt-file, --prompt-ids and --random-prompt");
@@ -223,7 +222,8 @@ absl::Status Run(const GenerateFlags& f) {
   if (!f.quiet) {
     const v1::Timings& t = completed.timings();
     const double prefill = t.prefill_seconds();
-    const uint32_t decoded = completed.generated_tokens() > 0 ? completed.generated_tokens() - 1 : 0;
+    const uint32_t decoded =
+        completed.generated_tokens() > 0 ? completed.generated_tokens() - 1 : 0;
     std::fprintf(stderr,
                  "TTFT %.3f s; prompt %u tokens, queue %.3f s, prefill %.3f s (%.0f tok/s, %u "
                  "chunks); %u tokens generated (%.1f tok/s)\n",
@@ -239,8 +239,9 @@ absl::Status Run(const GenerateFlags& f) {
 
 void RegisterGenerateCommand(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<GenerateFlags>();
-  auto* cmd = app.add_subcommand("generate", "Send a prompt to a running cluster and stream the "
-                                             "answer");
+  auto* cmd = app.add_subcommand("generate",
+                                 "Send a prompt to a running cluster and stream the "
+                                 "answer");
   cmd->option_defaults()->always_capture_default();
   cmd->add_option("--address", f->address, "host:port of the coordinator");
   cmd->add_option("--prompt", f->prompt, "the prompt text");

@@ -75,11 +75,21 @@ absl::Status Run(const LocalFlags& f) {
   BlockShutdownSignals(/*with_sigchld=*/true);
 
   Supervisor supervisor(binary, f.max_restarts);
-  std::vector<std::string> c = {"coordinator",    "--listen",    address,
-                                "--metrics-listen", f.metrics_listen, "--stages",
-                                std::to_string(f.stages), "--device", f.device,
-                                "--transport",    f.transport, "--chunk-mode", f.chunk_mode,
-                                "--drain-timeout", std::to_string(f.drain_timeout)};
+  std::vector<std::string> c = {"coordinator",
+                                "--listen",
+                                address,
+                                "--metrics-listen",
+                                f.metrics_listen,
+                                "--stages",
+                                std::to_string(f.stages),
+                                "--device",
+                                f.device,
+                                "--transport",
+                                f.transport,
+                                "--chunk-mode",
+                                f.chunk_mode,
+                                "--drain-timeout",
+                                std::to_string(f.drain_timeout)};
   if (!f.model_dir.empty()) c.insert(c.end(), {"--model", f.model_dir});
   if (!f.model_preset.empty()) c.insert(c.end(), {"--model-preset", f.model_preset});
   if (f.random_weights) c.push_back("--random-weights");
@@ -90,10 +100,17 @@ absl::Status Run(const LocalFlags& f) {
   c.insert(c.end(), f.coordinator_args.begin(), f.coordinator_args.end());
   supervisor.Add({"coordinator", c});
   for (int i = 0; i < f.stages; ++i) {
-    std::vector<std::string> w = {"worker",         "--coordinator",    address,
-                                  "--listen",       "127.0.0.1:0",      "--metrics-listen",
-                                  "127.0.0.1:0",    "--stage-hint",     std::to_string(i),
-                                  "--drain-timeout", std::to_string(f.drain_timeout)};
+    std::vector<std::string> w = {"worker",
+                                  "--coordinator",
+                                  address,
+                                  "--listen",
+                                  "127.0.0.1:0",
+                                  "--metrics-listen",
+                                  "127.0.0.1:0",
+                                  "--stage-hint",
+                                  std::to_string(i),
+                                  "--drain-timeout",
+                                  std::to_string(f.drain_timeout)};
     if (f.device != "cpu") w.insert(w.end(), {"--device", absl::StrCat("cuda:", i)});
     w.insert(w.end(), f.worker_args.begin(), f.worker_args.end());
     supervisor.Add({absl::StrCat("worker ", i), w});
@@ -119,8 +136,8 @@ absl::Status Run(const LocalFlags& f) {
       supervisor.StopAll(grace);
       if (sig == SIGINT || sig == SIGTERM) return absl::OkStatus();
       if (!reaped.ok()) return reaped;
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the cluster was not ready after ", f.startup_timeout, " s (see the log above)"));
+      return absl::DeadlineExceededError(absl::StrCat("the cluster was not ready after ",
+                                                      f.startup_timeout, " s (see the log above)"));
     }
   }
   std::printf("millipede local: ready at %s (%d stages; coordinator pid %d)\n", address.c_str(),
@@ -159,7 +176,8 @@ void RegisterLocalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--metrics-listen", f->metrics_listen, "host:port of the coordinator's /metrics");
   cmd->add_option("--device", f->device, "cpu or cuda (stage i uses GPU i)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--transport", f->transport, "ucx or nccl")->check(CLI::IsMember({"ucx", "nccl"}));
+  cmd->add_option("--transport", f->transport, "ucx or nccl")
+      ->check(CLI::IsMember({"ucx", "nccl"}));
   cmd->add_option("--ucx-transports", f->ucx_transports, "UCX_TLS of the stages, e.g. tcp or sm");
   cmd->add_option("--kv-tokens", f->kv_tokens, "KV budget per stage in tokens (0: default)");
   cmd->add_option("--max-context", f->max_context, "longest prompt + new tokens (0: the model's)");
@@ -171,7 +189,8 @@ void RegisterLocalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--drain-timeout", f->drain_timeout, "seconds requests get to finish on stop");
   cmd->add_option("--max-restarts", f->max_restarts, "restarts per process per minute");
   cmd->add_option("--coordinator-arg", f->coordinator_args,
-                  "extra argument for the coordinator (repeatable)")->allow_extra_args(false);
+                  "extra argument for the coordinator (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("--worker-arg", f->worker_args, "extra argument for every worker (repeatable)")
       ->allow_extra_args(false);
   AddConfigFlags(cmd, &f->config);

@@ -68,13 +68,13 @@ absl::Status Supervisor::Reap() {
         c.restarts.pop_front();
       }
       if (static_cast<int>(c.restarts.size()) >= max_restarts_) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            c.spec.name, " ", how, " and was restarted ", c.restarts.size(),
-            " times within a minute; giving up"));
+        return absl::FailedPreconditionError(absl::StrCat(c.spec.name, " ", how,
+                                                          " and was restarted ", c.restarts.size(),
+                                                          " times within a minute; giving up"));
       }
       c.restarts.push_back(now);
-      std::fprintf(stderr, "millipede local: %s (pid %d) %s; restarting it\n",
-                   c.spec.name.c_str(), pid, how.c_str());
+      std::fprintf(stderr, "millipede local: %s (pid %d) %s; restarting it\n", c.spec.name.c_str(),
+                   pid, how.c_str());
       absl::SleepFor(absl::Milliseconds(200 * static_cast<int64_t>(c.restarts.size())));
       absl::Status started = Start(static_cast<int>(i));
       if (!started.ok()) return started;

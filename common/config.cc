@@ -62,7 +62,8 @@ absl::StatusOr<ConfigValues> ParseYamlConfig(std::string_view text, std::string_
     const ConfigOption* option = Find(options, key);
     if (option == nullptr) {
       std::string known;
-      for (const ConfigOption& o : options) absl::StrAppend(&known, known.empty() ? "" : ", ", o.name);
+      for (const ConfigOption& o : options)
+        absl::StrAppend(&known, known.empty() ? "" : ", ", o.name);
       return absl::InvalidArgumentError(
           absl::StrCat(src, ": unknown option '", key, "' (known: ", known, ")"));
     }
@@ -91,9 +92,8 @@ absl::StatusOr<ConfigValues> ParseYamlConfig(std::string_view text, std::string_
       }
       std::optional<std::string> b = NormalizeBool(items[0]);
       if (!b) {
-        return absl::InvalidArgumentError(absl::StrCat(src, ": flag '", key,
-                                                       "' must be true or false, got '",
-                                                       items[0], "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(src, ": flag '", key, "' must be true or false, got '", items[0], "'"));
       }
       items[0] = *b;
     }

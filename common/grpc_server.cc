@@ -13,8 +13,8 @@ absl::StatusOr<StartedServer> StartGrpcServer(const std::string& listen,
                                               int max_message_bytes) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos || colon + 1 == listen.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("listen address '", listen,
-                                                   "' is not host:port"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address '", listen, "' is not host:port"));
   }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -30,8 +30,8 @@ absl::StatusOr<StartedServer> StartGrpcServer(const std::string& listen,
   StartedServer started;
   started.server = builder.BuildAndStart();
   if (started.server == nullptr || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen,
-                                               " (address in use or not local?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", listen, " (address in use or not local?)"));
   }
   started.address = absl::StrCat(listen.substr(0, colon), ":", port);
   grpc::HealthCheckServiceInterface* health = started.server->GetHealthCheckService();

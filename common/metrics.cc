@@ -37,8 +37,8 @@ prometheus::Histogram::BucketBoundaries ForwardSecondsBuckets() {
 }
 
 prometheus::Histogram::BucketBoundaries TransferSecondsBuckets() {
-  return {1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1,
-          0.25, 0.5, 1, 2.5, 5, 10};
+  return {1e-5,  2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01,
+          0.025, 0.05,   0.1,  0.25, 0.5,    1,    2.5,  5,      10};
 }
 
 prometheus::Histogram::BucketBoundaries TokenCountBuckets() {

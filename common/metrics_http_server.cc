@@ -62,16 +62,16 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   const std::string service = std::to_string(port);
   if (getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &found) != 0 ||
       found == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("metrics listen address '", listen,
-                                                   "': unknown host"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics listen address '", listen, "': unknown host"));
   }
   auto server = std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer());
   server->registry_ = std::move(registry);
   int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const int one = 1;
   if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  const bool ok = fd >= 0 && bind(fd, found->ai_addr, found->ai_addrlen) == 0 &&
-                  ::listen(fd, 16) == 0;
+  const bool ok =
+      fd >= 0 && bind(fd, found->ai_addr, found->ai_addrlen) == 0 && ::listen(fd, 16) == 0;
   freeaddrinfo(found);
   if (!ok) {
     const std::string why = strerror(errno);

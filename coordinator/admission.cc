@@ -29,10 +29,10 @@ absl::Status KvAdmission::CheckCapacity(int64_t prompt_tokens, int64_t max_new_t
   } else {
     fit = absl::StrCat("a prompt of at most ", total, " tokens would fit");
   }
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "the request needs KV for ", need, " tokens (prompt ", prompt_tokens, " + max_new_tokens ",
-      max_new_tokens, "), but the cluster's KV budget holds ", total, " tokens per request; ",
-      fit));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("the request needs KV for ", need, " tokens (prompt ", prompt_tokens,
+                   " + max_new_tokens ", max_new_tokens, "), but the cluster's KV budget holds ",
+                   total, " tokens per request; ", fit));
 }
 
 bool KvAdmission::TryReserve(uint64_t request, int64_t tokens) {

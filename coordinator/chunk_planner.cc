@@ -8,11 +8,12 @@ namespace mp {
 
 absl::Status ValidateChunkPlannerOptions(const ChunkPlannerOptions& o) {
   if (o.max_chunk <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("max-chunk must be positive, got ", o.max_chunk));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max-chunk must be positive, got ", o.max_chunk));
   }
   if (o.mode == ChunkMode::kDynamic && (o.min_chunk <= 0 || o.min_chunk > o.max_chunk)) {
-    return absl::InvalidArgumentError(absl::StrCat("min-chunk must be in [1, max-chunk = ",
-                                                   o.max_chunk, "], got ", o.min_chunk));
+    return absl::InvalidArgumentError(
+        absl::StrCat("min-chunk must be in [1, max-chunk = ", o.max_chunk, "], got ", o.min_chunk));
   }
   if (o.align <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("chunk-align must be positive, got ", o.align));

@@ -66,11 +66,8 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                         .Help("Prompt tokens prefilled")
                         .Register(r)
                         .Add({})),
-      generation_tokens(BuildCounter()
-                            .Name(n::kGenerationTokens)
-                            .Help("Tokens generated")
-                            .Register(r)
-                            .Add({})),
+      generation_tokens(
+          BuildCounter().Name(n::kGenerationTokens).Help("Tokens generated").Register(r).Add({})),
       prefill_tokens_per_second(BuildGauge()
                                     .Name(n::kPrefillTokensPerSecond)
                                     .Help("Prefill throughput of the last finished prefill")
@@ -131,12 +128,10 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                     .Name(n::kPipelineStageKvBlocksInUse)
                     .Help("KV blocks in use that each stage last reported")
                     .Register(r)),
-      workers_(BuildGauge()
-                   .Name(n::kWorkers)
-                   .Help("Known workers by state")
-                   .Register(r)) {
+      workers_(BuildGauge().Name(n::kWorkers).Help("Known workers by state").Register(r)) {
   // Series that exist from the start, so that rates over them begin at 0.
-  for (const char* reason : {"invalid", "overload", "unavailable"}) rejected_.Add({{"reason", reason}});
+  for (const char* reason : {"invalid", "overload", "unavailable"})
+    rejected_.Add({{"reason", reason}});
   for (const char* reason : {"client", "deadline"}) cancelled_.Add({{"reason", reason}});
   for (const char* code : {"unavailable", "internal", "resource_exhausted"}) {
     failed_.Add({{"code", code}});

@@ -27,13 +27,13 @@ struct CoordinatorOptions {
   std::string ucx_net_devices;  // UCX_NET_DEVICES, e.g. "lo"
   int64_t kv_tokens = 0;        // per-stage KV budget; 0: what memory allows, at most 2 contexts
   int64_t kv_block_tokens = 64;
-  int max_inflight = 0;         // steps in flight in the pipeline; 0: stages + 1
+  int max_inflight = 0;  // steps in flight in the pipeline; 0: stages + 1
   // Build a pipeline with fewer stages than num_stages when that many workers are not back
   // this long after a failure.
   absl::Duration rebuild_wait = absl::Seconds(3);
 
   // ---- requests ----
-  int64_t max_context = 0;  // prompt + max_new_tokens; 0: the model's max_position_embeddings
+  int64_t max_context = 0;       // prompt + max_new_tokens; 0: the model's max_position_embeddings
   int64_t max_queue_tokens = 0;  // KV tokens of waiting requests; 0: 4 x max_context
   int max_queued_requests = 256;
   absl::Duration request_timeout = absl::Hours(1);  // cap on requests without a deadline

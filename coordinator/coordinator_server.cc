@@ -49,11 +49,12 @@ void UpdateWorkerGauges(const Membership& membership, CoordinatorMetrics& metric
 absl::Status RunCoordinator(const CoordinatorOptions& options) {
   MP_RETURN_IF_ERROR(ValidateChunkPlannerOptions(options.planner));
   if (options.num_stages < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--stages must be >= 0, got ", options.num_stages));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--stages must be >= 0, got ", options.num_stages));
   }
   if (options.transport != "ucx" && options.transport != "nccl" && options.transport != "local") {
-    return absl::InvalidArgumentError(absl::StrCat("--transport ", options.transport,
-                                                   ": expected ucx or nccl"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--transport ", options.transport, ": expected ucx or nccl"));
   }
   if (options.kv_block_tokens <= 0 || options.kv_tokens < 0) {
     return absl::InvalidArgumentError("--kv-block-tokens must be > 0 and --kv-tokens >= 0");
@@ -77,8 +78,7 @@ absl::Status RunCoordinator(const CoordinatorOptions& options) {
   const std::string coordinator_id = absl::StrCat(kvtransfer::LocalHostName(), "-", getpid());
   WorkerRegistryService registry(&membership, coordinator_id, absl::Seconds(2));
   MP_ASSIGN_OR_RETURN(StartedServer server,
-                      StartGrpcServer(options.listen, {&service, &registry},
-                                      {kCoordinatorService},
+                      StartGrpcServer(options.listen, {&service, &registry}, {kCoordinatorService},
                                       static_cast<int>(options.max_message_bytes)));
   server_ptr.store(server.server.get());
   membership.Start();

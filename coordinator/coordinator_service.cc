@@ -48,7 +48,8 @@ absl::StatusOr<RequestParams> CoordinatorService::Prepare(const grpc::ServerCont
     MP_RETURN_IF_ERROR(ValidatePromptIds(p.prompt, p.max_new_tokens, limits_, "text"));
   }
   if (!r.ignore_eos()) {
-    for (int64_t id : model_->config.eos_token_ids) p.stop_token_ids.push_back(static_cast<int32_t>(id));
+    for (int64_t id : model_->config.eos_token_ids)
+      p.stop_token_ids.push_back(static_cast<int32_t>(id));
     if (p.text_prompt && !r.raw() && model_->end_of_turn) {
       p.stop_token_ids.push_back(*model_->end_of_turn);
     }
@@ -111,8 +112,8 @@ grpc::Status CoordinatorService::Serve(grpc::ServerContext* context,
 
 grpc::Status CoordinatorService::Cancel(grpc::ServerContext*, const v1::CancelRequest* request,
                                         v1::CancelResponse* response) {
-  response->set_cancelled(scheduler_->Cancel(
-      request->request_id(), absl::CancelledError("cancelled by a Cancel call")));
+  response->set_cancelled(scheduler_->Cancel(request->request_id(),
+                                             absl::CancelledError("cancelled by a Cancel call")));
   return grpc::Status::OK;
 }
 
@@ -140,8 +141,7 @@ grpc::Status WorkerRegistryService::RegisterWorker(grpc::ServerContext*,
   }
   membership_->Register(*request);
   response->set_coordinator_id(coordinator_id_);
-  response->set_heartbeat_interval_ms(
-      static_cast<uint32_t>(absl::ToInt64Milliseconds(heartbeat_)));
+  response->set_heartbeat_interval_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(heartbeat_)));
   return grpc::Status::OK;
 }
 

@@ -28,8 +28,7 @@ class CoordinatorService final : public millipede::v1::Coordinator::Service {
   CoordinatorService(const CoordinatorOptions& options, const ModelInfo* model,
                      std::shared_ptr<Scheduler> scheduler, CoordinatorMetrics* metrics);
 
-  grpc::Status Generate(grpc::ServerContext* context,
-                        const millipede::v1::GenerateRequest* request,
+  grpc::Status Generate(grpc::ServerContext* context, const millipede::v1::GenerateRequest* request,
                         grpc::ServerWriter<millipede::v1::GenerateEvent>* writer) override;
   grpc::Status Prefill(grpc::ServerContext* context, const millipede::v1::GenerateRequest* request,
                        grpc::ServerWriter<millipede::v1::GenerateEvent>* writer) override;
@@ -61,7 +60,8 @@ class WorkerRegistryService final : public millipede::v1::WorkerRegistry::Servic
  public:
   WorkerRegistryService(Membership* membership, std::string coordinator_id,
                         absl::Duration heartbeat)
-      : membership_(membership), coordinator_id_(std::move(coordinator_id)),
+      : membership_(membership),
+        coordinator_id_(std::move(coordinator_id)),
         heartbeat_(heartbeat) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext* context,

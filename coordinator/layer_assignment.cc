@@ -9,8 +9,8 @@ namespace mp {
 namespace {
 
 struct StageCosts {
-  double layer = 0;        // one decoder layer
-  double head = 0;         // LM head, one row
+  double layer = 0;  // one decoder layer
+  double head = 0;   // LM head, one row
   int64_t layer_params = 0;
   int64_t embed_params = 0;
   int64_t head_params = 0;  // final norm + untied head (a tied head reuses the embedding)
@@ -127,13 +127,15 @@ absl::StatusOr<Assignment> AssignLayers(const ModelConfig& config,
     for (int64_t s = 0; s < stages; ++s) {
       const StageAssignment even = Stage(config, options, k, s * layers / stages,
                                          (s + 1) * layers / stages, memory_bytes[s]);
-      need = std::max(need, even.weight_bytes + even.reserve_bytes +
-                                even.kv_bytes_per_token * min_kv);
+      need =
+          std::max(need, even.weight_bytes + even.reserve_bytes + even.kv_bytes_per_token * min_kv);
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer assignment: no split of ", layers, " layers over ", stages,
-        " stages leaves room for ", min_kv, " tokens of KV on every stage (an even split needs "
-        "about ", need, " bytes on a stage)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer assignment: no split of ", layers, " layers over ", stages,
+                     " stages leaves room for ", min_kv,
+                     " tokens of KV on every stage (an even split needs "
+                     "about ",
+                     need, " bytes on a stage)"));
   }
   Assignment out;
   out.stages.resize(stages);
@@ -144,7 +146,8 @@ absl::StatusOr<Assignment> AssignLayers(const ModelConfig& config,
     l = cut;
   }
   out.kv_tokens = std::numeric_limits<int64_t>::max();
-  for (const StageAssignment& st : out.stages) out.kv_tokens = std::min(out.kv_tokens, st.kv_tokens_fit);
+  for (const StageAssignment& st : out.stages)
+    out.kv_tokens = std::min(out.kv_tokens, st.kv_tokens_fit);
   if (options.kv_tokens > 0) out.kv_tokens = std::min(out.kv_tokens, options.kv_tokens);
   return out;
 }

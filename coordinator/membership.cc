@@ -39,7 +39,8 @@ void Membership::Register(const v1::RegisterWorkerRequest& request) {
     absl::MutexLock lock(&mu_);
     // A restarted worker at the same address replaces its old entry.
     for (auto it = workers_.begin(); it != workers_.end();) {
-      if (it->first != request.worker_id() && it->second.registration.address() == request.address()) {
+      if (it->first != request.worker_id() &&
+          it->second.registration.address() == request.address()) {
         MP_LOG(Info) << "worker " << it->first << " at " << request.address() << " replaced by "
                      << request.worker_id();
         workers_.erase(it++);
@@ -56,8 +57,8 @@ void Membership::Register(const v1::RegisterWorkerRequest& request) {
       w.order = next_order_++;
       notify = true;
       MP_LOG(Info) << "worker " << request.worker_id() << " registered at " << request.address()
-                   << " (" << request.device() << ", stage preference "
-                   << request.preferred_stage() << ")";
+                   << " (" << request.device() << ", stage preference " << request.preferred_stage()
+                   << ")";
     }
     w.registration = request;
     if (request.draining()) {
@@ -155,7 +156,8 @@ void Membership::Loop() {
       if (stop_) return;
       const absl::Time now = absl::Now();
       for (auto it = workers_.begin(); it != workers_.end();) {
-        if (it->second.state == v1::WORKER_STATE_DOWN && now - it->second.down_since > absl::Minutes(5)) {
+        if (it->second.state == v1::WORKER_STATE_DOWN &&
+            now - it->second.down_since > absl::Minutes(5)) {
           workers_.erase(it++);
         } else {
           targets.emplace_back(it->first, it->second.channel);
@@ -167,7 +169,8 @@ void Membership::Loop() {
     std::vector<std::thread> threads;
     for (size_t i = 0; i < targets.size(); ++i) {
       threads.emplace_back([&, i] {
-        absl::StatusOr<bool> ok = CheckHealth(targets[i].second, "", std::max(interval_, absl::Seconds(1)));
+        absl::StatusOr<bool> ok =
+            CheckHealth(targets[i].second, "", std::max(interval_, absl::Seconds(1)));
         results[i] = ok.ok() ? absl::OkStatus() : ok.status();
       });
     }

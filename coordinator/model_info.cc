@@ -17,9 +17,9 @@ absl::StatusOr<std::unique_ptr<ModelInfo>> LoadModelInfo(const CoordinatorOption
     } else if (o.model_preset == "qwen2.5-14b-instruct-1m") {
       info->config = Qwen25_14BInstruct1MConfig();
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--model-preset ", o.model_preset,
-          ": expected qwen2.5-7b-instruct-1m or qwen2.5-14b-instruct-1m"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model-preset ", o.model_preset,
+                       ": expected qwen2.5-7b-instruct-1m or qwen2.5-14b-instruct-1m"));
     }
     info->name = o.model_preset;
     info->source.set_config_json(ModelConfigToJson(info->config));
@@ -27,8 +27,9 @@ absl::StatusOr<std::unique_ptr<ModelInfo>> LoadModelInfo(const CoordinatorOption
     info->source.set_random_seed(o.random_seed);
   } else {
     if (o.model_dir.empty()) {
-      return absl::InvalidArgumentError("give --model DIR (a Hugging Face model directory) or "
-                                        "--model-preset");
+      return absl::InvalidArgumentError(
+          "give --model DIR (a Hugging Face model directory) or "
+          "--model-preset");
     }
     struct stat st;
     if (stat(o.model_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {

@@ -38,7 +38,8 @@ absl::StatusOr<std::shared_ptr<Pipeline>> BuildPipeline(const std::vector<Worker
   ao.weight_bytes_per_element = cuda ? 2 : 4;
   ao.kv_bytes_per_element = cuda ? 2 : 4;
   ao.kv_tokens = spec.kv_tokens > 0 ? spec.kv_tokens : spec.default_kv_tokens;
-  ao.min_kv_tokens = std::max<int64_t>(1, std::min(spec.min_kv_tokens, ao.kv_tokens > 0 ? ao.kv_tokens : spec.min_kv_tokens));
+  ao.min_kv_tokens = std::max<int64_t>(
+      1, std::min(spec.min_kv_tokens, ao.kv_tokens > 0 ? ao.kv_tokens : spec.min_kv_tokens));
   std::vector<uint64_t> memory;
   for (const WorkerRecord& w : workers) memory.push_back(w.registration.memory_bytes());
   absl::StatusOr<Assignment> assignment = AssignLayers(spec.config, memory, ao);
@@ -87,10 +88,9 @@ absl::StatusOr<std::shared_ptr<Pipeline>> BuildPipeline(const std::vector<Worker
   auto fail = [&](size_t i, const absl::Status& s, const char* what) {
     failure->stage = static_cast<int>(i);
     failure->worker_id = p->stages[i].worker_id;
-    failure->status = absl::Status(s.code(), absl::StrCat(what, " on stage ", i, " (worker ",
-                                                          p->stages[i].worker_id, " at ",
-                                                          p->stages[i].address, "): ",
-                                                          s.message()));
+    failure->status = absl::Status(
+        s.code(), absl::StrCat(what, " on stage ", i, " (worker ", p->stages[i].worker_id, " at ",
+                               p->stages[i].address, "): ", s.message()));
     AbortPipeline(*p, failure->status.ToString(), absl::Seconds(5));
     return failure->status;
   };
@@ -214,16 +214,16 @@ void ReleaseOnAllStages(std::shared_ptr<const Pipeline> pipeline, uint64_t reque
     SetTimeout(*state->contexts[i], absl::Seconds(10));
   }
   for (size_t i = 0; i < n; ++i) {
-    state->pipeline->stages[i].stub->async()->Release(
-        state->contexts[i].get(), &state->requests[i], &state->responses[i],
-        [state](grpc::Status) {
-          bool last = false;
-          {
-            absl::MutexLock lock(&state->mu);
-            last = --state->pending == 0;
-          }
-          if (last && state->on_done) state->on_done();
-        });
+    state->pipeline->stages[i].stub->async()->Release(state->contexts[i].get(), &state->requests[i],
+                                                      &state->responses[i], [state](grpc::Status) {
+                                                        bool last = false;
+                                                        {
+                                                          absl::MutexLock lock(&state->mu);
+                                                          last = --state->pending == 0;
+                                                        }
+                                                        if (last && state->on_done)
+                                                          state->on_done();
+                                                      });
   }
 }
 

@@ -40,8 +40,8 @@ struct PipelineStage {
 struct Pipeline {
   uint64_t epoch = 0;
   std::vector<PipelineStage> stages;
-  int64_t kv_tokens = 0;      // per-stage budget assigned
-  int64_t blocks_total = 0;   // the smallest stage's KV blocks
+  int64_t kv_tokens = 0;     // per-stage budget assigned
+  int64_t blocks_total = 0;  // the smallest stage's KV blocks
   int64_t block_tokens = 0;
   int64_t max_chunk = 0;
   std::string transport;
@@ -53,7 +53,7 @@ struct PipelineSpec {
   millipede::v1::ModelSource source;
   std::string device = "cpu";
   millipede::v1::TransportConfig transport;
-  int64_t kv_tokens = 0;       // cap (0: what memory allows, at most default_kv_tokens)
+  int64_t kv_tokens = 0;  // cap (0: what memory allows, at most default_kv_tokens)
   int64_t default_kv_tokens = 0;
   int64_t min_kv_tokens = 1;
   int64_t kv_block_tokens = 64;

@@ -10,8 +10,8 @@ using millipede::v1::GenerateRequest;
 
 absl::Status ValidateRequestFields(const GenerateRequest& r, const RequestLimits& limits) {
   if (r.request_id().size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request_id has ", r.request_id().size(), " characters; the limit is 128"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id has ", r.request_id().size(), " characters; the limit is 128"));
   }
   for (char c : r.request_id()) {
     if (c < 0x21 || c > 0x7e) {
@@ -32,8 +32,8 @@ absl::Status ValidateRequestFields(const GenerateRequest& r, const RequestLimits
           limits.max_text_bytes > 0 ? limits.max_text_bytes : 8 * limits.max_context;
       const int64_t bytes = static_cast<int64_t>(r.text().size() + r.system().size());
       if (bytes > max_bytes) {
-        return absl::InvalidArgumentError(absl::StrCat("text + system hold ", bytes,
-                                                       " bytes; the limit is ", max_bytes));
+        return absl::InvalidArgumentError(
+            absl::StrCat("text + system hold ", bytes, " bytes; the limit is ", max_bytes));
       }
       if (!limits.has_tokenizer) {
         return absl::InvalidArgumentError(
@@ -60,8 +60,7 @@ absl::Status ValidateRequestFields(const GenerateRequest& r, const RequestLimits
         absl::StrCat("sampling.top_p must be in [0, 1] (0 means 1), got ", p));
   }
   if (r.stop_token_ids_size() > limits.max_stop_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("stop_token_ids holds ",
-                                                   r.stop_token_ids_size(),
+    return absl::InvalidArgumentError(absl::StrCat("stop_token_ids holds ", r.stop_token_ids_size(),
                                                    " ids; the limit is ", limits.max_stop_tokens));
   }
   for (int i = 0; i < r.stop_token_ids_size(); ++i) {
@@ -80,9 +79,9 @@ absl::Status ValidatePromptIds(std::span<const int32_t> ids, int64_t max_new_tok
   if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": the prompt is empty"));
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n + max_new_tokens > limits.max_context) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": a prompt of ", n, " tokens + max_new_tokens ", max_new_tokens,
-        " exceeds the maximum context of ", limits.max_context, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": a prompt of ", n, " tokens + max_new_tokens ", max_new_tokens,
+                     " exceeds the maximum context of ", limits.max_context, " tokens"));
   }
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= limits.vocab_size) {

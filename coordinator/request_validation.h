@@ -12,8 +12,8 @@ namespace mp {
 
 struct RequestLimits {
   int64_t vocab_size = 0;
-  int64_t max_context = 0;         // prompt + max_new_tokens
-  int64_t max_text_bytes = 0;      // text prompts; 0: 8 bytes per token of max_context
+  int64_t max_context = 0;     // prompt + max_new_tokens
+  int64_t max_text_bytes = 0;  // text prompts; 0: 8 bytes per token of max_context
   int64_t max_stop_tokens = 64;
   bool has_tokenizer = false;
 };

@@ -150,9 +150,9 @@ absl::StatusOr<RequestHandle> Scheduler::Submit(RequestParams params) {
   for (uint64_t w : waiting_) waiting_tokens += requests_[w]->kv_tokens;
   const int64_t queue_limit =
       options_.max_queue_tokens > 0 ? options_.max_queue_tokens : 4 * model_->max_context;
-  const bool must_wait = !waiting_.empty() || pipeline_ == nullptr ||
-                         admission_.BlocksFor(kv_tokens) >
-                             admission_.BlocksFor(admission_.free_tokens());
+  const bool must_wait =
+      !waiting_.empty() || pipeline_ == nullptr ||
+      admission_.BlocksFor(kv_tokens) > admission_.BlocksFor(admission_.free_tokens());
   if (must_wait && (static_cast<int>(waiting_.size()) >= options_.max_queued_requests ||
                     waiting_tokens + kv_tokens > queue_limit)) {
     metrics_->Rejected("overload");
@@ -219,8 +219,7 @@ absl::StatusOr<v1::RequestInfo> Scheduler::GetRequest(const std::string& name) c
   if (auto it = finished_index_.find(name); it != finished_index_.end()) {
     return finished_[it->second - finished_base_].second;
   }
-  return absl::NotFoundError(absl::StrCat("no request '", name,
-                                          "' is live or finished recently"));
+  return absl::NotFoundError(absl::StrCat("no request '", name, "' is live or finished recently"));
 }
 
 v1::Timings Scheduler::Timings(const Request& r) const {
@@ -376,9 +375,8 @@ void Scheduler::CheckPipeline(Actions* after) {
   bool draining = false;
   for (size_t i = 0; i < pipeline_->stages.size(); ++i) {
     const std::string& id = pipeline_->stages[i].worker_id;
-    auto it = std::find_if(all.begin(), all.end(), [&](const WorkerRecord& w) {
-      return w.registration.worker_id() == id;
-    });
+    auto it = std::find_if(all.begin(), all.end(),
+                           [&](const WorkerRecord& w) { return w.registration.worker_id() == id; });
     if (it == all.end() || it->state == v1::WORKER_STATE_DOWN) {
       StageFailure f;
       f.stage = static_cast<int>(i);
@@ -475,12 +473,13 @@ void Scheduler::DoBuild(BuildPlan plan) {
     if (stop_) {
       if (built.ok()) {
         std::shared_ptr<Pipeline> p = *built;
-        after.push_back([p] { AbortPipeline(*p, "the coordinator is stopping", absl::Seconds(2)); });
+        after.push_back(
+            [p] { AbortPipeline(*p, "the coordinator is stopping", absl::Seconds(2)); });
       }
     } else if (!built.ok()) {
       build_error_ = std::string(built.status().message());
-      const bool transient = absl::IsUnavailable(built.status()) ||
-                             absl::IsDeadlineExceeded(built.status());
+      const bool transient =
+          absl::IsUnavailable(built.status()) || absl::IsDeadlineExceeded(built.status());
       next_build_ = absl::Now() + (transient ? absl::Seconds(1) : absl::Seconds(5));
       MP_LOG(Warning) << "pipeline epoch " << plan.epoch << " failed: " << built.status();
       if (transient && !failure.worker_id.empty()) {
@@ -498,9 +497,8 @@ void Scheduler::DoBuild(BuildPlan plan) {
       admission_.Reset(pipeline_->blocks_total, pipeline_->block_tokens);
       stage_kv_blocks_.assign(pipeline_->stages.size(), 0);
       metrics_->pipeline_rebuilds.Increment();
-      MP_LOG(Info) << "pipeline epoch " << pipeline_->epoch << " ready: "
-                   << pipeline_->description << "; KV for " << admission_.total_tokens()
-                   << " tokens per stage";
+      MP_LOG(Info) << "pipeline epoch " << pipeline_->epoch << " ready: " << pipeline_->description
+                   << "; KV for " << admission_.total_tokens() << " tokens per stage";
       after.push_back([this] {
         if (on_ready_) on_ready_(true);
       });
@@ -638,6 +636,7 @@ bool Scheduler::IssueOne(Actions* after) {
     step.set_start(static_cast<uint64_t>(r.issued));
     step.set_num_tokens(static_cast<uint32_t>(n));
     ids.assign(r.params.prompt.begin() + r.issued, r.params.prompt.begin() + r.issued + n);
+    r.chunk_ranges.emplace_back(r.issued, r.issued + n);
     r.issued += n;
     metrics_->ChunkTokens(ChunkModeName(options_.planner.mode)).Observe(static_cast<double>(n));
   } else {
@@ -683,10 +682,10 @@ void Scheduler::OnStepDone(StepCall& call) {
         BreakPipeline(call.failure(), &after);
       } else if (live) {
         const PipelineStage& st = call.pipeline().stages[call.failure().stage];
-        const absl::StatusCode code = absl::IsResourceExhausted(s) || absl::IsUnimplemented(s) ||
-                                              absl::IsInvalidArgument(s)
-                                          ? s.code()
-                                          : absl::StatusCode::kInternal;
+        const absl::StatusCode code =
+            absl::IsResourceExhausted(s) || absl::IsUnimplemented(s) || absl::IsInvalidArgument(s)
+                ? s.code()
+                : absl::StatusCode::kInternal;
         Finish(*r,
                absl::Status(code, absl::StrCat("stage ", call.failure().stage, " (worker ",
                                                st.worker_id, "): ", s.message())),
@@ -709,18 +708,23 @@ void Scheduler::OnStepDone(StepCall& call) {
       }
       if (live && prefill) {
         const int64_t total = static_cast<int64_t>(r->params.prompt.size());
-        const int64_t end = static_cast<int64_t>(step.start() + step.num_tokens());
-        r->done = std::max(r->done, end);
-        ++r->chunks;
-        v1::GenerateEvent ev;
-        v1::Progress* p = ev.mutable_progress();
-        p->set_tokens_done(static_cast<uint64_t>(r->done));
-        p->set_tokens_total(static_cast<uint64_t>(total));
-        p->set_chunk_index(step.chunk_index());
-        p->set_chunk_start(step.start());
-        p->set_chunk_end(static_cast<uint64_t>(end));
-        p->set_elapsed_seconds(Seconds(r->accepted, absl::Now()));
-        r->events->Push(std::move(ev));
+        // Every stage runs steps in step order, so this chunk finishing everywhere means the
+        // earlier ones have too (their answers may still be on their way): report them all, in
+        // chunk order.
+        while (r->chunks <= step.chunk_index() && r->chunks < r->chunk_ranges.size()) {
+          const auto [start, end] = r->chunk_ranges[r->chunks];
+          r->done = std::max(r->done, end);
+          v1::GenerateEvent ev;
+          v1::Progress* p = ev.mutable_progress();
+          p->set_tokens_done(static_cast<uint64_t>(r->done));
+          p->set_tokens_total(static_cast<uint64_t>(total));
+          p->set_chunk_index(r->chunks);
+          p->set_chunk_start(static_cast<uint64_t>(start));
+          p->set_chunk_end(static_cast<uint64_t>(end));
+          p->set_elapsed_seconds(Seconds(r->accepted, absl::Now()));
+          r->events->Push(std::move(ev));
+          ++r->chunks;
+        }
         if (r->done == total && r->prefill_done == absl::InfinitePast()) {
           r->prefill_done = absl::Now();
           const double seconds = Seconds(r->started, r->prefill_done);

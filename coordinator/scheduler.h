@@ -108,19 +108,21 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
     std::unique_ptr<CancelToken> token;
     State state = State::kQueued;
     uint64_t arrival = 0;
-    uint64_t epoch = 0;          // the pipeline it holds KV on (0: none)
-    bool reserved = false;       // holds KV budget
-    int64_t kv_tokens = 0;       // KV it needs
-    int64_t issued = 0;          // prompt tokens sent as chunks
-    int64_t done = 0;            // prompt tokens finished on the last stage
+    uint64_t epoch = 0;     // the pipeline it holds KV on (0: none)
+    bool reserved = false;  // holds KV budget
+    int64_t kv_tokens = 0;  // KV it needs
+    int64_t issued = 0;     // prompt tokens sent as chunks
+    int64_t done = 0;       // prompt tokens finished on the last stage
     uint32_t next_chunk = 0;
     int inflight = 0;
-    bool decode_ready = false;   // a generated token waits to be fed back
+    bool decode_ready = false;  // a generated token waits to be fed back
     std::vector<int32_t> generated;
     std::string text;
     std::unique_ptr<StreamingDecoder> decoder;
     absl::Time accepted, started, prefill_done, first_token, last_token;
-    uint32_t chunks = 0;
+    uint32_t chunks = 0;  // prefill chunks reported (Progress events sent)
+    // Token range of every prefill chunk issued, by chunk index.
+    std::vector<std::pair<int64_t, int64_t>> chunk_ranges;
     millipede::v1::StopReason stop_reason = millipede::v1::STOP_REASON_UNSPECIFIED;
     bool wants_token() const { return params.prefill_only || params.max_new_tokens > 0; }
   };

@@ -11,9 +11,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 export MILLIPEDE_BIN="$root/build/cli/millipede"
 model_dir=$("$root/scripts/fetch_default_model.sh" | tail -n 1)
 ready=$(mktemp)
-echo "== millipede local --model $model_dir --stages 2"
-"$MILLIPEDE_BIN" local --model "$model_dir" --stages 2 --listen 127.0.0.1:0 \
-  --metrics-listen 127.0.0.1:0 --kv-tokens 8192 --ready-file "$ready" &
+echo "== millipede local --model $model_dir --stages 2 --max-chunk 512"
+# Chunks of at most 512 tokens, so that the stages work on different chunks at once; the
+# cluster's own log lines are kept to warnings.
+MILLIPEDE_LOG_LEVEL=${MILLIPEDE_LOG_LEVEL:-warning} "$MILLIPEDE_BIN" local --model "$model_dir" \
+  --stages 2 --max-chunk 512 --coordinator-arg=--min-chunk=128 --kv-tokens 8192 \
+  --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --ready-file "$ready" &
 local_pid=$!
 cleanup() {
   kill -TERM "$local_pid" 2>/dev/null || true

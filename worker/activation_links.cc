@@ -117,10 +117,12 @@ absl::Status ActivationLinks::Connect(const std::string& previous, const std::st
     if (previous.empty()) {
       return absl::InvalidArgumentError("ConnectPeers: this stage needs its previous stage");
     }
-    MP_RETURN_IF_ERROR(Annotate(up_->Connect(kPrevious, previous), "connecting the previous stage"));
+    MP_RETURN_IF_ERROR(
+        Annotate(up_->Connect(kPrevious, previous), "connecting the previous stage"));
   }
   if (options_.downstream) {
-    if (next.empty()) return absl::InvalidArgumentError("ConnectPeers: this stage needs its next stage");
+    if (next.empty())
+      return absl::InvalidArgumentError("ConnectPeers: this stage needs its next stage");
     MP_RETURN_IF_ERROR(Annotate(down_->Connect(kNext, next), "connecting the next stage"));
   }
   return absl::OkStatus();
@@ -138,15 +140,14 @@ absl::Status ActivationLinks::Await(kvtransfer::Transport& t, TransferHandle han
       return absl::AbortedError(absl::StrCat(what, " abandoned: the pipeline is stopping"));
     }
     if (absl::Now() >= end) {
-      return absl::DeadlineExceededError(absl::StrCat(what, " did not finish within ",
-                                                      absl::FormatDuration(options_.timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, " did not finish within ", absl::FormatDuration(options_.timeout)));
     }
   }
 }
 
 absl::StatusOr<Tensor> ActivationLinks::Receive(uint64_t request, uint32_t chunk, int64_t rows,
-                                                const AbortCheck& aborted,
-                                                TransferTiming* timing) {
+                                                const AbortCheck& aborted, TransferTiming* timing) {
   if (up_ == nullptr) return absl::FailedPreconditionError("the first stage receives no input");
   if (rows <= 0 || rows > options_.max_rows) {
     return absl::InvalidArgumentError(

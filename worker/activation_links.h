@@ -40,7 +40,7 @@ struct ActivationLinkOptions {
   int64_t max_rows = 0;     // largest chunk
   int64_t hidden = 0;
   int send_buffers = 4;
-  int cuda_device = 0;      // device ordinal of a CUDA backend
+  int cuda_device = 0;  // device ordinal of a CUDA backend
   // A receive or a wait for a send slot fails with DEADLINE_EXCEEDED after this long.
   absl::Duration timeout = absl::Seconds(600);
   // Tests: every receive completes no earlier than this after it is posted (the transport is

@@ -27,8 +27,8 @@ void Registrar::SetDraining() {
     kick_ = true;
   }
   // One synchronous heartbeat so the coordinator knows before the worker stops serving.
-  bool logged = true;
-  SendOnce(&logged);
+  bool failure_logged = false;
+  SendOnce(&failure_logged);
 }
 
 void Registrar::Stop() {

@@ -42,8 +42,8 @@ absl::Status StageRunner::ValidateStep(const RunChunkRequest& r) const {
   if (r.step() == 0) return absl::InvalidArgumentError("RunChunk: step must be >= 1");
   if (r.num_tokens() == 0 || r.num_tokens() > max_rows_) {
     return absl::InvalidArgumentError(absl::StrCat("RunChunk: num_tokens ", r.num_tokens(),
-                                                   " is outside [1, max_chunk_tokens = ",
-                                                   max_rows_, "]"));
+                                                   " is outside [1, max_chunk_tokens = ", max_rows_,
+                                                   "]"));
   }
   if (r.kind() != millipede::v1::CHUNK_KIND_PREFILL && !SamplesToken(r)) {
     return absl::InvalidArgumentError("RunChunk: kind must be PREFILL, PREFILL_LAST or DECODE");
@@ -71,8 +71,8 @@ absl::StatusOr<RunChunkResponse> StageRunner::RunStep(const RunChunkRequest& req
         "RunChunk: step ", request.step(), " already ran (the next step is ", next_step_, ")"));
   }
   if (!queue_.emplace(request.step(), &pending).second) {
-    return absl::AlreadyExistsError(absl::StrCat("RunChunk: step ", request.step(),
-                                                 " is already queued"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("RunChunk: step ", request.step(), " is already queued"));
   }
   mu_.Await(absl::Condition(&pending.done));
   return std::move(pending.result);

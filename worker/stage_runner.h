@@ -23,8 +23,8 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -86,8 +86,7 @@ class StageRunner {
   absl::StatusOr<millipede::v1::RunChunkResponse> RunOne(const millipede::v1::RunChunkRequest& r,
                                                          bool pass_through);
   // Reserves (first chunk) and runs the chunk's layers; `out` gets the stage's output.
-  absl::Status Compute(const millipede::v1::RunChunkRequest& r, const Tensor& input,
-                       Tensor* out);
+  absl::Status Compute(const millipede::v1::RunChunkRequest& r, const Tensor& input, Tensor* out);
   bool Aborted() const;
   // Frees the KV of every request in `releases` (step thread only).
   void ApplyReleases(const std::vector<std::shared_ptr<ReleaseOrder>>& releases);

@@ -73,13 +73,12 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
                                           v1::AssignLayersResponse* response) {
   const absl::Time start = absl::Now();
   if (r.num_stages() == 0 || r.stage() >= r.num_stages()) {
-    return absl::InvalidArgumentError(absl::StrCat("AssignLayers: stage ", r.stage(),
-                                                   " of ", r.num_stages(), " stages"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("AssignLayers: stage ", r.stage(), " of ", r.num_stages(), " stages"));
   }
   if (r.layers().begin() >= r.layers().end()) {
-    return absl::InvalidArgumentError(absl::StrCat("AssignLayers: empty layer range [",
-                                                   r.layers().begin(), ", ", r.layers().end(),
-                                                   ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AssignLayers: empty layer range [", r.layers().begin(), ", ", r.layers().end(), ")"));
   }
   if (r.max_chunk_tokens() == 0 || r.kv_tokens() == 0) {
     return absl::InvalidArgumentError("AssignLayers: max_chunk_tokens and kv_tokens must be > 0");
@@ -106,9 +105,9 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
     kv.block_size = block;
     kv.max_tokens = static_cast<int64_t>(r.kv_tokens());
     const LayerRange layers{r.layers().begin(), r.layers().end()};
-    MP_ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> executor,
-                        LoadStageExecutor(r.model(), options_.model_dir, config, layers, backend,
-                                          kv));
+    MP_ASSIGN_OR_RETURN(
+        std::unique_ptr<StageExecutor> executor,
+        LoadStageExecutor(r.model(), options_.model_dir, config, layers, backend, kv));
     loaded_.key = key;
     loaded_.backend = backend;
     loaded_.executor = std::move(executor);
@@ -123,10 +122,11 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   StageExecutor& ex = *loaded_.executor;
   const bool first = r.stage() == 0, last = r.stage() + 1 == r.num_stages();
   if (first != ex.is_first() || last != ex.is_last()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "AssignLayers: stage ", r.stage(), " of ", r.num_stages(), " cannot hold layers [",
-        r.layers().begin(), ", ", r.layers().end(), ") (the first stage starts at layer 0, the "
-        "last ends at the last layer)"));
+    return absl::InvalidArgumentError(absl::StrCat("AssignLayers: stage ", r.stage(), " of ",
+                                                   r.num_stages(), " cannot hold layers [",
+                                                   r.layers().begin(), ", ", r.layers().end(),
+                                                   ") (the first stage starts at layer 0, the "
+                                                   "last ends at the last layer)"));
   }
 
   ActivationLinkOptions link;
@@ -152,15 +152,16 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   epoch->num_stages = r.num_stages();
   epoch->executor = loaded_.executor;
   MP_ASSIGN_OR_RETURN(epoch->links, ActivationLinks::Create(link, loaded_.backend));
-  epoch->runner = std::make_unique<StageRunner>(epoch->executor.get(), epoch->links.get(),
-                                                metrics_, r.max_chunk_tokens());
+  epoch->runner = std::make_unique<StageRunner>(epoch->executor.get(), epoch->links.get(), metrics_,
+                                                r.max_chunk_tokens());
   response->set_upstream_endpoint(epoch->links->upstream_endpoint());
   response->set_downstream_endpoint(epoch->links->downstream_endpoint());
   response->set_kv_blocks_total(static_cast<uint64_t>(loaded_.kv_blocks_total));
   response->set_kv_block_tokens(static_cast<uint64_t>(loaded_.kv_block_tokens));
   response->set_load_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   response->set_device(loaded_.device);
-  if (metrics_ != nullptr) metrics_->kv_blocks_total.Set(static_cast<double>(loaded_.kv_blocks_total));
+  if (metrics_ != nullptr)
+    metrics_->kv_blocks_total.Set(static_cast<double>(loaded_.kv_blocks_total));
   absl::MutexLock lock(&mu_);
   current_ = std::move(epoch);
   device_ = loaded_.device;
@@ -179,7 +180,8 @@ grpc::Status StageWorkerService::ConnectPeers(grpc::ServerContext*,
                                      " is not the assigned one"));
   }
   if (!cur->connected) {
-    absl::Status s = cur->links->Connect(request->previous().endpoint(), request->next().endpoint());
+    absl::Status s =
+        cur->links->Connect(request->previous().endpoint(), request->next().endpoint());
     if (!s.ok()) return ToGrpcStatus(s);
     cur->runner->Start();
     cur->connected = true;
@@ -221,9 +223,10 @@ grpc::Status StageWorkerService::Abort(grpc::ServerContext*, const v1::AbortRequ
                                        v1::AbortResponse*) {
   absl::MutexLock lock(&assign_mu_);
   std::shared_ptr<Epoch> cur = Current();
-  if (cur != nullptr && (request->pipeline_epoch() == 0 || cur->epoch == request->pipeline_epoch())) {
-    EndEpoch(absl::AbortedError(absl::StrCat("pipeline epoch ", cur->epoch, " aborted: ",
-                                             request->reason())));
+  if (cur != nullptr &&
+      (request->pipeline_epoch() == 0 || cur->epoch == request->pipeline_epoch())) {
+    EndEpoch(absl::AbortedError(
+        absl::StrCat("pipeline epoch ", cur->epoch, " aborted: ", request->reason())));
   }
   return grpc::Status::OK;
 }

@@ -42,8 +42,7 @@ class StageWorkerService final : public millipede::v1::StageWorker::Service {
   grpc::Status ConnectPeers(grpc::ServerContext* context,
                             const millipede::v1::ConnectPeersRequest* request,
                             millipede::v1::ConnectPeersResponse* response) override;
-  grpc::Status RunChunk(grpc::ServerContext* context,
-                        const millipede::v1::RunChunkRequest* request,
+  grpc::Status RunChunk(grpc::ServerContext* context, const millipede::v1::RunChunkRequest* request,
                         millipede::v1::RunChunkResponse* response) override;
   grpc::Status Release(grpc::ServerContext* context, const millipede::v1::ReleaseRequest* request,
                        millipede::v1::ReleaseResponse* response) override;

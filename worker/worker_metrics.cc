@@ -20,8 +20,9 @@ prometheus::Family<prometheus::Histogram>& Forward(prometheus::Registry& r) {
 prometheus::Family<prometheus::Counter>& Steps(prometheus::Registry& r) {
   return BuildCounter()
       .Name(n::kStageSteps)
-      .Help("Steps this stage ran, by outcome (ok, passed_through: the request was released, "
-            "failed)")
+      .Help(
+          "Steps this stage ran, by outcome (ok, passed_through: the request was released, "
+          "failed)")
       .Register(r);
 }
 prometheus::Family<prometheus::Counter>& Bytes(prometheus::Registry& r) {
@@ -33,8 +34,9 @@ prometheus::Family<prometheus::Counter>& Bytes(prometheus::Registry& r) {
 prometheus::Family<prometheus::Histogram>& TransferTime(prometheus::Registry& r) {
   return BuildHistogram()
       .Name(n::kActivationSeconds)
-      .Help("Time of one activation transfer (send: copy + submit, incl. waiting for a free "
-            "buffer; recv: waiting for the previous stage, incl. its compute)")
+      .Help(
+          "Time of one activation transfer (send: copy + submit, incl. waiting for a free "
+          "buffer; recv: waiting for the previous stage, incl. its compute)")
       .Register(r);
 }
 

@@ -14,8 +14,8 @@ struct WorkerOptions {
   std::string coordinator = "127.0.0.1:50051";
   std::string metrics_listen = "127.0.0.1:0";  // "" disables /metrics
   std::string role = "prefill";
-  std::string device;     // overrides the coordinator's choice when set ("cpu", "cuda:N")
-  std::string model_dir;  // overrides the coordinator's model directory when set
+  std::string device;         // overrides the coordinator's choice when set ("cpu", "cuda:N")
+  std::string model_dir;      // overrides the coordinator's model directory when set
   uint64_t memory_bytes = 0;  // for weights + KV + activations; 0: a quarter of free RAM (cpu)
   int preferred_stage = -1;
   std::string worker_id;  // default: <host>-<pid>

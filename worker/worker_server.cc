@@ -38,16 +38,17 @@ uint64_t DefaultCpuMemoryBytes() {
 absl::Status RunWorker(const WorkerOptions& flags) {
   WorkerOptions options = flags;
   if (options.role != "prefill") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--role ", options.role, ": only prefill workers exist yet (decode steps run through the "
-        "prefill stages)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--role ", options.role,
+                     ": only prefill workers exist yet (decode steps run through the "
+                     "prefill stages)"));
   }
   if (options.memory_bytes == 0 && (options.device.empty() || options.device == "cpu")) {
     options.memory_bytes = DefaultCpuMemoryBytes();
   }
-  const std::string worker_id =
-      options.worker_id.empty() ? absl::StrCat(kvtransfer::LocalHostName(), "-", getpid())
-                                : options.worker_id;
+  const std::string worker_id = options.worker_id.empty()
+                                    ? absl::StrCat(kvtransfer::LocalHostName(), "-", getpid())
+                                    : options.worker_id;
   MP_ASSIGN_OR_RETURN(std::unique_ptr<MetricsExporter> exporter,
                       MetricsExporter::Start(options.metrics_listen, "worker"));
   WorkerMetrics metrics(exporter->registry());

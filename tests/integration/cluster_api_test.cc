@@ -30,9 +30,10 @@ class ClusterApiTest : public ::testing::Test {
     ClusterOptions options;
     options.model_dir = TestdataDir() + "/tiny_llama";
     options.stages = 2;
-    options.coordinator_args = {"--max-context", std::to_string(kMaxContext), "--kv-tokens",
-                                std::to_string(kKvTokens), "--chunk-mode", "fixed",
-                                "--max-chunk", "32"};
+    options.coordinator_args = {"--max-context", std::to_string(kMaxContext),
+                                "--kv-tokens",   std::to_string(kKvTokens),
+                                "--chunk-mode",  "fixed",
+                                "--max-chunk",   "32"};
     absl::StatusOr<std::unique_ptr<Cluster>> c = Cluster::Start(options);
     ASSERT_TRUE(c.ok()) << c.status();
     cluster_ = c->release();

@@ -23,8 +23,8 @@ TEST(ClusterFaultTest, KilledWorkerFailsItsRequestAndTheClusterRecovers) {
   ClusterOptions options;
   options.model_dir = TestdataDir() + "/tiny_llama";
   options.stages = 3;
-  options.coordinator_args = {"--chunk-mode", "fixed", "--max-chunk", "32", "--ucx-transports",
-                              "tcp"};
+  options.coordinator_args = {"--chunk-mode",     "fixed", "--max-chunk", "32",
+                              "--ucx-transports", "tcp"};
   MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Cluster> cluster, Cluster::Start(options));
   MP_ASSERT_OK(cluster->WaitReady(3, absl::Seconds(60)));
 

@@ -77,11 +77,11 @@ TEST(ClusterHealthTest, HealthReflectionAndMetricsOnEveryProcess) {
   MP_ASSERT_OK_AND_ASSIGN(bool ready,
                           CheckHealth(coordinator, "millipede.v1.Coordinator", absl::Seconds(5)));
   EXPECT_TRUE(ready);
-  EXPECT_TRUE(absl::IsNotFound(
-      CheckHealth(coordinator, "no.such.Service", absl::Seconds(5)).status()));
+  EXPECT_TRUE(
+      absl::IsNotFound(CheckHealth(coordinator, "no.such.Service", absl::Seconds(5)).status()));
   const std::set<std::string> services = ListServices(cluster->address());
-  for (const char* s : {"millipede.v1.Coordinator", "millipede.v1.WorkerRegistry",
-                        "grpc.health.v1.Health"}) {
+  for (const char* s :
+       {"millipede.v1.Coordinator", "millipede.v1.WorkerRegistry", "grpc.health.v1.Health"}) {
     EXPECT_TRUE(services.contains(s)) << s << " is not listed by reflection";
   }
 

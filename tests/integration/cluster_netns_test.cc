@@ -92,8 +92,8 @@ TEST(ClusterNetnsTest, StagesInTwoNetworkNamespacesOverUcxTcp) {
   options.model_dir = dir;
   options.stages = 2;
   options.coordinator_listen = net.here_ip() + ":0";
-  options.coordinator_args = {"--ucx-transports", "tcp", "--chunk-mode", "fixed", "--max-chunk",
-                              "32"};
+  options.coordinator_args = {"--ucx-transports", "tcp", "--chunk-mode", "fixed",
+                              "--max-chunk",      "32"};
   options.worker_listen = {net.here_ip() + ":0", net.there_ip() + ":0"};
   options.worker_prefix = {
       {"env", "UCX_NET_DEVICES=" + net.here()},

@@ -77,8 +77,8 @@ absl::StatusOr<std::vector<std::vector<float>>> Reference(
   options.kv_cache.max_tokens = 4096;
   MP_ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> ex,
                       StageExecutor::Create(f.config, f.weights, NewCpuBackend(), options));
-  auto run = [&](int64_t start, const std::vector<int32_t>& ids)
-      -> absl::StatusOr<std::vector<float>> {
+  auto run = [&](int64_t start,
+                 const std::vector<int32_t>& ids) -> absl::StatusOr<std::vector<float>> {
     Tensor input = Tensor::Host({static_cast<int64_t>(ids.size())}, DType::kI32);
     std::memcpy(input.data(), ids.data(), ids.size() * sizeof(int32_t));
     MP_ASSIGN_OR_RETURN(Tensor out, ex->RunChunk(1, start, input, LogitsMode::kLastRow));
@@ -133,17 +133,17 @@ TEST_P(ClusterParityTest, LogitsAndTokensMatchTheSingleProcessExecutor) {
   options.model_dir = dir;
   options.stages = stages;
   // Several chunks per prompt: fixed 32-token chunks, or dynamic ones of 16..48 tokens.
-  options.coordinator_args = {"--chunk-mode", mode, "--max-chunk", mode == "fixed" ? "32" : "48",
-                              "--min-chunk", "16", "--chunk-align", "16", "--ucx-transports",
-                              "tcp"};
+  options.coordinator_args = {
+      "--chunk-mode",     mode, "--max-chunk",   mode == "fixed" ? "32" : "48",
+      "--min-chunk",      "16", "--chunk-align", "16",
+      "--ucx-transports", "tcp"};
   MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Cluster> cluster, Cluster::Start(options));
   MP_ASSERT_OK(cluster->WaitReady(stages, absl::Seconds(60)));
 
   // Two requests: the fixture's prompt, then a second one on the same pipeline (KV reuse).
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(absl::StrCat("round ", round));
-    v1::GenerateRequest request =
-        TokenRequest(f.input_ids, static_cast<int>(f.greedy_ids.size()));
+    v1::GenerateRequest request = TokenRequest(f.input_ids, static_cast<int>(f.greedy_ids.size()));
     request.set_return_logits(true);
     GenerateResult result = RunGenerate(cluster->stub(), request);
     ASSERT_TRUE(result.status.ok()) << result.status.error_message() << "\n" << cluster->Logs();
@@ -213,7 +213,8 @@ TEST(ClusterParitySmolLM2Test, TextPromptMatchesTheEngine) {
     GenerationOptions gen;
     gen.max_new_tokens = kNewTokens;
     for (int64_t id : config.eos_token_ids) gen.stop_token_ids.push_back(static_cast<int32_t>(id));
-    if (auto end = tokenizer->TokenToId(ChatTemplate::kEndOfTurn)) gen.stop_token_ids.push_back(*end);
+    if (auto end = tokenizer->TokenToId(ChatTemplate::kEndOfTurn))
+      gen.stop_token_ids.push_back(*end);
     MP_ASSERT_OK_AND_ASSIGN(GenerationResult result, engine->Generate(prompt, gen));
     expected = result.token_ids;
   }
@@ -222,8 +223,8 @@ TEST(ClusterParitySmolLM2Test, TextPromptMatchesTheEngine) {
   ClusterOptions options;
   options.model_dir = dir;
   options.stages = 2;
-  options.coordinator_args = {"--chunk-mode", "fixed", "--max-chunk", "32", "--kv-tokens",
-                              "2048", "--max-context", "2048"};
+  options.coordinator_args = {"--chunk-mode", "fixed", "--max-chunk",   "32",
+                              "--kv-tokens",  "2048",  "--max-context", "2048"};
   MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Cluster> cluster, Cluster::Start(options));
   MP_ASSERT_OK(cluster->WaitReady(2, absl::Seconds(120)));
   v1::GenerateRequest request;

@@ -28,8 +28,8 @@ class ClusterSchedulingTest : public ::testing::Test {
     options.stages = 2;
     // Small chunks, and stage 1 takes at least 10 ms per step (an injected receive delay):
     // the 3000-token prompt takes about a hundred steps, a second or more.
-    options.coordinator_args = {"--chunk-mode", "fixed", "--max-chunk", "32", "--ucx-transports",
-                                "tcp"};
+    options.coordinator_args = {"--chunk-mode",     "fixed", "--max-chunk", "32",
+                                "--ucx-transports", "tcp"};
     options.worker_args = {"--inject-receive-delay-ms", "10"};
     absl::StatusOr<std::unique_ptr<Cluster>> c = Cluster::Start(options);
     ASSERT_TRUE(c.ok()) << c.status();
@@ -155,7 +155,8 @@ TEST_F(ClusterSchedulingTest, ClientCancellingItsCallFreesKv) {
 TEST_F(ClusterSchedulingTest, DeadlineStopsTheRequestAndFreesKv) {
   GenerateCall call;
   call.timeout = absl::Milliseconds(500);
-  const double before = CoordinatorMetric("millipede_requests_cancelled_total{reason=\"deadline\"}");
+  const double before =
+      CoordinatorMetric("millipede_requests_cancelled_total{reason=\"deadline\"}");
   GenerateResult result = RunGenerate(cluster_->stub(), LongRequest("too-slow"), call);
   const absl::Time at = absl::Now();
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);

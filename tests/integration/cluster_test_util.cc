@@ -145,9 +145,8 @@ absl::StatusOr<std::string> Process::WaitForToken(const std::string& prefix,
       if (stop != std::string::npos) return log.substr(begin, stop - begin);
     }
     if (!Running()) {
-      return absl::UnavailableError(
-          absl::StrCat("process exited (code ", exit_code_, ") before printing '", prefix,
-                       "':\n", log));
+      return absl::UnavailableError(absl::StrCat("process exited (code ", exit_code_,
+                                                 ") before printing '", prefix, "':\n", log));
     }
     if (absl::Now() >= end) {
       return absl::DeadlineExceededError(absl::StrCat("no '", prefix, "' in:\n", log));
@@ -163,10 +162,10 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
   c->options_ = options;
   c->dir_ = MakeTempDir();
   std::vector<std::string> argv = options.coordinator_prefix;
-  argv.insert(argv.end(), {MillipedeBin(), "coordinator", "--model", options.model_dir,
-                           "--stages", std::to_string(options.stages), "--listen",
-                           options.coordinator_listen, "--metrics-listen", "127.0.0.1:0",
-                           "--health-interval", "0.5", "--rebuild-wait", "1"});
+  argv.insert(argv.end(), {MillipedeBin(), "coordinator", "--model", options.model_dir, "--stages",
+                           std::to_string(options.stages), "--listen", options.coordinator_listen,
+                           "--metrics-listen", "127.0.0.1:0", "--health-interval", "0.5",
+                           "--rebuild-wait", "1"});
   argv.insert(argv.end(), options.coordinator_args.begin(), options.coordinator_args.end());
   absl::StatusOr<Process> coordinator = Process::Start(argv, c->dir_ + "/coordinator.log");
   if (!coordinator.ok()) return coordinator.status();
@@ -195,8 +194,7 @@ absl::Status Cluster::StartWorker(int index, int stage_hint) {
                            "--metrics-listen", "127.0.0.1:0", "--stage-hint",
                            std::to_string(stage_hint), "--drain-timeout", "5"});
   argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
-  absl::StatusOr<Process> p =
-      Process::Start(argv, absl::StrCat(dir_, "/worker", index, ".log"));
+  absl::StatusOr<Process> p = Process::Start(argv, absl::StrCat(dir_, "/worker", index, ".log"));
   if (!p.ok()) return p.status();
   if (index >= static_cast<int>(workers_.size())) workers_.resize(index + 1);
   workers_[index] = *std::move(p);
@@ -236,8 +234,8 @@ absl::Status Cluster::WaitReady(int stages, absl::Duration timeout) {
     }
     absl::SleepFor(absl::Milliseconds(50));
   }
-  return absl::DeadlineExceededError(absl::StrCat("cluster not ready with ", stages,
-                                                  " stages: ", last, "\n", Logs()));
+  return absl::DeadlineExceededError(
+      absl::StrCat("cluster not ready with ", stages, " stages: ", last, "\n", Logs()));
 }
 
 std::string Cluster::Logs() const {
@@ -340,7 +338,8 @@ absl::StatusOr<std::string> HttpGet(const std::string& address, const std::strin
   }
   const std::string request =
       absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: ", address, "\r\nConnection: close\r\n\r\n");
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
     close(fd);
     return absl::UnavailableError("send failed");
   }

@@ -98,8 +98,8 @@ class Cluster {
 struct GenerateResult {
   grpc::Status status;
   std::vector<millipede::v1::GenerateEvent> events;
-  std::vector<int32_t> tokens;              // first token + later tokens, in order
-  std::vector<std::vector<float>> logits;   // per token, when asked for
+  std::vector<int32_t> tokens;                        // first token + later tokens, in order
+  std::vector<std::vector<float>> logits;             // per token, when asked for
   std::vector<std::pair<uint64_t, uint64_t>> chunks;  // [start, end) from Progress events
   millipede::v1::Completed completed;
   bool accepted = false;

@@ -45,12 +45,12 @@ TEST(LocalCommandTest, SupervisesRestartsAndStopsCleanly) {
   const std::string dir = MakeTempDir();
   MP_ASSERT_OK_AND_ASSIGN(
       Process local,
-      Process::Start({MillipedeBin(), "local", "--model", TestdataDir() + "/tiny_llama",
-                      "--stages", "2", "--listen", "127.0.0.1:0", "--metrics-listen",
-                      "127.0.0.1:0", "--ucx-transports", "tcp", "--drain-timeout", "3",
-                      "--coordinator-arg=--rebuild-wait=30", "--coordinator-arg=--max-chunk=64",
-                      "--coordinator-arg=--min-chunk=64"},
-                     dir + "/local.log"));
+      Process::Start(
+          {MillipedeBin(), "local", "--model", TestdataDir() + "/tiny_llama", "--stages", "2",
+           "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--ucx-transports", "tcp",
+           "--drain-timeout", "3", "--coordinator-arg=--rebuild-wait=30",
+           "--coordinator-arg=--max-chunk=64", "--coordinator-arg=--min-chunk=64"},
+          dir + "/local.log"));
   MP_ASSERT_OK_AND_ASSIGN(std::string address, local.WaitForToken("ready at ", absl::Seconds(60)));
   MP_ASSERT_OK_AND_ASSIGN(std::string coordinator_pid_text,
                           local.WaitForToken("coordinator pid ", absl::Seconds(1)));
@@ -62,11 +62,10 @@ TEST(LocalCommandTest, SupervisesRestartsAndStopsCleanly) {
   ASSERT_TRUE(first.status.ok()) << first.status.error_message() << local.Log();
 
   // The client command.
-  MP_ASSERT_OK_AND_ASSIGN(
-      Process client,
-      Process::Start({MillipedeBin(), "generate", "--address", address, "--prompt-ids",
-                      "1,2,3,4,5", "--max-new-tokens", "4", "--ignore-eos"},
-                     dir + "/generate.log"));
+  MP_ASSERT_OK_AND_ASSIGN(Process client, Process::Start({MillipedeBin(), "generate", "--address",
+                                                          address, "--prompt-ids", "1,2,3,4,5",
+                                                          "--max-new-tokens", "4", "--ignore-eos"},
+                                                         dir + "/generate.log"));
   EXPECT_EQ(client.Wait(absl::Seconds(30)), 0) << client.Log();
   EXPECT_TRUE(absl::StrContains(client.Log(), "TTFT ")) << client.Log();
   EXPECT_TRUE(absl::StrContains(client.Log(), "4 tokens generated")) << client.Log();

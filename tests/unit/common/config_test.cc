@@ -38,17 +38,15 @@ TEST(ConfigTest, RejectsUnknownKeysAndBadValues) {
   MP_EXPECT_ERROR(ParseYamlConfig("- a\n- b\n", "c.yaml", kOptions), bad, "mapping");
   MP_EXPECT_ERROR(ParseYamlConfig("raw: maybe\n", "c.yaml", kOptions), bad,
                   "flag 'raw' must be true or false");
-  MP_EXPECT_ERROR(ParseYamlConfig("listen: {a: 1}\n", "c.yaml", kOptions), bad,
-                  "option 'listen'");
+  MP_EXPECT_ERROR(ParseYamlConfig("listen: {a: 1}\n", "c.yaml", kOptions), bad, "option 'listen'");
   MP_EXPECT_ERROR(ParseYamlConfig("listen: [a, b\n", "c.yaml", kOptions), bad, "not valid YAML");
   MP_EXPECT_ERROR(ReadYamlConfig("/nonexistent/c.yaml", kOptions), absl::StatusCode::kNotFound,
                   "/nonexistent/c.yaml");
 }
 
 TEST(ConfigTest, EnvironmentOverridesYamlAndFlagsOverrideBoth) {
-  std::map<std::string, std::string> env = {{"MILLIPEDE_STAGES", "4"},
-                                            {"MILLIPEDE_RAW", "0"},
-                                            {"MILLIPEDE_UNRELATED", "x"}};
+  std::map<std::string, std::string> env = {
+      {"MILLIPEDE_STAGES", "4"}, {"MILLIPEDE_RAW", "0"}, {"MILLIPEDE_UNRELATED", "x"}};
   auto getenv = [&](const std::string& name) -> std::optional<std::string> {
     auto it = env.find(name);
     if (it == env.end()) return std::nullopt;

@@ -45,8 +45,12 @@ TEST(MetricsExporterTest, ServesTheRegistry) {
                           MetricsExporter::Start("127.0.0.1:0", "test"));
   ASSERT_FALSE(m->address().empty());
   EXPECT_FALSE(absl::EndsWith(m->address(), ":0"));
-  prometheus::BuildCounter().Name("millipede_test_events_total").Help("h").Register(m->registry())
-      .Add({{"kind", "a"}}).Increment(3);
+  prometheus::BuildCounter()
+      .Name("millipede_test_events_total")
+      .Help("h")
+      .Register(m->registry())
+      .Add({{"kind", "a"}})
+      .Increment(3);
   // Several clients at once, a few times each.
   std::vector<std::thread> clients;
   std::atomic<int> good{0};
@@ -66,8 +70,8 @@ TEST(MetricsExporterTest, ServesTheRegistry) {
   for (std::thread& t : clients) t.join();
   EXPECT_EQ(good.load(), 20);
   EXPECT_TRUE(absl::StartsWith(Get(m->address(), "GET /other HTTP/1.1\r\n\r\n"), "HTTP/1.1 404"));
-  EXPECT_TRUE(absl::StartsWith(Get(m->address(), "POST /metrics HTTP/1.1\r\n\r\n"),
-                               "HTTP/1.1 405"));
+  EXPECT_TRUE(
+      absl::StartsWith(Get(m->address(), "POST /metrics HTTP/1.1\r\n\r\n"), "HTTP/1.1 405"));
   // A client that connects and sends nothing does not block the next one for long.
   std::thread idle([&] { Get(m->address(), ""); });
   const absl::Time start = absl::Now();

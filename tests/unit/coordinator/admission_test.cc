@@ -15,7 +15,7 @@ TEST(KvAdmissionTest, ReservesWholeBlocksAndFreesThem) {
   a.Reset(/*blocks_total=*/10, /*block_tokens=*/64);
   EXPECT_EQ(a.total_tokens(), 640);
   EXPECT_EQ(KvAdmission::TokensNeeded(100, 0), 100);
-  EXPECT_EQ(KvAdmission::TokensNeeded(100, 1), 100);   // the last token is never fed back
+  EXPECT_EQ(KvAdmission::TokensNeeded(100, 1), 100);  // the last token is never fed back
   EXPECT_EQ(KvAdmission::TokensNeeded(100, 29), 128);
   EXPECT_EQ(a.BlocksFor(128), 2);
   EXPECT_EQ(a.BlocksFor(129), 3);

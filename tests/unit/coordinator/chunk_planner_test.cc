@@ -3,17 +3,18 @@
 // noise — dynamic mode gives chunks that all take about the target time T* = t(0, max_chunk),
 // while fixed chunks grow slower with position; a pipeline simulation shows the effect on
 // efficiency T1 / (P * T_P).
+#include "coordinator/chunk_planner.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cmath>
 #include <deque>
 #include <random>
 #include <vector>
 
-#include "coordinator/chunk_planner.h"
 #include "coordinator/cost_model.h"
 
 namespace mp {

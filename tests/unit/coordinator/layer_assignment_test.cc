@@ -101,8 +101,8 @@ TEST(LayerAssignmentTest, Errors) {
   MP_EXPECT_ERROR(AssignLayers(Small(2), {}, o), absl::StatusCode::kFailedPrecondition,
                   "no stages");
   o.kv_tokens = 0;
-  MP_EXPECT_ERROR(AssignLayers(Small(2), {0, 1ull << 30}, o),
-                  absl::StatusCode::kInvalidArgument, "kv-tokens must be set");
+  MP_EXPECT_ERROR(AssignLayers(Small(2), {0, 1ull << 30}, o), absl::StatusCode::kInvalidArgument,
+                  "kv-tokens must be set");
   o.min_kv_tokens = 1000000;
   MP_EXPECT_ERROR(AssignLayers(Small(2), {1 << 20, 1 << 20}, o),
                   absl::StatusCode::kFailedPrecondition, "leaves room for 1000000 tokens");

@@ -51,7 +51,8 @@ TEST(RequestValidationTest, NamesTheFieldAndTheLimit) {
   MP_EXPECT_ERROR(ValidateRequestFields(r, Limits()), bad, "request_id");
   r = Tokens({1});
   r.set_max_new_tokens(51);
-  MP_EXPECT_ERROR(ValidateRequestFields(r, Limits()), bad, "max_new_tokens 51 exceeds the maximum context of 50");
+  MP_EXPECT_ERROR(ValidateRequestFields(r, Limits()), bad,
+                  "max_new_tokens 51 exceeds the maximum context of 50");
   r = Tokens({1});
   r.mutable_sampling()->set_temperature(INFINITY);
   MP_EXPECT_ERROR(ValidateRequestFields(r, Limits()), bad, "sampling.temperature");
@@ -76,12 +77,15 @@ TEST(RequestValidationTest, NamesTheFieldAndTheLimit) {
   no_tokenizer.has_tokenizer = false;
   MP_EXPECT_ERROR(ValidateRequestFields(text, no_tokenizer), bad, "tokenizer.json");
 
-  MP_EXPECT_ERROR(ValidatePromptIds(std::vector<int32_t>{}, 1, Limits(), "tokens.ids"), bad, "empty");
+  MP_EXPECT_ERROR(ValidatePromptIds(std::vector<int32_t>{}, 1, Limits(), "tokens.ids"), bad,
+                  "empty");
   MP_EXPECT_ERROR(ValidatePromptIds(std::vector<int32_t>{1, 100}, 1, Limits(), "tokens.ids"), bad,
                   "tokens.ids[1] = 100 is outside the vocabulary [0, 100)");
-  MP_EXPECT_ERROR(ValidatePromptIds(std::vector<int32_t>{-1}, 1, Limits(), "tokens.ids"), bad, "tokens.ids[0] = -1");
-  MP_EXPECT_ERROR(ValidatePromptIds(std::vector<int32_t>(45, 1), 6, Limits(), "text"), bad,
-                  "text: a prompt of 45 tokens + max_new_tokens 6 exceeds the maximum context of 50");
+  MP_EXPECT_ERROR(ValidatePromptIds(std::vector<int32_t>{-1}, 1, Limits(), "tokens.ids"), bad,
+                  "tokens.ids[0] = -1");
+  MP_EXPECT_ERROR(
+      ValidatePromptIds(std::vector<int32_t>(45, 1), 6, Limits(), "text"), bad,
+      "text: a prompt of 45 tokens + max_new_tokens 6 exceeds the maximum context of 50");
 }
 
 }  // namespace

@@ -63,8 +63,8 @@ class StageRunnerTest : public ::testing::Test {
     MP_ASSERT_OK(links_[0]->Connect("", links_[1]->upstream_endpoint()));
     MP_ASSERT_OK(links_[1]->Connect(links_[0]->downstream_endpoint(), ""));
     for (int s = 0; s < 2; ++s) {
-      runners_[s] = std::make_unique<StageRunner>(executors_[s].get(), links_[s].get(), nullptr,
-                                                  kMaxRows);
+      runners_[s] =
+          std::make_unique<StageRunner>(executors_[s].get(), links_[s].get(), nullptr, kMaxRows);
       runners_[s]->Start();
     }
   }
@@ -105,9 +105,9 @@ class StageRunnerTest : public ::testing::Test {
     for (size_t start = 0; start < prompt_.size(); start += 32) {
       const size_t end = std::min(prompt_.size(), start + 32);
       const bool last = end == prompt_.size();
-      auto [a, b] = Step(Chunk(id, index++,
-                               last ? v1::CHUNK_KIND_PREFILL_LAST : v1::CHUNK_KIND_PREFILL, start,
-                               {prompt_.begin() + start, prompt_.begin() + end}));
+      auto [a, b] =
+          Step(Chunk(id, index++, last ? v1::CHUNK_KIND_PREFILL_LAST : v1::CHUNK_KIND_PREFILL,
+                     start, {prompt_.begin() + start, prompt_.begin() + end}));
       EXPECT_TRUE(a.ok() && b.ok()) << a.status() << " / " << b.status();
       if (!a.ok() || !b.ok()) return tokens;
       if (last) tokens.push_back(b->token_id());
@@ -164,20 +164,23 @@ TEST_F(StageRunnerTest, StepsRunInStepOrderWhateverTheArrivalOrder) {
 }
 
 TEST_F(StageRunnerTest, ReleasedRequestsPassThroughAndFreeTheirKv) {
-  auto [a, b] = Step(Chunk(7, 0, v1::CHUNK_KIND_PREFILL, 0, {prompt_.begin(), prompt_.begin() + 40}));
+  auto [a, b] =
+      Step(Chunk(7, 0, v1::CHUNK_KIND_PREFILL, 0, {prompt_.begin(), prompt_.begin() + 40}));
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_GT(runners_[0]->kv_blocks_in_use(), 0);
   MP_ASSERT_OK_AND_ASSIGN(bool held, runners_[0]->Release(7, absl::Seconds(5)));
   EXPECT_TRUE(held);
   EXPECT_EQ(runners_[0]->kv_blocks_in_use(), 0);
   // Stage 1 has not heard of the release yet: it still computes what stage 0 forwards.
-  auto [c, d] = Step(Chunk(7, 1, v1::CHUNK_KIND_PREFILL, 40, {prompt_.begin() + 40, prompt_.begin() + 80}));
+  auto [c, d] =
+      Step(Chunk(7, 1, v1::CHUNK_KIND_PREFILL, 40, {prompt_.begin() + 40, prompt_.begin() + 80}));
   EXPECT_TRUE(absl::IsCancelled(c.status())) << c.status();
   EXPECT_TRUE(d.ok()) << d.status();
   MP_ASSERT_OK_AND_ASSIGN(held, runners_[1]->Release(7, absl::Seconds(5)));
   EXPECT_TRUE(held);
   EXPECT_EQ(runners_[1]->kv_blocks_in_use(), 0);
-  auto [e, f] = Step(Chunk(7, 2, v1::CHUNK_KIND_PREFILL_LAST, 80, {prompt_.begin() + 80, prompt_.end()}));
+  auto [e, f] =
+      Step(Chunk(7, 2, v1::CHUNK_KIND_PREFILL_LAST, 80, {prompt_.begin() + 80, prompt_.end()}));
   EXPECT_TRUE(absl::IsCancelled(e.status()));
   EXPECT_TRUE(absl::IsCancelled(f.status()));
   EXPECT_EQ(runners_[0]->requests_held(), 0);
