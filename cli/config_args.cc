@@ -24,7 +24,7 @@ std::vector<ConfigOption> OptionsOf(CLI::App* cmd) {
     if (opt->get_lnames().empty()) continue;
     const std::string name = opt->get_lnames().front();
     if (kMetaOptions.contains(name)) continue;
-    out.push_back({name, opt->get_type_size() == 0});
+    out.push_back({name, opt->get_expected_max() == 0});
   }
   return out;
 }
@@ -84,11 +84,11 @@ bool HandleConfigFlags(CLI::App* cmd, const ConfigFlags& flags) {
       if (kMetaOptions.contains(name)) continue;
       std::string value;
       if (opt->count() > 0) {
-        value = opt->get_type_size() == 0 ? (opt->as<bool>() ? "true" : "false")
+        value = opt->get_expected_max() == 0 ? (opt->as<bool>() ? "true" : "false")
                                           : absl::StrJoin(opt->results(), ", ");
         if (opt->get_expected_max() > 1) value = absl::StrCat("[", value, "]");
       } else {
-        value = opt->get_type_size() == 0 ? "false" : opt->get_default_str();
+        value = opt->get_expected_max() == 0 ? "false" : opt->get_default_str();
       }
       if (value.empty()) value = "\"\"";
       std::printf("%s: %s\n", name.c_str(), value.c_str());

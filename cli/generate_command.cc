@@ -147,8 +147,10 @@ absl::Status Run(const GenerateFlags& f) {
     if (progress_line) std::fputc('\n', stderr);
     progress_line = false;
   };
+  bool printed = false;
   auto emit = [&](const std::string& piece, int32_t id) {
     if (f.json) return;
+    printed = true;
     if (text) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
     } else {
@@ -201,7 +203,7 @@ absl::Status Run(const GenerateFlags& f) {
   done.store(true);
   canceller.join();
   end_progress();
-  if (!f.json) std::fputc('\n', stdout);
+  if (printed) std::fputc('\n', stdout);
   std::fflush(stdout);
   if (!status.ok()) return FromGrpcStatus(status);
   if (f.json) {

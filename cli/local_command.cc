@@ -2,6 +2,7 @@
 // processes on loopback, supervised (restarted when they exit) and stopped cleanly on Ctrl-C /
 // SIGTERM. Prints the coordinator's address once the pipeline is ready.
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -69,6 +70,10 @@ absl::Status Run(const LocalFlags& f) {
   if (f.stages < 1) return absl::InvalidArgumentError("--stages must be at least 1");
   if (f.model_dir.empty() == f.model_preset.empty()) {
     return absl::InvalidArgumentError("give one of --model DIR and --model-preset");
+  }
+  struct stat st;
+  if (!f.model_dir.empty() && (stat(f.model_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+    return absl::NotFoundError(absl::StrCat("model directory ", f.model_dir, " does not exist"));
   }
   MP_ASSIGN_OR_RETURN(const std::string binary, SelfPath());
   MP_ASSIGN_OR_RETURN(const std::string address, ResolveListen(f.listen));

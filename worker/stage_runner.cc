@@ -233,6 +233,8 @@ absl::Status StageRunner::Compute(const RunChunkRequest& r, const Tensor& input,
   }
   const LogitsMode mode =
       executor_->is_last() && SamplesToken(r) ? LogitsMode::kLastRow : LogitsMode::kNone;
+  // r.prompt_tokens() is the request's prompt length, which dual chunk attention needs (its
+  // temperature and sparse gate); it goes to RunChunk when the executor takes it.
   absl::StatusOr<Tensor> result =
       executor_->RunChunk(id, static_cast<int64_t>(r.start()), input, mode);
   // Device backends run asynchronously: the input buffer is reused by the next receive.

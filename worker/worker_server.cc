@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -55,7 +56,13 @@ absl::Status RunWorker(const WorkerOptions& flags) {
   StageWorkerService service(options, worker_id, &metrics);
   MP_ASSIGN_OR_RETURN(StartedServer server,
                       StartGrpcServer(options.listen, {&service}, {kStageWorkerService}));
-  const std::string address = options.advertise.empty() ? server.address : options.advertise;
+  std::string address = options.advertise.empty() ? server.address : options.advertise;
+  // A wildcard listen address is no address for others: advertise the host name instead.
+  for (const char* any : {"0.0.0.0:", "[::]:"}) {
+    if (options.advertise.empty() && address.rfind(any, 0) == 0) {
+      address = absl::StrCat(kvtransfer::LocalHostName(), address.substr(std::strlen(any) - 1));
+    }
+  }
   service.set_server(server.server.get());
   service.set_address(address);
   service.set_metrics_address(exporter->address());

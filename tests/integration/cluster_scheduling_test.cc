@@ -82,7 +82,7 @@ class ClusterSchedulingTest : public ::testing::Test {
   // The cluster still answers normally.
   static void ExpectServes() {
     GenerateResult r = RunGenerate(cluster_->stub(), TokenRequest(RandomIds(20, 512, 3), 4));
-    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message() << "\n" << cluster_->Logs();
     EXPECT_EQ(r.tokens.size(), 4u);
   }
 
@@ -120,7 +120,9 @@ TEST_F(ClusterSchedulingTest, CancelCallStopsThePrefillAndFreesKvOnEveryStage) {
       << result.status.error_message();
   EXPECT_LT(result.completed.prompt_tokens(), 1u) << "a cancelled request never completes";
   const absl::Duration freed = TimeUntilKvFree(at, absl::Seconds(1));
-  EXPECT_LE(freed, absl::Seconds(1)) << "KV still held on some stage 1 s after Cancel";
+  EXPECT_LE(freed, absl::Seconds(1)) << "KV still held on some stage 1 s after Cancel: "
+                                     << KvBlocksInUse() << " blocks\n"
+                                     << cluster_->Logs();
   EXPECT_GE(CoordinatorMetric("millipede_requests_cancelled_total{reason=\"client\"}"), 1);
 
   // GetRequest remembers it as cancelled; the cluster keeps serving.
@@ -145,10 +147,13 @@ TEST_F(ClusterSchedulingTest, ClientCancellingItsCallFreesKv) {
     }
   };
   GenerateResult result = RunGenerate(cluster_->stub(), LongRequest("walk-away"), call);
-  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::CANCELLED);
-  ASSERT_EQ(progress.load() >= 3, true);
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::CANCELLED)
+      << result.status.error_message();
+  ASSERT_GE(progress.load(), 3);
   // The coordinator notices the cancelled call within its 100 ms poll.
-  EXPECT_LE(TimeUntilKvFree(at, absl::Seconds(1)), absl::Seconds(1));
+  EXPECT_LE(TimeUntilKvFree(at, absl::Seconds(1)), absl::Seconds(1))
+      << KvBlocksInUse() << " KV blocks still in use\n"
+      << cluster_->Logs();
   ExpectServes();
 }
 
@@ -161,7 +166,9 @@ TEST_F(ClusterSchedulingTest, DeadlineStopsTheRequestAndFreesKv) {
   const absl::Time at = absl::Now();
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_LT(result.seconds, 2.0);
-  EXPECT_LE(TimeUntilKvFree(at, absl::Seconds(1)), absl::Seconds(1));
+  EXPECT_LE(TimeUntilKvFree(at, absl::Seconds(1)), absl::Seconds(1))
+      << KvBlocksInUse() << " KV blocks still in use\n"
+      << cluster_->Logs();
   EXPECT_EQ(CoordinatorMetric("millipede_requests_cancelled_total{reason=\"deadline\"}"),
             before + 1)
       << CoordinatorMetric("millipede_requests_cancelled_total{reason=\"client\"}") << "\n"
