@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -40,6 +41,13 @@ std::string MakeTempDir() {
   std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp", "/mp_cluster_XXXXXX");
   if (mkdtemp(pattern.data()) == nullptr) return "/tmp";
   return pattern;
+}
+
+TempDir::~TempDir() {
+  // Only a directory MakeTempDir() created.
+  if (std::filesystem::path(path_).filename().string().rfind("mp_cluster_", 0) != 0) return;
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
 }
 
 // ---- Process --------------------------------------------------------------------------------
@@ -160,14 +168,13 @@ absl::StatusOr<std::string> Process::WaitForToken(const std::string& prefix,
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& options) {
   auto c = std::unique_ptr<Cluster>(new Cluster());
   c->options_ = options;
-  c->dir_ = MakeTempDir();
   std::vector<std::string> argv = options.coordinator_prefix;
   argv.insert(argv.end(), {MillipedeBin(), "coordinator", "--model", options.model_dir, "--stages",
                            std::to_string(options.stages), "--listen", options.coordinator_listen,
                            "--metrics-listen", "127.0.0.1:0", "--health-interval", "0.5",
                            "--rebuild-wait", "1"});
   argv.insert(argv.end(), options.coordinator_args.begin(), options.coordinator_args.end());
-  absl::StatusOr<Process> coordinator = Process::Start(argv, c->dir_ + "/coordinator.log");
+  absl::StatusOr<Process> coordinator = Process::Start(argv, c->dir_.path() + "/coordinator.log");
   if (!coordinator.ok()) return coordinator.status();
   c->coordinator_ = *std::move(coordinator);
   absl::StatusOr<std::string> address =
@@ -194,7 +201,8 @@ absl::Status Cluster::StartWorker(int index, int stage_hint) {
                            "--metrics-listen", "127.0.0.1:0", "--stage-hint",
                            std::to_string(stage_hint), "--drain-timeout", "5"});
   argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
-  absl::StatusOr<Process> p = Process::Start(argv, absl::StrCat(dir_, "/worker", index, ".log"));
+  absl::StatusOr<Process> p =
+      Process::Start(argv, absl::StrCat(dir_.path(), "/worker", index, ".log"));
   if (!p.ok()) return p.status();
   if (index >= static_cast<int>(workers_.size())) workers_.resize(index + 1);
   workers_[index] = *std::move(p);

@@ -25,6 +25,19 @@ std::string TestdataDir();
 // A fresh temporary directory.
 std::string MakeTempDir();
 
+// A temporary directory removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir() : path_(MakeTempDir()) {}
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 class Process {
  public:
   Process() = default;
@@ -88,7 +101,7 @@ class Cluster {
   absl::Status StartWorker(int index, int stage_hint);
 
   ClusterOptions options_;
-  std::string dir_;
+  TempDir dir_;
   std::string address_;
   Process coordinator_;
   std::vector<Process> workers_;

@@ -42,7 +42,8 @@ absl::StatusOr<std::set<pid_t>> WorkerPids(v1::Coordinator::Stub& stub, int stag
 }
 
 TEST(LocalCommandTest, SupervisesRestartsAndStopsCleanly) {
-  const std::string dir = MakeTempDir();
+  TempDir temp;
+  const std::string& dir = temp.path();
   MP_ASSERT_OK_AND_ASSIGN(
       Process local,
       Process::Start(
