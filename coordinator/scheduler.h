@@ -163,6 +163,8 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   millipede::v1::Timings Timings(const Request& r) const;
   void Remember(const Request& r, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Run(Actions& actions);
+  // Seconds from `from` to `to` (0 when either is unset or `to` is earlier).
+  static double Seconds(absl::Time from, absl::Time to);
 
   const CoordinatorOptions options_;
   const ModelInfo* const model_;
