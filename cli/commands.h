@@ -8,5 +8,9 @@ namespace mp::cli {
 
 void RegisterRunCommand(CLI::App& app, int* exit_code);
 void RegisterConvertGgufCommand(CLI::App& app, int* exit_code);
+void RegisterCoordinatorCommand(CLI::App& app, int* exit_code);
+void RegisterWorkerCommand(CLI::App& app, int* exit_code);
+void RegisterLocalCommand(CLI::App& app, int* exit_code);
+void RegisterGenerateCommand(CLI::App& app, int* exit_code);
 
 }  // namespace mp::cli

@@ -12,7 +12,7 @@ debs=(
   libabsl-dev libopenblas-dev libpcre2-dev libutf8proc-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libucx-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
-  libyaml-cpp-dev
+  libyaml-cpp-dev grpc-proto
   python3 python3-venv python3-pip
 )
 missing=()

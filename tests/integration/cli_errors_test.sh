@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every bad input to `millipede run` / `convert-gguf` must end with a non-zero exit code (not a
+# Every bad input to `millipede run` / `convert-gguf` / the cluster commands must end with a non-zero exit code (not a
 # signal) and a message on stderr that names the problem.
 #   cli_errors_test.sh MILLIPEDE_BIN FIXTURE_MODEL_DIR
 set -u
@@ -70,6 +70,20 @@ expect_error corrupt_config "config.json" -- run --model "$badjson" --prompt-ids
 expect_error missing_gguf "$tmp/x.gguf" -- convert-gguf "$tmp/x.gguf" "$tmp/out"
 printf 'GGUF\x03\x00\x00\x00' > "$tmp/short.gguf"
 expect_error truncated_gguf "short.gguf" -- convert-gguf "$tmp/short.gguf" "$tmp/out2"
+
+# The cluster commands.
+expect_error local_missing_model "$tmp/nope" -- local --model "$tmp/nope" --stages 2
+expect_error local_no_model "--model" -- local --stages 2
+expect_error coordinator_missing_model "$tmp/nope" -- coordinator --model "$tmp/nope" --check-config
+printf 'listen: 127.0.0.1:0\nbogus: 1\n' > "$tmp/bad.yaml"
+expect_error coordinator_unknown_key "unknown option 'bogus'" -- coordinator --config "$tmp/bad.yaml"
+expect_error coordinator_missing_config "$tmp/none.yaml" -- coordinator --config "$tmp/none.yaml"
+expect_error worker_decode_role "only prefill" -- worker --role decode
+expect_error generate_no_prompt "exactly one of" -- generate --address 127.0.0.1:1
+expect_error generate_unreachable "UNAVAILABLE" -- generate --address 127.0.0.1:1 --prompt-ids 1,2
+export MILLIPEDE_RAW=maybe
+expect_error generate_bad_env "MILLIPEDE_RAW must be true or false" -- generate --prompt hi
+unset MILLIPEDE_RAW
 
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
