@@ -22,6 +22,7 @@
 #include "kernels/cuda/paged_prefill_dca_attention.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
+#include "kernels/cuda/vertical_slash_prefill.h"
 
 namespace mp {
 namespace {
@@ -834,6 +835,70 @@ absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
   }
   ++stats_.dca_prefill_calls;
   return CudaStatus(cuda::PagedPrefillDcaAttention(a, dca, stream_), "DcaAttention (prefill)");
+}
+
+absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionParams& p) {
+  constexpr absl::string_view kOp = "VerticalSlashAttention";
+  if (p.q == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("VerticalSlashAttention: q and out must be given");
+  }
+  MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kBF16, {kAny, kAny, kAny}));
+  const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
+  MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kBF16, {n, q_heads, head_dim}));
+  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
+  if (p.lse != nullptr) {
+    MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
+  }
+  MP_RETURN_IF_ERROR(ValidateVerticalSlashScalars(p, n, q_heads));
+  if (p.kv.k.rank() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("VerticalSlashAttention: K cache has ", Describe(p.kv.k),
+                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
+  }
+  const int64_t kv_heads = p.kv.k.dim(1);
+  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: q has ", q_heads,
+                                                   " heads, not a multiple of the cache's ",
+                                                   kv_heads, " kv heads"));
+  }
+  MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.query_begin + n));
+  if (n == 0) return absl::OkStatus();
+  MP_RETURN_IF_ERROR(UseDevice(device_));
+  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));
+  cuda::VerticalSlashPrefillArgs a;
+  a.q = Bf16(*p.q);
+  a.kv.k = Bf16(p.kv.k);
+  a.kv.v = Bf16(p.kv.v);
+  a.kv.block_table = table;
+  a.kv.num_blocks = p.kv.k.dim(0);
+  a.kv.block_size = p.kv.block_size;
+  a.kv.kv_heads = kv_heads;
+  a.kv.head_dim = head_dim;
+  a.out = MutableBf16(*p.out);
+  a.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
+  a.num_queries = n;
+  a.q_heads = q_heads;
+  a.query_begin = p.query_begin;
+  a.chunk_size = p.chunk_size;
+  a.chunk_len = p.chunk_size > 0 ? p.chunk_len : 0;
+  a.rope_theta = p.rope_theta;
+  a.scale = p.scale * p.temperature * p.temperature;
+  a.last_q = p.last_q;
+  a.budgets = p.budgets.data();
+  const std::string unsupported = cuda::VerticalSlashPrefillUnsupported(a);
+  if (!unsupported.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: ", unsupported));
+  }
+  const int64_t ws_bytes = cuda::VerticalSlashPrefillWorkspaceBytes(a);
+  if (!sparse_workspace_.defined() || static_cast<int64_t>(sparse_workspace_.nbytes()) < ws_bytes) {
+    sparse_workspace_ = Tensor();  // give the old one back to the pool first
+    MP_ASSIGN_OR_RETURN(sparse_workspace_, Allocate({ws_bytes}, DType::kU8));
+  }
+  ++stats_.sparse_prefill_calls;
+  return CudaStatus(cuda::VerticalSlashPrefill(a, sparse_workspace_.data(),
+                                               static_cast<int64_t>(sparse_workspace_.nbytes()),
+                                               stream_),
+                    "VerticalSlashAttention");
 }
 
 absl::StatusOr<int32_t> CudaBackend::SampleToken(const Tensor& logits, float temperature,
