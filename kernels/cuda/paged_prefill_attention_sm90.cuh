@@ -91,7 +91,7 @@ struct PrefillConfig {
   static constexpr int kPanels = kHeadDim / kBoxCols;
   static constexpr int kThreads = 384;
   // The sparse producer is a whole warpgroup issuing cp.async gathers.
-  static constexpr int kProducerRegs = kSparse ? 56 : 40;
+  static constexpr int kProducerRegs = kSparse ? 64 : 40;
   static constexpr int kConsumerRegs = kSparse ? 224 : 232;
   // Q tiles in shared memory: one per consumer warpgroup, or one shared (sparse).
   static constexpr int kQSlots = kSparse ? 1 : 2;

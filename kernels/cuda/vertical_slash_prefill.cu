@@ -180,6 +180,10 @@ int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& a) {
   return bytes;
 }
 
+int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& a) {
+  return static_cast<int64_t>(Pieces(a).size());
+}
+
 VerticalSlashPieceBuffers VerticalSlashPrefillPiece(const VerticalSlashPrefillArgs& a,
                                                     void* workspace, int piece_index) {
   const std::vector<Piece> pieces = Pieces(a);
@@ -198,8 +202,16 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
   }
   const int64_t h = a.q_heads, d = a.kv.head_dim;
   const bool dca = a.chunk_size > 0;
-  for (const Piece& x : Pieces(a)) {
+  const std::vector<Piece> pieces = Pieces(a);
+  for (size_t pi = 0; pi < pieces.size(); ++pi) {
+    const Piece& x = pieces[pi];
+    auto mark = [&](int stage) -> cudaError_t {
+      if (a.stage_events == nullptr) return cudaSuccess;
+      return cudaEventRecord(a.stage_events[pi * kVerticalSlashStageEvents + stage], stream);
+    };
     const VerticalSlashPieceBuffers buf = Buffers(a, x, workspace);
+    cudaError_t err = mark(0);
+    if (err != cudaSuccess) return err;
     const int64_t qn = x.e - x.b, nl = buf.estimate_rows;
     const VerticalSlashPartRange succ =
         VerticalSlashPartKeys(x.e, x.p, a.chunk_len, kVerticalSlashSucc);
@@ -218,7 +230,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     rot.rope_theta = a.rope_theta;
     rot.succ = succ.present;
     rot.inter = inter.present;
-    cudaError_t err = VerticalSlashRotateQueries(rot, stream);
+    err = VerticalSlashRotateQueries(rot, stream);
     if (err != cudaSuccess) return err;
 
     VerticalSlashScoreArgs sc;
@@ -234,6 +246,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     sc.slash = buf.slash;
     err = VerticalSlashScores(sc, buf.score_workspace, stream);
     if (err != cudaSuccess) return err;
+    if ((err = mark(1)) != cudaSuccess) return err;
 
     VerticalSlashSelectArgs sel;
     sel.vertical = buf.vertical;
@@ -247,6 +260,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     for (int part = 0; part < 3; ++part) sel.parts[part] = buf.lists[part];
     err = VerticalSlashSelect(sel, stream);
     if (err != cudaSuccess) return err;
+    if ((err = mark(2)) != cudaSuccess) return err;
 
     VerticalSlashAttentionArgs at;
     for (int part = 0; part < 3; ++part) {
@@ -263,6 +277,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
       if (err != cudaSuccess) return err;
       at.index[part] = buf.index[part];
     }
+    if ((err = mark(3)) != cudaSuccess) return err;
     const int64_t row0 = x.b - a.query_begin;
     at.q = a.q + row0 * h * d;
     at.kv = a.kv;
@@ -279,6 +294,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     at.scale = a.scale;
     err = VerticalSlashAttention(at, stream);
     if (err != cudaSuccess) return err;
+    if ((err = mark(4)) != cudaSuccess) return err;
   }
   return cudaSuccess;
 }

@@ -39,7 +39,12 @@ struct VerticalSlashPrefillArgs {
   float scale = 0.0f;        // logit scale, YaRN m^2 included
   int64_t last_q = 64;       // estimation rows per piece, [1, 64]
   const int64_t* budgets = nullptr;  // host [q_heads, 2]: effective (vertical, slash), > 0
+  // Optional (benchmarks): kVerticalSlashStageEvents events per piece, recorded on `stream`
+  // before the rotation, after the scores, after the selection, after the index and after the
+  // attention of each piece ([pieces, 5]; VerticalSlashPrefillNumPieces gives the count).
+  cudaEvent_t* stage_events = nullptr;
 };
+inline constexpr int kVerticalSlashStageEvents = 5;
 
 // Empty when supported; else the offending argument and the limit.
 std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& args);
@@ -62,6 +67,9 @@ struct VerticalSlashPieceBuffers {
   VerticalSlashListsDev lists[3];  // parts that do not exist have null pointers
   VerticalSlashIndexDev index[3];
 };
+// Pieces of the run (DCA chunk boundaries split it).
+int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& args);
+
 // The layout of the last piece of the run (piece_index = -1) or of piece `piece_index`.
 VerticalSlashPieceBuffers VerticalSlashPrefillPiece(const VerticalSlashPrefillArgs& args,
                                                     void* workspace, int piece_index = -1);
