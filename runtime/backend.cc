@@ -55,15 +55,15 @@ absl::Status ValidateVerticalSlashScalars(const VerticalSlashAttentionParams& p,
         absl::StrCat("VerticalSlashAttention: last_q must be in [1, 64], got ", p.last_q));
   }
   if (static_cast<int64_t>(p.budgets.size()) != 2 * q_heads) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "VerticalSlashAttention: budgets hold ", p.budgets.size(), " values, expected 2 x ",
-        q_heads, " (vertical, slash per q head)"));
+    return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: budgets hold ",
+                                                   p.budgets.size(), " values, expected 2 x ",
+                                                   q_heads, " (vertical, slash per q head)"));
   }
   for (size_t i = 0; i < p.budgets.size(); ++i) {
     if (p.budgets[i] <= 0 || p.budgets[i] > kInt32Max) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "VerticalSlashAttention: ", i % 2 == 0 ? "vertical" : "slash", " budget of head ",
-          i / 2, " must be in [1, 2^31 - 1], got ", p.budgets[i]));
+      return absl::InvalidArgumentError(
+          absl::StrCat("VerticalSlashAttention: ", i % 2 == 0 ? "vertical" : "slash",
+                       " budget of head ", i / 2, " must be in [1, 2^31 - 1], got ", p.budgets[i]));
     }
   }
   return absl::OkStatus();

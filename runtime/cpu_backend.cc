@@ -467,9 +467,9 @@ class CpuBackend final : public Backend {
       MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
     }
     if (head_dim % 2 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "VerticalSlashAttention: head_dim must be even for RoPE, q has shape ",
-          p.q->ShapeString()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("VerticalSlashAttention: head_dim must be even for RoPE, q has shape ",
+                       p.q->ShapeString()));
     }
     MP_RETURN_IF_ERROR(ValidateVerticalSlashScalars(p, n, q_heads));
     if (p.kv.k.rank() != 4) {

@@ -895,10 +895,10 @@ absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionPar
     MP_ASSIGN_OR_RETURN(sparse_workspace_, Allocate({ws_bytes}, DType::kU8));
   }
   ++stats_.sparse_prefill_calls;
-  return CudaStatus(cuda::VerticalSlashPrefill(a, sparse_workspace_.data(),
-                                               static_cast<int64_t>(sparse_workspace_.nbytes()),
-                                               stream_),
-                    "VerticalSlashAttention");
+  return CudaStatus(
+      cuda::VerticalSlashPrefill(a, sparse_workspace_.data(),
+                                 static_cast<int64_t>(sparse_workspace_.nbytes()), stream_),
+      "VerticalSlashAttention");
 }
 
 absl::StatusOr<int32_t> CudaBackend::SampleToken(const Tensor& logits, float temperature,

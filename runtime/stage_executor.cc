@@ -127,15 +127,15 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
     const SparseAttentionConfig& heads = *options.sparse->heads;
     if (heads.num_layers() != config.num_hidden_layers ||
         heads.num_heads() != config.num_attention_heads) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stage executor: the sparse attention config has ", heads.num_layers(), " layers x ",
-          heads.num_heads(), " heads, the model ", config.num_hidden_layers, " x ",
-          config.num_attention_heads));
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage executor: the sparse attention config has ", heads.num_layers(),
+                       " layers x ", heads.num_heads(), " heads, the model ",
+                       config.num_hidden_layers, " x ", config.num_attention_heads));
     }
     if (options.sparse->last_q < 1 || options.sparse->last_q > kMaxSparseLastQ) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stage executor: sparse last_q must be in [1, ", kMaxSparseLastQ, "], got ",
-          options.sparse->last_q));
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage executor: sparse last_q must be in [1, ", kMaxSparseLastQ, "], got ",
+                       options.sparse->last_q));
     }
   }
   auto ex = std::unique_ptr<StageExecutor>(new StageExecutor());

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "bench/cuda/bench_util.cuh"
+#include "bench/cuda/sparse_bench_budgets.h"
 #include "kernels/cpu/dca_positions.h"
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/paged_prefill_attention.h"
@@ -53,7 +54,6 @@
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/vertical_slash_parts.h"
 #include "kernels/cuda/vertical_slash_prefill.h"
-#include "bench/cuda/sparse_bench_budgets.h"
 
 namespace {
 
@@ -121,8 +121,8 @@ __global__ void RecallSum(const float* a, const float* b, int64_t n, double* out
 // (v, s) as run (vertical_size 30 -> 130) from the statistics of Qwen's 7B file.
 std::vector<int64_t> SampleBudgets(std::mt19937_64& rng) {
   std::uniform_real_distribution<double> uni(0.0, 1.0);
-  std::discrete_distribution<int> raise({1.0, 1 / 2.0, 1 / 3.0, 1 / 4.0, 1 / 5.0, 1 / 6.0,
-                                         1 / 7.0, 1 / 8.0, 1 / 9.0});
+  std::discrete_distribution<int> raise(
+      {1.0, 1 / 2.0, 1 / 3.0, 1 / 4.0, 1 / 5.0, 1 / 6.0, 1 / 7.0, 1 / 8.0, 1 / 9.0});
   std::vector<int64_t> b;
   for (int64_t h = 0; h < kHeads; ++h) {
     int64_t v, s;
@@ -230,7 +230,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", error.c_str());
       return 2;
     }
-    budget_source = config_path + (layer_budgets.size() > 1 ? " (all layers)" : " layer " + layer_arg);
+    budget_source =
+        config_path + (layer_budgets.size() > 1 ? " (all layers)" : " layer " + layer_arg);
   } else {
     std::mt19937_64 rng(seed);
     layer_budgets.push_back(SampleBudgets(rng));
@@ -467,11 +468,20 @@ int main(int argc, char** argv) {
     for (auto& e : events) BENCH_CHECK(cudaEventDestroy(e));
     BENCH_CHECK(cudaFree(ws));
 
-    Row row{c.name,           Median(t_dense), Median(t_dca),  Median(t_sparse),
-            Median(t_est),    Median(t_sel),   Median(t_idx),  Median(t_att),
-            attended / causal, recall,         computed_flops / (Median(t_att) * 1e-3) / 1e12};
+    Row row{c.name,
+            Median(t_dense),
+            Median(t_dca),
+            Median(t_sparse),
+            Median(t_est),
+            Median(t_sel),
+            Median(t_idx),
+            Median(t_att),
+            attended / causal,
+            recall,
+            computed_flops / (Median(t_att) * 1e-3) / 1e12};
     rows.push_back(row);
-    const double dense_flops = 4.0 * kHeads * kDim * double(kChunk) * (double(query_begin) + kChunk / 2.0);
+    const double dense_flops =
+        4.0 * kHeads * kDim * double(kChunk) * (double(query_begin) + kChunk / 2.0);
     char buf[4096];
     std::snprintf(
         buf, sizeof(buf),
@@ -492,25 +502,28 @@ int main(int argc, char** argv) {
     lines.push_back(buf);
   }
 
-  std::printf("\n| keys | dense ms | DCA ms | sparse ms | estimate | select | index | attend |"
-              " vs dense | vs DCA | overhead | density | recall | attend TFLOP/s |\n");
-  std::printf("|------|---------:|-------:|----------:|---------:|-------:|------:|-------:|"
-              "---------:|-------:|---------:|--------:|-------:|---------------:|\n");
+  std::printf(
+      "\n| keys | dense ms | DCA ms | sparse ms | estimate | select | index | attend |"
+      " vs dense | vs DCA | overhead | density | recall | attend TFLOP/s |\n");
+  std::printf(
+      "|------|---------:|-------:|----------:|---------:|-------:|------:|-------:|"
+      "---------:|-------:|---------:|--------:|-------:|---------------:|\n");
   for (const Row& r : rows) {
-    std::printf("| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1fx | %.1fx | %.1f%% |"
-                " %.2f%% | %.3f | %.0f |\n",
-                r.name.c_str(), r.dense, r.dca, r.sparse, r.estimate, r.select, r.index, r.attend,
-                r.dense / r.sparse, r.dca / r.sparse,
-                100.0 * (r.estimate + r.select + r.index) / r.sparse, 100.0 * r.density, r.recall,
-                r.computed_tflops);
+    std::printf(
+        "| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1fx | %.1fx | %.1f%% |"
+        " %.2f%% | %.3f | %.0f |\n",
+        r.name.c_str(), r.dense, r.dca, r.sparse, r.estimate, r.select, r.index, r.attend,
+        r.dense / r.sparse, r.dca / r.sparse, 100.0 * (r.estimate + r.select + r.index) / r.sparse,
+        100.0 * r.density, r.recall, r.computed_tflops);
   }
   for (const Row& r : rows) {
     if (r.name == "1m") {
-      std::printf("\ngoal at 1M: >= 10x vs dense: %s (%.1fx); estimate + select + index <= 10%%: "
-                  "%s (%.1f%%)\n",
-                  r.dense / r.sparse >= 10 ? "met" : "NOT met", r.dense / r.sparse,
-                  (r.estimate + r.select + r.index) <= 0.1 * r.sparse ? "met" : "NOT met",
-                  100.0 * (r.estimate + r.select + r.index) / r.sparse);
+      std::printf(
+          "\ngoal at 1M: >= 10x vs dense: %s (%.1fx); estimate + select + index <= 10%%: "
+          "%s (%.1f%%)\n",
+          r.dense / r.sparse >= 10 ? "met" : "NOT met", r.dense / r.sparse,
+          (r.estimate + r.select + r.index) <= 0.1 * r.sparse ? "met" : "NOT met",
+          100.0 * (r.estimate + r.select + r.index) / r.sparse);
     }
   }
   if (!json_path.empty()) {

@@ -172,7 +172,7 @@ struct SparsePartParams {
   int present = 0;
 };
 struct SparseParams {
-  SparsePartParams parts[3];  // intra, succ, inter (vertical_slash_parts.h)
+  SparsePartParams parts[3];               // intra, succ, inter (vertical_slash_parts.h)
   const __nv_bfloat16* k_cache = nullptr;  // [num_blocks, kv_heads, block_size, head_dim]
   const __nv_bfloat16* v_cache = nullptr;
   int64_t num_blocks = 0;
@@ -492,7 +492,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   // Masks (if kMask) the keys outside [key_begin, row_hi) and outside the visit's [lo, hi),
   // updates the running max/sum, turns S into unnormalized probabilities and returns the
   // factor by which O must be rescaled.
-  auto softmax = [&](auto mask_tag, const auto& v, float (&corr)[2]) {
+  auto softmax = [&](auto mask_tag, const auto& v, float(&corr)[2]) {
     constexpr bool kMask = decltype(mask_tag)::value;
     if constexpr (kMask) {
       const int base = v.tile * kN;
@@ -708,7 +708,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   };
   // S (in tSrS) -> probabilities of visit v from stage `stage`; frees the K stage.
-  auto scores_to_probs = [&](const auto& v, int stage, float (&corr)[2]) {
+  auto scores_to_probs = [&](const auto& v, int stage, float(&corr)[2]) {
     if constexpr (Cfg::kSparse) {
       sparse_mask(stage);  // reads the stage's keys: before the stage is released
       release(&ss.k_empty[stage]);

@@ -1,10 +1,9 @@
 // Argument checks and head-dim dispatch for VerticalSlashAttention.
-#include "kernels/cuda/vertical_slash_attention.h"
-
 #include <cmath>
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda/vertical_slash_attention.h"
 #include "kernels/cuda/vertical_slash_parts.h"
 
 namespace mp::cuda {
@@ -29,12 +28,11 @@ std::string VerticalSlashAttentionUnsupported(const VerticalSlashAttentionArgs& 
     return "block_size and num_blocks must be positive (num_blocks below 2^31)";
   }
   if (a.piece_begin < 0 || a.piece_end < a.piece_begin || a.piece_end > kMaxPosition) {
-    return "piece [" + Num(a.piece_begin) + ", " + Num(a.piece_end) +
-           ") must lie in [0, 2^30]";
+    return "piece [" + Num(a.piece_begin) + ", " + Num(a.piece_end) + ") must lie in [0, 2^30]";
   }
-  if (a.chunk_len < 0 || (a.chunk_len > 0 && (a.chunk_len % 64 != 0 || a.chunk_len > kMaxPosition ||
-                                               a.chunk_size < a.chunk_len ||
-                                               a.chunk_size > kMaxPosition))) {
+  if (a.chunk_len < 0 ||
+      (a.chunk_len > 0 && (a.chunk_len % 64 != 0 || a.chunk_len > kMaxPosition ||
+                           a.chunk_size < a.chunk_len || a.chunk_size > kMaxPosition))) {
     return "chunk_len " + Num(a.chunk_len) + " / chunk_size " + Num(a.chunk_size) +
            " must be a multiple of 64 and chunk_len <= chunk_size <= 2^30 (chunk_len 0: no DCA)";
   }

@@ -4,6 +4,6 @@
 namespace mp::cuda::internal {
 
 template cudaError_t LaunchVerticalSlashAttentionSm90<128>(const VerticalSlashAttentionArgs&,
-                                                         cudaStream_t);
+                                                           cudaStream_t);
 
 }  // namespace mp::cuda::internal

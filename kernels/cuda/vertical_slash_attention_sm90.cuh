@@ -64,8 +64,8 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   using cutlass::arch::ClusterTransactionBarrier;
   constexpr int S = Cfg::kStages;
   constexpr int kN = Cfg::kBlockN;
-  constexpr int kChunks = Cfg::kHeadDim / 8;     // 16-byte chunks per key row
-  constexpr int kRowsPerCopy = 32 / kChunks;     // rows one warp covers per copy instruction
+  constexpr int kChunks = Cfg::kHeadDim / 8;  // 16-byte chunks per key row
+  constexpr int kRowsPerCopy = 32 / kChunks;  // rows one warp covers per copy instruction
   constexpr int kRowsPerWarp = kN / 4;
   constexpr int kCopies = kRowsPerWarp / kRowsPerCopy;
   static_assert(kN == 128 && Cfg::kThreads == 384, "one producer thread per key column");
@@ -78,10 +78,10 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
     ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, Cfg::kQBytes);
 #pragma unroll
     for (int pn = 0; pn < Cfg::kPanels; ++pn) {
-      cute::SM90_TMA_LOAD_3D::copy(
-          &p.q_map, &ss.q_full, static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST),
-          ss.q.data() + pn * Cfg::kWgRows * Cfg::kBoxCols, pn * Cfg::kBoxCols, m * Cfg::kWgRows,
-          q_head);
+      cute::SM90_TMA_LOAD_3D::copy(&p.q_map, &ss.q_full,
+                                   static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST),
+                                   ss.q.data() + pn * Cfg::kWgRows * Cfg::kBoxCols,
+                                   pn * Cfg::kBoxCols, m * Cfg::kWgRows, q_head);
     }
   }
 
@@ -229,8 +229,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 }
 
 template <class Cfg>
-cudaError_t LaunchVerticalSlashAttention(const VerticalSlashAttentionArgs& a,
-                                         cudaStream_t stream) {
+cudaError_t LaunchVerticalSlashAttention(const VerticalSlashAttentionArgs& a, cudaStream_t stream) {
   const int64_t n = a.piece_end - a.piece_begin;
   if (n <= 0) return cudaSuccess;
   PrefillParams p{};
@@ -284,8 +283,8 @@ cudaError_t LaunchVerticalSlashAttention(const VerticalSlashAttentionArgs& a,
   }
 
   auto kernel = &VerticalSlashAttentionKernel<Cfg>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       Cfg::kSmemBytes);
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (e != cudaSuccess) return e;
   const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
   kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);

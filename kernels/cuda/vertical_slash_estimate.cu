@@ -1,7 +1,5 @@
 // Vertical-slash estimation kernels: query rotation, the two streamed score passes, and the
 // forced top-k selection with the split into the DCA parts. See vertical_slash_estimate.h.
-#include "kernels/cuda/vertical_slash_estimate.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -15,6 +13,7 @@
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/rope_sincos.cuh"
+#include "kernels/cuda/vertical_slash_estimate.h"
 #include "kernels/cuda/vertical_slash_parts.h"
 
 namespace mp::cuda {
@@ -24,8 +23,8 @@ using internal::CpAsync16;
 using internal::CpAsyncCommit;
 using internal::CpAsyncWait;
 
-constexpr int kTile = 64;         // keys per score tile (region boundaries are multiples of 64)
-constexpr int kRangeTiles = 32;   // tiles per CTA of a score pass
+constexpr int kTile = 64;        // keys per score tile (region boundaries are multiples of 64)
+constexpr int kRangeTiles = 32;  // tiles per CTA of a score pass
 constexpr int kScoreThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxHalfDim = 64;
@@ -167,9 +166,10 @@ __device__ __forceinline__ void LoadQueryFragments(const ScoreParams& p, int cop
     for (int j = 0; j < 4; ++j) {
       const int row = warp * 16 + g + 8 * (j % 2);
       const int col = ks * 16 + 2 * t4 + 8 * (j / 2);
-      qa[ks][j] = row < p.n ? *reinterpret_cast<const uint32_t*>(
-                                  base + (int64_t(row) * p.heads + h) * HD + col)
-                            : 0u;
+      qa[ks][j] =
+          row < p.n
+              ? *reinterpret_cast<const uint32_t*>(base + (int64_t(row) * p.heads + h) * HD + col)
+              : 0u;
     }
   }
 }
@@ -178,8 +178,7 @@ __device__ __forceinline__ void LoadQueryFragments(const ScoreParams& p, int cop
 // j is row g + 8 (j / 2), key column 8 nt + 2 t4 + j % 2.
 template <int HD>
 __device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4],
-                                           const __nv_bfloat16* sk, int lane,
-                                           float (&acc)[8][4]) {
+                                           const __nv_bfloat16* sk, int lane, float (&acc)[8][4]) {
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -211,7 +210,8 @@ __device__ __forceinline__ float MaskedLogit(const ScoreParams& p, float dot, in
 
 // Pass 1: per (range, head) and row, the max and the sum of exp2 over the range's keys.
 template <int HD>
-__global__ void __launch_bounds__(kScoreThreads) ScoresPass1(const __grid_constant__ ScoreParams p) {
+__global__ void __launch_bounds__(kScoreThreads)
+    ScoresPass1(const __grid_constant__ ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   auto* sk = reinterpret_cast<__nv_bfloat16*>(smem);
   constexpr int kBuf = kTile * ScoreSmem<HD>::kKStride;
@@ -302,11 +302,12 @@ __global__ void CombineRowStats(const float2* partial, float2* rowstat, int num_
 // the tile holding key t were summed by the previous tile (the carry); the first tile of a range
 // recomputes the tile before it for that carry.
 template <int HD>
-__global__ void __launch_bounds__(kScoreThreads) ScoresPass2(const __grid_constant__ ScoreParams p) {
+__global__ void __launch_bounds__(kScoreThreads)
+    ScoresPass2(const __grid_constant__ ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   using Smem = ScoreSmem<HD>;
   auto* sk = reinterpret_cast<__nv_bfloat16*>(smem);
-  auto* sp = reinterpret_cast<float*>(smem + Smem::kKBytes);                 // [64][kPStride]
+  auto* sp = reinterpret_cast<float*>(smem + Smem::kKBytes);                     // [64][kPStride]
   auto* carry = reinterpret_cast<float*>(smem + Smem::kKBytes + Smem::kPBytes);  // [2][64]
   constexpr int kBuf = kTile * Smem::kKStride;
   const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
@@ -437,7 +438,8 @@ struct SelectParams {
 };
 
 template <int kind>  // 0: vertical, 1: slash
-__global__ void __launch_bounds__(kSelThreads) SelectKernel(const __grid_constant__ SelectParams p) {
+__global__ void __launch_bounds__(kSelThreads)
+    SelectKernel(const __grid_constant__ SelectParams p) {
   using IntScan = cub::BlockScan<int, kSelThreads>;
   using CountScan = cub::BlockScan<Counts3, kSelThreads>;
   __shared__ union {
@@ -544,8 +546,8 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const __grid_constan
       }
     }
     Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
-    CountScan(scan_storage.counts).ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(),
-                                                 total);
+    CountScan(scan_storage.counts)
+        .ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(), total);
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < kSelItems; ++i) {
@@ -590,8 +592,8 @@ __global__ void __launch_bounds__(kSelThreads) SelectKernel(const __grid_constan
         list[i] = kind == 0 ? i * step : (m - 1 - i) * step;
       }
     }
-    const int32_t pad = kind == 0 ? std::numeric_limits<int32_t>::max()
-                                  : std::numeric_limits<int32_t>::min();
+    const int32_t pad =
+        kind == 0 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min();
     for (int i = count + tid; i < pt.capacity; i += kSelThreads) list[i] = pad;
     if (tid == 0) pt.count[h] = count;
   }
@@ -616,18 +618,20 @@ std::string VerticalSlashEstimateUnsupported(const VerticalSlashScoreArgs& a) {
   if (a.key_end < a.num_queries || a.key_end > (int64_t(1) << 30)) {
     return "key_end " + Num(a.key_end) + " must be in [num_queries, 2^30]";
   }
-  if (a.succ_begin < 0 || a.succ_begin > a.intra_begin || a.intra_begin > a.key_end - a.num_queries ||
-      a.succ_begin % kTile != 0 || a.intra_begin % kTile != 0) {
+  if (a.succ_begin < 0 || a.succ_begin > a.intra_begin ||
+      a.intra_begin > a.key_end - a.num_queries || a.succ_begin % kTile != 0 ||
+      a.intra_begin % kTile != 0) {
     return "region starts succ_begin " + Num(a.succ_begin) + " and intra_begin " +
-           Num(a.intra_begin) + " must be multiples of 64 with 0 <= succ_begin <= intra_begin <= "
+           Num(a.intra_begin) +
+           " must be multiples of 64 with 0 <= succ_begin <= intra_begin <= "
            "key_end - num_queries";
   }
   if (a.kv.block_size <= 0 || a.kv.num_blocks <= 0) {
     return "block_size and num_blocks must be positive";
   }
   if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return "scale must be positive and finite";
-  if (a.q == nullptr || a.kv.k == nullptr || a.kv.block_table == nullptr ||
-      a.vertical == nullptr || a.slash == nullptr) {
+  if (a.q == nullptr || a.kv.k == nullptr || a.kv.block_table == nullptr || a.vertical == nullptr ||
+      a.slash == nullptr) {
     return "q, kv.k, kv.block_table, vertical and slash must be non-null";
   }
   return "";
@@ -670,8 +674,8 @@ template <int HD>
 cudaError_t LaunchScores(const ScoreParams& base, int num_ranges, cudaStream_t stream) {
   constexpr int kSmem1 = ScoreSmem<HD>::kKBytes;
   constexpr int kSmem2 = ScoreSmem<HD>::kBytes;
-  cudaError_t e = cudaFuncSetAttribute(ScoresPass1<HD>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem1);
+  cudaError_t e =
+      cudaFuncSetAttribute(ScoresPass1<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem1);
   if (e != cudaSuccess) return e;
   e = cudaFuncSetAttribute(ScoresPass2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem2);
   if (e != cudaSuccess) return e;

@@ -55,10 +55,10 @@ struct VerticalSlashRotateArgs {
   __nv_bfloat16* out = nullptr;      // [3, num_queries, q_heads, head_dim]: intra, succ, inter
   int64_t num_queries = 0;           // n in [1, 64]
   int64_t q_heads = 0;
-  int64_t head_dim = 0;         // 64 or 128
-  int64_t first_position = 0;   // absolute position of row 0 (e - n)
-  int64_t chunk_len = 0;        // C; 0: no DCA (intra only, absolute positions)
-  int64_t chunk_size = 0;       // S
+  int64_t head_dim = 0;        // 64 or 128
+  int64_t first_position = 0;  // absolute position of row 0 (e - n)
+  int64_t chunk_len = 0;       // C; 0: no DCA (intra only, absolute positions)
+  int64_t chunk_size = 0;      // S
   double rope_theta = 10000.0;
   bool succ = false;   // write the succ copy (the piece has a succ region)
   bool inter = false;  // write the inter copy

@@ -1,9 +1,9 @@
 // The vertical-slash index builder kernel; see vertical_slash_index.h. The per-row-block walk is
 // the CPU reference's (kernels/cpu/vertical_slash_index.cc) line by line.
-#include "kernels/cuda/vertical_slash_index.h"
-
 #include <algorithm>
 #include <cstdint>
+
+#include "kernels/cuda/vertical_slash_index.h"
 
 namespace mp::cuda {
 namespace {
@@ -19,7 +19,8 @@ struct IndexParams {
   bool causal;
 };
 
-__global__ void __launch_bounds__(kThreads) BuildIndexKernel(const __grid_constant__ IndexParams p) {
+__global__ void __launch_bounds__(kThreads)
+    BuildIndexKernel(const __grid_constant__ IndexParams p) {
   __shared__ int32_t staged[kStage];
   const int h = blockIdx.y;
   const int m = blockIdx.x * kThreads + threadIdx.x;
@@ -95,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) BuildIndexKernel(const __grid_consta
       }
       while (b < n_blocks && int64_t(blocks[b]) + kBlock <= v) ++b;
       if (b < n_blocks && blocks[b] <= v) continue;  // covered by block b
-      if (n_columns > 0 && last == v) continue;     // duplicate input
+      if (n_columns > 0 && last == v) continue;      // duplicate input
       columns[n_columns++] = v;
       last = v;
     }

@@ -29,8 +29,8 @@ struct VerticalSlashPartRange {
 };
 
 MP_CUDA_HD inline VerticalSlashPartRange VerticalSlashPartKeys(int64_t piece_end,
-                                                              int64_t chunk_begin,
-                                                              int64_t chunk_len, int part) {
+                                                               int64_t chunk_begin,
+                                                               int64_t chunk_len, int part) {
   VerticalSlashPartRange r;
   const int64_t p = chunk_begin, c = chunk_len;
   if (part == kVerticalSlashIntra) {

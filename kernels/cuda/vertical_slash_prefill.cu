@@ -1,6 +1,4 @@
 // The per-piece sparse DCA prefill driver; see vertical_slash_prefill.h.
-#include "kernels/cuda/vertical_slash_prefill.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +9,7 @@
 #include "kernels/cpu/vertical_slash_select.h"  // VerticalSlashListCapacity
 #include "kernels/cuda/vertical_slash_attention.h"
 #include "kernels/cuda/vertical_slash_parts.h"
+#include "kernels/cuda/vertical_slash_prefill.h"
 
 namespace mp::cuda {
 namespace {
@@ -73,7 +72,8 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   s.num_queries = l.nl;
   s.q_heads = h;
   s.key_end = e;
-  const VerticalSlashPartRange succ = VerticalSlashPartKeys(e, x.p, a.chunk_len, kVerticalSlashSucc);
+  const VerticalSlashPartRange succ =
+      VerticalSlashPartKeys(e, x.p, a.chunk_len, kVerticalSlashSucc);
   s.intra_begin = x.p;
   s.succ_begin = succ.present ? succ.key_begin : x.p;
   l.score_ws = off;
@@ -86,7 +86,8 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
     off += Up((2 * h * l.list_capacity + 2 * h) * 4);
     l.max_blocks[part] = cpu::VerticalSlashBlockCapacity(l.list_capacity, r.num_keys());
     l.index[part] = off;
-    off += Up((2 * h * l.row_blocks + h * l.row_blocks * (l.max_blocks[part] + l.list_capacity)) * 4);
+    off +=
+        Up((2 * h * l.row_blocks + h * l.row_blocks * (l.max_blocks[part] + l.list_capacity)) * 4);
   }
   l.total = off;
   return l;
@@ -150,8 +151,9 @@ std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& a) {
   if (a.chunk_size < 0 ||
       (a.chunk_size > 0 && (a.chunk_len <= 0 || a.chunk_len % 64 != 0 ||
                             a.chunk_len > a.chunk_size || a.chunk_size > kMaxPosition))) {
-    return "chunk_len " + Num(a.chunk_len) + " must be a positive multiple of 64 up to chunk_size " +
-           Num(a.chunk_size) + " <= 2^30 (chunk_size 0: no DCA)";
+    return "chunk_len " + Num(a.chunk_len) +
+           " must be a positive multiple of 64 up to chunk_size " + Num(a.chunk_size) +
+           " <= 2^30 (chunk_size 0: no DCA)";
   }
   if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return "scale must be positive and finite";
   if (!(a.rope_theta > 1.0) || !std::isfinite(a.rope_theta)) return "rope_theta must be > 1";
@@ -161,8 +163,7 @@ std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& a) {
   if (a.budgets == nullptr) return "budgets must be given";
   for (int64_t i = 0; i < 2 * a.q_heads; ++i) {
     if (a.budgets[i] <= 0 || a.budgets[i] > 2147483647) {
-      return "budget " + Num(a.budgets[i]) + " of head " + Num(i / 2) +
-             " must be in [1, 2^31 - 1]";
+      return "budget " + Num(a.budgets[i]) + " of head " + Num(i / 2) + " must be in [1, 2^31 - 1]";
     }
   }
   if (a.num_queries == 0) return "";

@@ -31,13 +31,13 @@ struct VerticalSlashPrefillArgs {
   __nv_bfloat16* out = nullptr;      // [num_queries, q_heads, head_dim]
   float* lse = nullptr;              // [q_heads, num_queries] or null
   int64_t num_queries = 0;
-  int64_t q_heads = 0;       // <= kVerticalSlashMaxHeads
-  int64_t query_begin = 0;   // absolute position of query 0
-  int64_t chunk_size = 0;    // S; 0: no DCA
-  int64_t chunk_len = 0;     // C = S - W, a multiple of 64
+  int64_t q_heads = 0;      // <= kVerticalSlashMaxHeads
+  int64_t query_begin = 0;  // absolute position of query 0
+  int64_t chunk_size = 0;   // S; 0: no DCA
+  int64_t chunk_len = 0;    // C = S - W, a multiple of 64
   double rope_theta = 10000.0;
-  float scale = 0.0f;        // logit scale, YaRN m^2 included
-  int64_t last_q = 64;       // estimation rows per piece, [1, 64]
+  float scale = 0.0f;                // logit scale, YaRN m^2 included
+  int64_t last_q = 64;               // estimation rows per piece, [1, 64]
   const int64_t* budgets = nullptr;  // host [q_heads, 2]: effective (vertical, slash), > 0
   // Optional (benchmarks): kVerticalSlashStageEvents events per piece, recorded on `stream`
   // before the rotation, after the scores, after the selection, after the index and after the

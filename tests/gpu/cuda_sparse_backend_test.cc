@@ -122,7 +122,8 @@ TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
     double diff = 0, scale = 0;
     for (int64_t i = 0; i < sparse.numel(); ++i) {
       ASSERT_TRUE(std::isfinite(sparse.data_as<float>()[i])) << i;
-      diff = std::max(diff, double(std::fabs(sparse.data_as<float>()[i] - got.data_as<float>()[i])));
+      diff =
+          std::max(diff, double(std::fabs(sparse.data_as<float>()[i] - got.data_as<float>()[i])));
       scale = std::max(scale, double(std::fabs(got.data_as<float>()[i])));
     }
     EXPECT_GT(diff, 1e-2 * scale) << "small budgets must drop keys";
@@ -131,10 +132,10 @@ TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaSparseOpTest,
-    ::testing::Values(OpCase{300, 28, 4, 128, 100, 256, 64, 1.0f},   // C = 192: chunks 0-2
-                      OpCase{257, 9, 3, 64, 500, 256, 64, 1.2f},     // chunks 2-3, YaRN
-                      OpCase{600, 8, 2, 128, 0, 256, 64, 1.1f},      // one shot, 4 chunks
-                      OpCase{200, 4, 2, 64, 77, 0, 0, 1.0f}),        // no DCA
+    ::testing::Values(OpCase{300, 28, 4, 128, 100, 256, 64, 1.0f},  // C = 192: chunks 0-2
+                      OpCase{257, 9, 3, 64, 500, 256, 64, 1.2f},    // chunks 2-3, YaRN
+                      OpCase{600, 8, 2, 128, 0, 256, 64, 1.1f},     // one shot, 4 chunks
+                      OpCase{200, 4, 2, 64, 77, 0, 0, 1.0f}),       // no DCA
     [](const ::testing::TestParamInfo<OpCase>& info) {
       const OpCase& c = info.param;
       return "n" + std::to_string(c.n) + "_h" + std::to_string(c.q_heads) + "x" +
@@ -184,8 +185,8 @@ TEST(CudaSparseOpErrorsTest, RejectsBadArguments) {
 
 // ---- the executor ----------------------------------------------------------------------------
 
-std::shared_ptr<const SparsePrefillSettings> Settings(int64_t layers, int64_t heads,
-                                                      int64_t budget, int64_t threshold) {
+std::shared_ptr<const SparsePrefillSettings> Settings(int64_t layers, int64_t heads, int64_t budget,
+                                                      int64_t threshold) {
   auto s = std::make_shared<SparsePrefillSettings>();
   s->enabled = true;
   s->threshold = threshold;
@@ -203,8 +204,9 @@ Tensor RunPrompt(StageExecutor& ex, const std::vector<int32_t>& ids, int64_t chu
   int64_t vocab = 0;
   for (int64_t s = 0; s < L; s += chunk) {
     const int64_t n = std::min(chunk, L - s);
-    absl::StatusOr<Tensor> out = ex.RunChunk(
-        1, s, testing::HostIds(std::span<const int32_t>(ids).subspan(s, n)), LogitsMode::kAllRows, L);
+    absl::StatusOr<Tensor> out =
+        ex.RunChunk(1, s, testing::HostIds(std::span<const int32_t>(ids).subspan(s, n)),
+                    LogitsMode::kAllRows, L);
     EXPECT_TRUE(out.ok()) << out.status();
     if (!out.ok()) return Tensor();
     absl::StatusOr<Tensor> host = ex.backend().ToHostF32(*out);
@@ -218,8 +220,12 @@ Tensor RunPrompt(StageExecutor& ex, const std::vector<int32_t>& ids, int64_t chu
 
 TEST(CudaSparseExecutorTest, ThresholdGateAndFullBudgetOnTheGpu) {
   MP_REQUIRE_CUDA_BACKEND(gpu);
-  ModelConfig config = testing::TinyConfig({.layers = 2, .hidden = 256, .heads = 4,
-                                            .kv_heads = 2, .head_dim = 64, .inter = 256,
+  ModelConfig config = testing::TinyConfig({.layers = 2,
+                                            .hidden = 256,
+                                            .heads = 4,
+                                            .kv_heads = 2,
+                                            .head_dim = 64,
+                                            .inter = 256,
                                             .max_position_embeddings = 4096});
   DualChunkConfig d;
   d.chunk_size = 256;

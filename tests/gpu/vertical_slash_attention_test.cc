@@ -15,6 +15,8 @@
 //     the GPU lists exactly, the CPU index of those lists equals the GPU index, and the output
 //     equals the masked dense reference of that index.
 // Needs an sm_90 GPU (label gpu); fails without one.
+#include "kernels/cuda/vertical_slash_attention.h"
+
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -34,7 +36,6 @@
 #include "kernels/cpu/vertical_slash_scores.h"
 #include "kernels/cpu/vertical_slash_select.h"
 #include "kernels/cuda/dca_positions.h"
-#include "kernels/cuda/vertical_slash_attention.h"
 #include "kernels/cuda/vertical_slash_parts.h"
 #include "kernels/cuda/vertical_slash_prefill.h"
 #include "tests/gpu/kernel_test_util.h"
@@ -182,9 +183,9 @@ void RunKernelCase(const Geometry& g, const TestCache& cache, const std::vector<
     ref_lse[h * n + i] = MaskedReference(g, cache, qf.data() + row * d, g.b + i, h / group, keys,
                                          scale, ref.data() + row * d);
   });
-  testing::ExpectAttentionNear(ref, ref_lse, got, got_lse, n * heads, d,
-                               [n, heads](int64_t row) { return (row % heads) * n + row / heads; },
-                               what);
+  testing::ExpectAttentionNear(
+      ref, ref_lse, got, got_lse, n * heads, d,
+      [n, heads](int64_t row) { return (row % heads) * n + row / heads; }, what);
 }
 
 // Random selections (CPU SelectVerticalSlash of random scores) and their CPU index, per part.
@@ -201,8 +202,8 @@ void RandomIndices(const Geometry& g, int64_t vertical, int64_t slash, uint64_t 
     budgets.push_back(vertical + 17 * (h % 5));
     budgets.push_back(slash + 29 * (h % 3));
   }
-  const int64_t cap =
-      std::max<int64_t>(std::min(cpu::VerticalSlashListCapacity(std::max(vertical, slash) + 120), e), 9);
+  const int64_t cap = std::max<int64_t>(
+      std::min(cpu::VerticalSlashListCapacity(std::max(vertical, slash) + 120), e), 9);
   cpu::VerticalSlashPiece piece{g.b, g.e, g.p, g.c};
   HostLists lists[3];
   cpu::VerticalSlashLists views[3];
@@ -249,11 +250,10 @@ TEST(VerticalSlashAttentionGpuTest, EqualsMaskedDenseAttentionOfItsIndex) {
   uint64_t seed = 500;
   for (const Case& c : cases) {
     const Geometry& g = c.g;
-    const std::string what = "heads " + std::to_string(g.q_heads) + "/" +
-                             std::to_string(g.kv_heads) + " hd" + std::to_string(g.head_dim) +
-                             " piece [" + std::to_string(g.b) + ", " + std::to_string(g.e) +
-                             ") C=" + std::to_string(g.c) + " block " +
-                             std::to_string(c.block_size);
+    const std::string what =
+        "heads " + std::to_string(g.q_heads) + "/" + std::to_string(g.kv_heads) + " hd" +
+        std::to_string(g.head_dim) + " piece [" + std::to_string(g.b) + ", " + std::to_string(g.e) +
+        ") C=" + std::to_string(g.c) + " block " + std::to_string(c.block_size);
     SCOPED_TRACE(what);
     const TestCache cache(g.e, g.kv_heads, g.head_dim, c.block_size, ++seed);
     const std::vector<__nv_bfloat16> q =
@@ -405,14 +405,15 @@ void ExpectListsEqualUpToNearTies(const HostLists& got, const HostLists& want, b
       EXPECT_NEAR(head[x], kth, tol) << what << ": head " << h << " missing entry " << x;
     }
   }
-  std::printf("[ stats    ] %s: %lld near-tie swaps\n", what.c_str(), static_cast<long long>(swapped));
+  std::printf("[ stats    ] %s: %lld near-tie swaps\n", what.c_str(),
+              static_cast<long long>(swapped));
 }
 
 TEST(VerticalSlashPrefillGpuTest, ChainEqualsTheCpuReferenceStepByStep) {
   ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   const std::vector<RunCase> cases = {
-      {28, 4, 128, 560, 100, 320, 256, 64},  // one piece [560, 660): intra, succ, inter
-      {9, 3, 64, 300, 150, 0, 0, 16},        // no DCA
+      {28, 4, 128, 560, 100, 320, 256, 64},    // one piece [560, 660): intra, succ, inter
+      {9, 3, 64, 300, 150, 0, 0, 16},          // no DCA
       {8, 2, 128, 1030, 300, 1088, 1024, 64},  // succ only, larger parts
   };
   uint64_t seed = 1300;
@@ -459,7 +460,8 @@ TEST(VerticalSlashPrefillGpuTest, ChainEqualsTheCpuReferenceStepByStep) {
       for (int64_t r = 0; r < nl; ++r) {
         const int64_t pos = e - nl + r;
         const int64_t base = dca ? pos % c.chunk_len : pos;
-        const int32_t rp = int32_t(v == 0 ? base : (v == 1 ? base + c.chunk_len : base + c.chunk_size));
+        const int32_t rp =
+            int32_t(v == 0 ? base : (v == 1 ? base + c.chunk_len : base + c.chunk_size));
         for (int64_t h = 0; h < heads; ++h) {
           const std::vector<double> want = testing::RotatedQuery(
               qf.data() + ((pos - c.query_begin) * heads + h) * d, d, rp, 10000.0);
@@ -521,10 +523,9 @@ TEST(VerticalSlashPrefillGpuTest, ChainEqualsTheCpuReferenceStepByStep) {
       // 4. Index: CPU builder of the GPU lists == GPU index.
       const int64_t rb = cpu::VerticalSlashRowBlocks(e - piece.piece_begin);
       HostIndex want(heads, rb, piece.index[part].max_blocks, piece.index[part].max_columns);
-      cpu::BuildVerticalSlashIndex(got.View(),
-                                   {heads, e - piece.piece_begin, parts[part].num_keys(),
-                                    parts[part].causal},
-                                   want.Index());
+      cpu::BuildVerticalSlashIndex(
+          got.View(), {heads, e - piece.piece_begin, parts[part].num_keys(), parts[part].causal},
+          want.Index());
       gpu_index[part] = testing::DownloadIndex(piece.index[part], heads, rb);
       testing::ExpectSameIndex(gpu_index[part], want, what + " index");
     }
@@ -544,9 +545,9 @@ TEST(VerticalSlashPrefillGpuTest, ChainEqualsTheCpuReferenceStepByStep) {
       ref_lse[h * n + i] = MaskedReference(gg, cache, qf.data() + row * d, gg.b + i, h / group,
                                            keys, scale, ref.data() + row * d);
     });
-    testing::ExpectAttentionNear(ref, ref_lse, got, got_lse, n * heads, d,
-                                 [n, heads](int64_t row) { return (row % heads) * n + row / heads; },
-                                 Describe(c));
+    testing::ExpectAttentionNear(
+        ref, ref_lse, got, got_lse, n * heads, d,
+        [n, heads](int64_t row) { return (row % heads) * n + row / heads; }, Describe(c));
   }
 }
 

@@ -13,6 +13,8 @@
 //     counts that are not multiples of 64, truncation at small capacities, duplicate and negative
 //     inputs.
 // Needs an sm_90 GPU (label gpu); fails without one.
+#include "kernels/cuda/vertical_slash_estimate.h"
+
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -28,7 +30,6 @@
 #include "kernels/cpu/vertical_slash_index.h"
 #include "kernels/cpu/vertical_slash_scores.h"
 #include "kernels/cpu/vertical_slash_select.h"
-#include "kernels/cuda/vertical_slash_estimate.h"
 #include "kernels/cuda/vertical_slash_index.h"
 #include "kernels/cuda/vertical_slash_parts.h"
 #include "tests/gpu/kernel_test_util.h"
@@ -49,17 +50,16 @@ struct ScoreCase {
 };
 
 std::string Describe(const ScoreCase& c) {
-  return "n=" + std::to_string(c.n) + " e=" + std::to_string(c.e) + " P=" +
-         std::to_string(c.intra_begin) + " succ_begin=" + std::to_string(c.succ_begin) +
+  return "n=" + std::to_string(c.n) + " e=" + std::to_string(c.e) +
+         " P=" + std::to_string(c.intra_begin) + " succ_begin=" + std::to_string(c.succ_begin) +
          " heads " + std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) + " hd" +
          std::to_string(c.head_dim) + " block " + std::to_string(c.block_size);
 }
 
 // GPU scores of the given query copies ([3, n, heads, d] bf16) and the CPU's on the same values.
-void ScoresBothWays(const ScoreCase& c, const TestCache& cache,
-                    const std::vector<__nv_bfloat16>& q, float scale, std::vector<float>* gpu,
-                    std::vector<float>* cpu_v, std::vector<float>* cpu_s,
-                    std::vector<float>* gpu_s) {
+void ScoresBothWays(const ScoreCase& c, const TestCache& cache, const std::vector<__nv_bfloat16>& q,
+                    float scale, std::vector<float>* gpu, std::vector<float>* cpu_v,
+                    std::vector<float>* cpu_s, std::vector<float>* gpu_s) {
   const int64_t copy = c.n * c.q_heads * c.head_dim;
   DeviceBuffer<__nv_bfloat16> dq(q.size());
   ASSERT_EQ(dq.Upload(q), cudaSuccess);
@@ -145,7 +145,8 @@ void CompareSelection(const SelectCase& s, const std::vector<float>& vertical,
     budgets.push_back(std::max<int64_t>(1, s.slash + 23 * h - 30 * (h % 2)));
     max_budget = std::max({max_budget, budgets[2 * h], budgets[2 * h + 1]});
   }
-  const int64_t cap = std::max<int64_t>(std::min(cpu::VerticalSlashListCapacity(max_budget), s.e), 9);
+  const int64_t cap =
+      std::max<int64_t>(std::min(cpu::VerticalSlashListCapacity(max_budget), s.e), 9);
   cpu::VerticalSlashPiece piece{s.b, s.e, s.p, s.c};
   HostLists cpu_lists[3];
   cpu::VerticalSlashLists views[3];
@@ -184,19 +185,18 @@ void CompareSelection(const SelectCase& s, const std::vector<float>& vertical,
 TEST(VerticalSlashSelectGpuTest, ListsEqualTheCpuSelectionWithTies) {
   ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   const std::vector<SelectCase> cases = {
-      {4, 230, 300, 0, 0, 40, 120},          // no DCA
-      {28, 5000, 6000, 0, 0, 1000, 3000},    // Qwen heads, many ties at the k-th value
-      {3, 0, 20, 0, 0, 50, 150},             // e below the forced counts
-      {5, 140, 250, 128, 128, 30, 100},      // succ part
-      {7, 300, 390, 256, 128, 60, 140},      // succ and inter, qn = 90
-      {9, 513, 520, 512, 256, 200, 400},     // qn = 7: the succ / inter slash ranges are small
+      {4, 230, 300, 0, 0, 40, 120},            // no DCA
+      {28, 5000, 6000, 0, 0, 1000, 3000},      // Qwen heads, many ties at the k-th value
+      {3, 0, 20, 0, 0, 50, 150},               // e below the forced counts
+      {5, 140, 250, 128, 128, 30, 100},        // succ part
+      {7, 300, 390, 256, 128, 60, 140},        // succ and inter, qn = 90
+      {9, 513, 520, 512, 256, 200, 400},       // qn = 7: the succ / inter slash ranges are small
       {2, 1030, 1100, 1024, 512, 5000, 5000},  // budgets above e: everything
   };
   std::mt19937_64 rng(7);
   for (const SelectCase& s : cases) {
-    const std::string what = "heads " + std::to_string(s.heads) + " piece [" +
-                             std::to_string(s.b) + ", " + std::to_string(s.e) + ") P " +
-                             std::to_string(s.p);
+    const std::string what = "heads " + std::to_string(s.heads) + " piece [" + std::to_string(s.b) +
+                             ", " + std::to_string(s.e) + ") P " + std::to_string(s.p);
     SCOPED_TRACE(what);
     // Scores from 6 levels (massive ties), some exact zeros, a few +inf (tie with the forced).
     std::vector<float> vertical(s.heads * s.e), slash(s.heads * s.e);
@@ -303,11 +303,16 @@ struct IndexCase {
 TEST(VerticalSlashIndexGpuTest, EqualsTheCpuBuilder) {
   ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   const std::vector<IndexCase> cases = {
-      {3, 64, 64, true, 10, 5, 64, 0},           {28, 100, 300, true, 40, 30, 300, 0},
-      {4, 1, 1000, true, 50, 20, 1000, 0},       {9, 130, 130, true, 20, 100, 130, 0},
-      {5, 200, 517, true, 100, 150, 517, 0},     {6, 77, 1000, false, 60, 40, 1077, 0},
-      {2, 190, 333, false, 80, 200, 523, 0},     {7, 129, 2000, true, 300, 25, 2000, 3},
-      {3, 300, 301, true, 0, 100, 301, 0},       {28, 2000, 40000, true, 3000, 4500, 40000, 0},
+      {3, 64, 64, true, 10, 5, 64, 0},
+      {28, 100, 300, true, 40, 30, 300, 0},
+      {4, 1, 1000, true, 50, 20, 1000, 0},
+      {9, 130, 130, true, 20, 100, 130, 0},
+      {5, 200, 517, true, 100, 150, 517, 0},
+      {6, 77, 1000, false, 60, 40, 1077, 0},
+      {2, 190, 333, false, 80, 200, 523, 0},
+      {7, 129, 2000, true, 300, 25, 2000, 3},
+      {3, 300, 301, true, 0, 100, 301, 0},
+      {28, 2000, 40000, true, 3000, 4500, 40000, 0},
       {4, 700, 60000, false, 2500, 2100, 60700, 0},
   };
   std::mt19937_64 rng(11);
@@ -339,7 +344,8 @@ TEST(VerticalSlashIndexGpuTest, EqualsTheCpuBuilder) {
       lists.slash_count[h] = int32_t(ss.size());
     }
     const int64_t rb = cpu::VerticalSlashRowBlocks(c.q_len);
-    const int64_t mb = c.cap_blocks > 0 ? c.cap_blocks : cpu::VerticalSlashBlockCapacity(cap, c.kv_len);
+    const int64_t mb =
+        c.cap_blocks > 0 ? c.cap_blocks : cpu::VerticalSlashBlockCapacity(cap, c.kv_len);
     const int64_t mc = c.cap_blocks > 0 ? 7 : cap;  // small capacities truncate on both sides
     HostIndex want(c.heads, rb, mb, mc);
     cpu::BuildVerticalSlashIndex(lists.View(), {c.heads, c.q_len, c.kv_len, c.causal},

@@ -157,12 +157,17 @@ struct HostIndex {
   std::vector<int32_t> block_count, block_offset, column_count, column_index;
   HostIndex() = default;
   HostIndex(int64_t h, int64_t rb, int64_t mb, int64_t mc)
-      : heads(h), row_blocks(rb), max_blocks(mb), max_columns(mc), block_count(h * rb),
-        block_offset(std::max<int64_t>(1, h * rb * mb)), column_count(h * rb),
+      : heads(h),
+        row_blocks(rb),
+        max_blocks(mb),
+        max_columns(mc),
+        block_count(h * rb),
+        block_offset(std::max<int64_t>(1, h * rb * mb)),
+        column_count(h * rb),
         column_index(std::max<int64_t>(1, h * rb * mc)) {}
   cpu::VerticalSlashIndex Index() {
-    return {block_count.data(), block_offset.data(), column_count.data(), column_index.data(),
-            max_blocks, max_columns};
+    return {block_count.data(),  block_offset.data(), column_count.data(),
+            column_index.data(), max_blocks,          max_columns};
   }
 };
 
@@ -183,8 +188,8 @@ struct DeviceIndex {
     EXPECT_EQ(column_index->Upload(h.column_index), cudaSuccess);
   }
   VerticalSlashIndexDev Dev() const {
-    return {block_count->get(), block_offset->get(), column_count->get(), column_index->get(),
-            max_blocks, max_columns};
+    return {block_count->get(),  block_offset->get(), column_count->get(),
+            column_index->get(), max_blocks,          max_columns};
   }
 };
 
@@ -207,7 +212,8 @@ inline void ExpectSameIndex(const HostIndex& got, const HostIndex& want, const s
   int64_t blocks = 0, columns = 0;
   for (int64_t rb = 0; rb < want.heads * want.row_blocks; ++rb) {
     for (int64_t b = 0; b < want.block_count[rb]; ++b, ++blocks) {
-      ASSERT_EQ(got.block_offset[rb * got.max_blocks + b], want.block_offset[rb * want.max_blocks + b])
+      ASSERT_EQ(got.block_offset[rb * got.max_blocks + b],
+                want.block_offset[rb * want.max_blocks + b])
           << what << ": row block " << rb << " block " << b;
     }
     for (int64_t c = 0; c < want.column_count[rb]; ++c, ++columns) {

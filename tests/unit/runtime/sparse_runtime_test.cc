@@ -84,7 +84,8 @@ Cache MakeCache(Backend& backend, int64_t len, int64_t kv_heads, int64_t hd, int
   Tensor k = RandomF32({len, kv_heads, hd}, rng);
   Tensor v = RandomF32({len, kv_heads, hd}, rng);
   std::vector<int32_t> pos(len);
-  for (int64_t j = 0; j < len; ++j) pos[j] = static_cast<int32_t>(chunk_len > 0 ? j % chunk_len : j);
+  for (int64_t j = 0; j < len; ++j)
+    pos[j] = static_cast<int32_t>(chunk_len > 0 ? j % chunk_len : j);
   EXPECT_TRUE(backend.Rope(k, I32(pos), theta).ok());
   EXPECT_TRUE(backend.WriteKv(k, v, 0, c.View()).ok());
   return c;
@@ -162,8 +163,12 @@ TEST_F(CpuSparseOpTest, FullBudgetEqualsDcaAttentionAndSmallBudgetsDiffer) {
     MP_ASSERT_OK(backend_->VerticalSlashAttention(p));
     std::vector<float> want(n * q_heads * hd), want_lse(q_heads * n);
     const Tensor& kc = cache.k;
-    cpu::PagedKvView view{kc.data_as<const float>(), cache.v.data_as<const float>(),
-                          cache.table.data_as<const int32_t>(), bs, kv_heads, hd};
+    cpu::PagedKvView view{kc.data_as<const float>(),
+                          cache.v.data_as<const float>(),
+                          cache.table.data_as<const int32_t>(),
+                          bs,
+                          kv_heads,
+                          hd};
     cpu::VerticalSlashPrefillAttention(q.data_as<const float>(), view, shape, small.data(),
                                        want.data(), want_lse.data());
     EXPECT_EQ(0, std::memcmp(out.data(), want.data(), want.size() * sizeof(float)));
@@ -383,7 +388,7 @@ StageExecutorOptions Options(std::shared_ptr<const SparsePrefillSettings> sparse
 // All-row logits of `ids` prefilled in chunks of `chunk` (prompt_len = ids.size()), then
 // one-token decode steps for the ids after the prompt.
 std::vector<float> RunIds(StageExecutor& ex, const std::vector<int32_t>& ids, int64_t prompt_len,
-                       int64_t chunk) {
+                          int64_t chunk) {
   std::vector<float> logits;
   for (int64_t s = 0; s < static_cast<int64_t>(ids.size());) {
     const int64_t n = s < prompt_len ? std::min(chunk, prompt_len - s) : 1;
@@ -407,8 +412,8 @@ class SparseExecutorTest : public ::testing::TestWithParam<ExecutorCase> {
  protected:
   // DCA: chunk_size 320, local 64 -> C = 256; L0 = 200 so that the temperature is active.
   ModelConfig Config() const {
-    ModelConfig c = TinyConfig({.layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16,
-                                .max_position_embeddings = 4096});
+    ModelConfig c = TinyConfig(
+        {.layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16, .max_position_embeddings = 4096});
     if (GetParam().dca) {
       DualChunkConfig d;
       d.chunk_size = 320;
