@@ -470,15 +470,22 @@ __global__ void __launch_bounds__(kSelThreads)
     const uint32_t bin_mask = uint32_t(nbins - 1);
     for (int b = tid; b < 2048; b += kSelThreads) hist[b] = 0;
     __syncthreads();
-    for (int j0 = 0; j0 < e; j0 += kSelThreads) {
-      const int j = j0 + tid;
-      int bin = -1;
-      if (j < e) {
-        const uint32_t key = key_of(j);
-        if ((key & mask) == prefix) bin = int((key >> kShift[pass]) & bin_mask);
+    // kSelItems independent loads per thread in flight, then the (warp-aggregated) counts.
+    for (int j0 = 0; j0 < e; j0 += kSelThreads * kSelItems) {
+      uint32_t keys[kSelItems];
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        const int j = j0 + i * kSelThreads + tid;
+        keys[i] = j < e ? key_of(j) : 0u;
       }
-      const unsigned peers = __match_any_sync(0xffffffffu, bin);
-      if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], unsigned(__popc(peers)));
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        const int j = j0 + i * kSelThreads + tid;
+        int bin = -1;
+        if (j < e && (keys[i] & mask) == prefix) bin = int((keys[i] >> kShift[pass]) & bin_mask);
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], unsigned(__popc(peers)));
+      }
     }
     __syncthreads();
     // Bins from the top: thread tid holds bins nbins - 1 - per * tid - q, q < per.
