@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/config_args.h"
+#include "cli/sparse_flags.h"
 #include "common/signals.h"
 #include "worker/worker_server.h"
 
@@ -16,6 +17,7 @@ struct WorkerFlags {
   double activation_timeout = 600;
   double drain_timeout = 30;
   double inject_receive_delay_ms = 0;
+  SparseFlags sparse;
 };
 
 }  // namespace
@@ -47,9 +49,17 @@ void RegisterWorkerCommand(CLI::App& app, int* exit_code) {
                   "seconds running requests get to finish on SIGTERM");
   cmd->add_option("--inject-receive-delay-ms", f->inject_receive_delay_ms,
                   "testing: every activation receive takes at least this long (fault injection)");
+  AddSparseFlags(cmd, &f->sparse);
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;
+    absl::StatusOr<SparsePrefillRequest> sparse = ToSparsePrefillRequest(f->sparse);
+    if (!sparse.ok()) {
+      std::fprintf(stderr, "millipede worker: %s\n", sparse.status().ToString().c_str());
+      *exit_code = 2;
+      return;
+    }
+    f->options.sparse = *std::move(sparse);
     f->options.activation_timeout = absl::Seconds(f->activation_timeout);
     f->options.drain_timeout = absl::Seconds(f->drain_timeout);
     f->options.inject_receive_delay = absl::Milliseconds(f->inject_receive_delay_ms);

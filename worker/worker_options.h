@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "model/sparse_attention_config.h"
 
 namespace mp {
 
@@ -24,6 +25,9 @@ struct WorkerOptions {
   absl::Duration drain_timeout = absl::Seconds(30);
   // Tests: delay every activation receive by this much (see ActivationLinkOptions).
   absl::Duration inject_receive_delay = absl::ZeroDuration();
+  // Vertical-slash sparse prefill (--sparse-config, --sparse-threshold, --sparse-last-q,
+  // --no-sparse; cli/sparse_flags.h): by default the model directory's file, vLLM semantics.
+  SparsePrefillRequest sparse;
 };
 
 }  // namespace mp
