@@ -1,5 +1,8 @@
 #include "cli/sparse_flags.h"
 
+#include <filesystem>
+#include <system_error>
+
 #include "absl/strings/str_cat.h"
 
 namespace mp::cli {
@@ -22,6 +25,10 @@ void AddSparseFlags(CLI::App* cmd, SparseFlags* flags) {
 absl::StatusOr<SparsePrefillRequest> ToSparsePrefillRequest(const SparseFlags& flags) {
   if (flags.disable && !flags.config.empty()) {
     return absl::InvalidArgumentError("give at most one of --sparse-config and --no-sparse");
+  }
+  std::error_code ec;
+  if (!flags.config.empty() && !std::filesystem::exists(flags.config, ec)) {
+    return absl::NotFoundError(absl::StrCat("--sparse-config: ", flags.config, " does not exist"));
   }
   SparsePrefillRequest r;
   r.file = flags.config;

@@ -32,7 +32,8 @@ struct SparseFlags {
 void AddSparseFlags(CLI::App* cmd, SparseFlags* flags);
 
 // The request the parsed flags describe (model/sparse_attention_config.h); INVALID_ARGUMENT
-// for --sparse-config together with --no-sparse.
+// for --sparse-config together with --no-sparse or a value out of range, NOT_FOUND for a
+// --sparse-config path that does not exist (checked at once, so that a worker fails at start).
 absl::StatusOr<SparsePrefillRequest> ToSparsePrefillRequest(const SparseFlags& flags);
 
 // The same flags as arguments for a child process (`millipede local` -> workers).

@@ -140,8 +140,14 @@ expect_error bad_aggregate "--aggregate must be mean or p05" -- "${r[@]}" --out 
 expect_error repeat_without_length "--repeat needs --max-tokens" -- "${r[@]}" --out "$tmp/o.json" --repeat
 expect_error run_sparse_and_no_sparse "at most one of --sparse-config and --no-sparse" -- run \
   --model "$model" --prompt-ids "1,2" --sparse-config "$tmp/full.json" --no-sparse
-expect_error run_missing_sparse_config "$tmp/none.json" -- run --model "$model" --prompt-ids "1,2" \
-  --sparse-config "$tmp/none.json"
+expect_error run_missing_sparse_config "--sparse-config: $tmp/none.json does not exist" -- run \
+  --model "$model" --prompt-ids "1,2" --sparse-config "$tmp/none.json"
+expect_error worker_missing_sparse_config "--sparse-config: $tmp/none.json does not exist" -- \
+  worker --coordinator 127.0.0.1:1 --sparse-config "$tmp/none.json"
+expect_error local_missing_sparse_config "--sparse-config: $tmp/none.json does not exist" -- \
+  local --model "$model" --sparse-config "$tmp/none.json"
+expect_error worker_bad_sparse_last_q "--sparse-last-q must be in [1, 64], got 65" -- \
+  worker --coordinator 127.0.0.1:1 --sparse-last-q 65
 expect_error run_sparse_config_shape "layers" -- run --model "$model" --prompt-ids "1,2" \
   --sparse-config "$tmp/one_layer.json"
 
