@@ -28,6 +28,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -40,6 +41,7 @@
 #include "model/tokenizer.h"
 #include "model/weights.h"
 #include "runtime/backend.h"
+#include "runtime/backend_factory.h"
 #include "runtime/engine.h"
 
 namespace mp::bench {
@@ -65,9 +67,8 @@ struct Flags {
 };
 
 absl::StatusOr<std::shared_ptr<Backend>> MakeBackend(const std::string& device) {
-  if (device == "cpu") return std::shared_ptr<Backend>(NewCpuBackend());
-  return absl::UnimplementedError(
-      absl::StrCat("--device ", device, ": this build has only the cpu backend"));
+  MP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, NewBackend(device));
+  return std::shared_ptr<Backend>(std::move(backend));
 }
 
 // The key of trial `trial` of cell (length, depth): a 5-digit number from a seeded generator.
@@ -278,7 +279,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Passkey retrieval accuracy with and without dual chunk attention"};
   mp::bench::Flags f;
   app.add_option("--model", f.model_dir, "Hugging Face model directory")->required();
-  app.add_option("--device", f.device, "cpu or cuda");
+  app.add_option("--device", f.device, "cpu, cuda or cuda:N");
   app.add_option("--lengths", f.lengths, "prompt lengths in tokens")->delimiter(',');
   app.add_option("--depths", f.depths, "needle depths in percent")->delimiter(',');
   app.add_option("--modes", f.modes, "rope (plain RoPE) and/or dca")->delimiter(',');
