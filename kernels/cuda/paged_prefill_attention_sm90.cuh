@@ -30,7 +30,15 @@
 // Each row switches at most twice per CTA. Visits are key tiles, except that a tile holding a
 // DCA chunk boundary (C not a multiple of 128) is visited twice, once per side
 // (prefill_key_visits.h). One online softmax runs over all visits; the causal mask is the usual
-// one (it only bites in the intra region, which holds the diagonal).
+// one (it only bites in the intra region, which holds the diagonal). With kDcaSegments the visits
+// are stepped without a division (KeyVisitCursor) and the rotation check runs only when a visit
+// enters another DCA chunk, in an outer loop around the key loop; the sin/cos of the first
+// rotation are computed while Q is still loading.
+//
+// Clusters (kCluster = 2, prefill_work_order.h): the two CTAs of a cluster are two work items of
+// one KV head and walk the union of their key tiles; CTA r loads the 64-row box r of every K/V
+// tile and multicasts it to both CTAs, whose empty barriers count the consumer warps of both.
+// Each CTA masks the keys its own rows cannot see (a partner may have one more causal tile).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (types only; the driver entry point is fetched at run time)
@@ -41,6 +49,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cute/arch/cluster_sm90.hpp"
 #include "cute/arch/copy_sm90_tma.hpp"
 #include "cute/arch/mma_sm90.hpp"
 #include "cute/atom/mma_atom.hpp"
@@ -52,6 +61,7 @@
 #include "kernels/cuda/paged_prefill_attention_launch.h"
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/prefill_key_visits.h"
+#include "kernels/cuda/prefill_work_order.h"
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
@@ -61,7 +71,7 @@ namespace mp::cuda::sm90 {
 // (docs/benchmarks-attention-draft.md); the other settings stay selectable for ablations.
 template <int kHeadDim_, bool kCausal_, int kStages_ = 3, bool kPingpong_ = true,
           bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true,
-          bool kDca_ = false>
+          bool kDca_ = false, bool kDcaSegments_ = false, int kCluster_ = 1>
 struct PrefillConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
@@ -77,6 +87,15 @@ struct PrefillConfig {
   static constexpr bool kQInRegs = kQInRegs_;
   // Dual chunk attention: Q un-rotated in memory, rotated per key region in registers.
   static constexpr bool kDca = kDca_;
+  // DCA: key visits stepped without divisions (KeyVisitCursor), the query rotation looked at only
+  // when a visit enters another DCA chunk, outside the inner key loop, and the sin/cos of the
+  // first rotation computed while Q is still in flight.
+  static constexpr bool kDcaSegments = kDcaSegments_;
+  // CTAs per cluster (1 or 2). With 2, the two CTAs of a cluster are two work items of the same
+  // KV head (usually two query heads of one query tile) walking the union of their key tiles;
+  // each CTA loads half of every K/V tile and multicasts it to both, so each tile leaves L2 once
+  // per pair. A CTA masks the keys its own rows cannot see.
+  static constexpr int kCluster = kCluster_;
 
   static constexpr int kBlockM = 128;  // query rows per CTA
   static constexpr int kWgRows = 64;   // query rows per consumer warpgroup
@@ -91,6 +110,9 @@ struct PrefillConfig {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
   static_assert(kStages >= 2, "at least double buffering");
   static_assert(!kDca || (kCausal && kQInRegs), "DCA rotates the Q fragment in registers");
+  static_assert(!kDcaSegments || kDca, "kDcaSegments is a DCA option");
+  static_assert(kCluster == 1 || kCluster == 2, "clusters of 1 or 2 CTAs (one K/V half each)");
+  static_assert(kCluster == 1 || kKvHeadMajor, "cluster pairs are formed in KV-head-major order");
 
   using Element = cutlass::bfloat16_t;
 
@@ -212,22 +234,39 @@ __device__ __forceinline__ void LdMatrixX4(const void* smem, uint32_t (&r)[4]) {
 inline constexpr int kBarPingpongFirst = 1;  // +consumer warpgroup: "your turn to issue GEMMs"
 inline constexpr int kBarWarpgroupFirst = 3;  // +consumer warpgroup: one warpgroup's threads
 
-// Loads one K or V tile (two 64-row boxes, each possibly in a different cache block).
+// Loads one K or V tile (two 64-row boxes, each possibly in a different cache block). In a
+// 2-CTA cluster, CTA r loads box r and multicasts it to the same buffer (and the same mbarrier)
+// of both CTAs.
 template <class Cfg>
 __device__ __forceinline__ void LoadKvTile(const CUtensorMap* map, uint64_t* bar,
                                            typename Cfg::Element* dst, const int (&blk)[2],
-                                           const int (&row)[2], int kv_head) {
+                                           const int (&row)[2], int kv_head,
+                                           [[maybe_unused]] int cta_rank) {
+  constexpr auto kHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
+    if constexpr (Cfg::kCluster > 1) {
+      if (half != cta_rank) continue;
+    }
 #pragma unroll
     for (int p = 0; p < Cfg::kPanels; ++p) {
-      cute::SM90_TMA_LOAD_4D::copy(
-          map, bar, static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL),
-          dst + p * Cfg::kBlockN * Cfg::kBoxCols + half * Cfg::kBoxRows * Cfg::kBoxCols,
-          p * Cfg::kBoxCols, row[half], kv_head, blk[half]);
+      auto* box = dst + p * Cfg::kBlockN * Cfg::kBoxCols + half * Cfg::kBoxRows * Cfg::kBoxCols;
+      if constexpr (Cfg::kCluster > 1) {
+        cute::SM90_TMA_LOAD_MULTICAST_4D::copy(map, bar, uint16_t((1u << Cfg::kCluster) - 1),
+                                               kHint, box, p * Cfg::kBoxCols, row[half],
+                                               kv_head, blk[half]);
+      } else {
+        cute::SM90_TMA_LOAD_4D::copy(map, bar, kHint, box, p * Cfg::kBoxCols, row[half],
+                                     kv_head, blk[half]);
+      }
     }
   }
 }
+
+// The key-visit order of a configuration (prefill_key_visits.h): the same visits either way.
+template <class Cfg>
+using VisitWalk = std::conditional_t<Cfg::kDcaSegments, KeyVisitCursor<Cfg::kBlockN>,
+                                     KeyVisitWalk<Cfg::kBlockN>>;
 
 // Block ids and in-block rows of the two 64-row halves of key tile t. Table indices are
 // clamped to the entries of [key_begin, key_end); rows outside that range are masked anyway.
@@ -247,7 +286,7 @@ __device__ __forceinline__ void LookupTile(const PrefillParams& p, int t, int (&
 
 template <class Cfg>
 __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
-                         int q_head, int kv_head, KeyTileRange tiles) {
+                         int q_head, int kv_head, KeyTileRange tiles, int cta_rank) {
   using cutlass::arch::ClusterBarrier;
   using cutlass::arch::ClusterTransactionBarrier;
   constexpr int S = Cfg::kStages;
@@ -266,7 +305,7 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
   const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
   const int visits = CountKeyVisits(tiles.begin, tiles.count, Cfg::kBlockN, split);
-  KeyVisitWalk<Cfg::kBlockN> walk(tiles.begin + tiles.count - 1, split);
+  VisitWalk<Cfg> walk(tiles.begin + tiles.count - 1, split);
   int blk[2], row[2], prev_blk[2], prev_row[2];
   LookupTile<Cfg>(p, walk.Current().tile, blk, row);
   for (int i = 0; i < visits; ++i) {
@@ -275,14 +314,14 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], (round & 1) ^ 1);
     ClusterTransactionBarrier::arrive_and_expect_tx(&ss.k_full[stage], Cfg::kTileBytes);
     LoadKvTile<Cfg>(&p.k_map, &ss.k_full[stage], ss.k.data() + stage * Cfg::kTileElems, blk,
-                    row, kv_head);
+                    row, kv_head, cta_rank);
     if (i > 0) {
       const int pstage = (i - 1) % S;
       const int pround = (i - 1) / S;
       if (i - 1 >= S) ClusterBarrier::wait(&ss.v_empty[pstage], (pround & 1) ^ 1);
       ClusterTransactionBarrier::arrive_and_expect_tx(&ss.v_full[pstage], Cfg::kTileBytes);
       LoadKvTile<Cfg>(&p.v_map, &ss.v_full[pstage], ss.v.data() + pstage * Cfg::kTileElems,
-                      prev_blk, prev_row, kv_head);
+                      prev_blk, prev_row, kv_head, cta_rank);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -299,7 +338,7 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   if (i >= S) ClusterBarrier::wait(&ss.v_empty[stage], (round & 1) ^ 1);
   ClusterTransactionBarrier::arrive_and_expect_tx(&ss.v_full[stage], Cfg::kTileBytes);
   LoadKvTile<Cfg>(&p.v_map, &ss.v_full[stage], ss.v.data() + stage * Cfg::kTileElems, prev_blk,
-                  prev_row, kv_head);
+                  prev_row, kv_head, cta_rank);
 }
 
 // Issues acc (+)= A * B over all k-blocks as one wgmma batch (not waited for).
@@ -374,9 +413,62 @@ __device__ __forceinline__ void RotateQFragment(TensorQ& tSrQ, const int (&pos)[
   }
 }
 
+// RotateQFragment in two steps (kDcaSegments), so that the sin/cos of the first rotation can be
+// computed before Q has arrived: the angles of the thread's 2 rows x kHeadDim / 8 columns c of the
+// first half (slot (k * 4 + j) * 2 + e: k step k, register j, element e), then the rotation with
+// them; the arithmetic is RotateQFragment's.
+template <class Cfg>
+struct QRotation {
+  static constexpr int kSlots = Cfg::kHeadDim / 32 * 4 * 2;
+  float sine[kSlots];
+  float cosine[kSlots];
+};
+
+template <class Cfg>
+__device__ __forceinline__ void ComputeQRotation(QRotation<Cfg>& rot, const int (&pos)[2],
+                                                 const float* inv_freq, int lane) {
+  constexpr int kHalfSteps = Cfg::kHeadDim / 32;
+#pragma unroll
+  for (int k = 0; k < kHalfSteps; ++k) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float fpos = static_cast<float>(pos[j % 2]);
+      const int col = k * 16 + (j / 2) * 8 + (lane % 4) * 2;
+      const int slot = (k * 4 + j) * 2;
+      RopeSinCos(fpos * inv_freq[col], &rot.sine[slot], &rot.cosine[slot]);
+      RopeSinCos(fpos * inv_freq[col + 1], &rot.sine[slot + 1], &rot.cosine[slot + 1]);
+    }
+  }
+}
+
+template <class Cfg, class TensorQ>
+__device__ __forceinline__ void ApplyQRotation(TensorQ& tSrQ, const QRotation<Cfg>& rot) {
+  auto q32 = cute::recast<uint32_t>(tSrQ);
+  constexpr int kHalfSteps = Cfg::kHeadDim / 32;
+#pragma unroll
+  for (int k = 0; k < kHalfSteps; ++k) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int slot = (k * 4 + j) * 2;
+      const float s0 = rot.sine[slot], c0 = rot.cosine[slot];
+      const float s1 = rot.sine[slot + 1], c1 = rot.cosine[slot + 1];
+      uint32_t first = q32(k * 4 + j);
+      uint32_t second = q32((k + kHalfSteps) * 4 + j);
+      const __nv_bfloat162 x1 = *reinterpret_cast<const __nv_bfloat162*>(&first);
+      const __nv_bfloat162 x2 = *reinterpret_cast<const __nv_bfloat162*>(&second);
+      const float a0 = __low2float(x1), a1 = __high2float(x1);
+      const float b0 = __low2float(x2), b1 = __high2float(x2);
+      __nv_bfloat162 y1 = __floats2bfloat162_rn(a0 * c0 - b0 * s0, a1 * c1 - b1 * s1);
+      __nv_bfloat162 y2 = __floats2bfloat162_rn(b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);
+      q32(k * 4 + j) = *reinterpret_cast<uint32_t*>(&y1);
+      q32((k + kHalfSteps) * 4 + j) = *reinterpret_cast<uint32_t*>(&y2);
+    }
+  }
+}
+
 template <class Cfg>
 __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
-                         int q_head, KeyTileRange tiles, int cwg) {
+                         int q_head, KeyTileRange tiles, int cwg, bool writes) {
   using namespace cute;
   using cutlass::arch::ClusterBarrier;
   using Element = typename Cfg::Element;
@@ -537,8 +629,15 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       ZeroOutOfRangeRows<Cfg>(ss.v.data() + stage * Cfg::kTileElems, lo, hi, tid, cwg);
     }
   };
+  // A stage is free once every consumer warp of every CTA of the cluster is done with it (the
+  // peer's multicast writes into this CTA's buffer too).
   auto release = [&](uint64_t* bar) {
-    if (lane == 0) ClusterBarrier::arrive(bar);
+    if constexpr (Cfg::kCluster > 1) {
+#pragma unroll
+      for (int c = 0; c < Cfg::kCluster; ++c) ClusterBarrier::arrive(bar, c, lane == 0);
+    } else {
+      if (lane == 0) ClusterBarrier::arrive(bar);
+    }
   };
   auto pingpong_wait = [&]() {
     if constexpr (Cfg::kPingpong) NamedBarrierSync(kBarPingpongFirst + cwg, 256);
@@ -600,20 +699,45 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   };
 
+  // DCA (kDcaSegments): the RoPE positions of the thread's rows for the keys of visit v.
+  auto wanted_positions = [&](const KeyVisit& v, int (&want)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      want[r] = v.lo >= dca_reg[r].intra_begin
+                    ? dca_pos[r].intra
+                    : (v.lo >= dca_reg[r].succ_begin ? dca_pos[r].succ : dca_pos[r].inter);
+    }
+  };
+
   if (tiles.count > 0) {
     if constexpr (Cfg::kPingpong) {
       if (cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
     }
     const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
     const int visits = CountKeyVisits(tiles.begin, tiles.count, kN, split);
-    KeyVisitWalk<kN> walk(tiles.begin + tiles.count - 1, split);
-    ClusterBarrier::wait(&ss.q_full, 0);
-    if constexpr (!Cfg::kDca) load_q();
+    VisitWalk<Cfg> walk(tiles.begin + tiles.count - 1, split);
+    KeyVisit prev;
+    if constexpr (Cfg::kDcaSegments) {
+      prev = walk.Current();
+      // The sin/cos of the first rotation do not depend on Q: compute them while it loads.
+      int want[2];
+      wanted_positions(prev, want);
+      QRotation<Cfg> rot;
+      ComputeQRotation<Cfg>(rot, want, p.inv_freq, lane);
+      ClusterBarrier::wait(&ss.q_full, 0);
+      load_q();
+      ApplyQRotation<Cfg>(tSrQ, rot);
+      dca_cur[0] = want[0];
+      dca_cur[1] = want[1];
+    } else {
+      ClusterBarrier::wait(&ss.q_full, 0);
+      if constexpr (!Cfg::kDca) load_q();
+      prev = walk.Current();
+      prepare_q(prev);
+    }
 
     // First visit: S only.
-    KeyVisit prev = walk.Current();
     {
-      prepare_q(prev);
       ClusterBarrier::wait(&ss.k_full[0], 0);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, 0), tSrS, true);
@@ -630,12 +754,10 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       convert_p();
     }
 
-    for (int i = 1; i < visits; ++i) {
-      walk.Advance();
-      const KeyVisit cur = walk.Current();
+    // Visit i >= 1 (Q already right for it): S of visit i with the PV of visit i - 1.
+    auto step = [&](int i, const KeyVisit& cur) {
       const int stage = i % S;
       const int pstage = (i - 1) % S;
-      prepare_q(cur);
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
       wait_v_and_fix(i - 1, prev.tile);
       pingpong_wait();
@@ -665,6 +787,56 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       }
       convert_p();
       prev = cur;
+    };
+
+    if constexpr (Cfg::kDcaSegments) {
+      // Outer loop: one pass per DCA chunk of keys (the only place where a row's rotation can
+      // change); inner loop: the visits inside it, with no rotation code.
+      int i = 1;
+      bool changed = i < visits && walk.Advance();
+      while (i < visits) {
+        if (changed) prepare_q(walk.Current());
+        do {
+          step(i, walk.Current());
+          ++i;
+          changed = i < visits && walk.Advance();
+        } while (i < visits && !changed);
+      }
+    } else {
+      for (int i = 1; i < visits; ++i) {
+        walk.Advance();
+        const KeyVisit cur = walk.Current();
+        const int stage = i % S;
+        const int pstage = (i - 1) % S;
+        prepare_q(cur);
+        ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
+        wait_v_and_fix(i - 1, prev.tile);
+        pingpong_wait();
+        IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
+        warpgroup_fence_operand(tOrP);
+        IssueGemm(mma_pv, tOrP, tOrV(_, _, _, pstage), tOrO, false);
+        pingpong_pass();
+        warpgroup_wait<1>();
+        warpgroup_fence_operand(tSrS);
+        release(&ss.k_empty[stage]);
+        float corr[2];
+        if (needs_mask(cur)) {
+          softmax(cute::true_type{}, cur, corr);
+        } else {
+          softmax(cute::false_type{}, cur, corr);
+        }
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        warpgroup_fence_operand(tOrP);
+        release(&ss.v_empty[pstage]);
+        const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
+        if (!Cfg::kSoftmaxIlp || __any_sync(0xffffffff, rescale)) {
+#pragma unroll
+          for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
+        }
+        convert_p();
+        prev = cur;
+      }
     }
 
     // Last PV.
@@ -686,6 +858,12 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   }
 
+  if constexpr (Cfg::kCluster > 1) {
+    // Done with the peer's barriers (the kernel waits for the whole cluster before it exits).
+    // Arriving before the output stores keeps them out of the arrival's release.
+    cute::cluster_arrive();
+  }
+
   // Epilogue: normalize, write O (bf16) and LSE (natural log).
   float inv[2], lse[2];
 #pragma unroll
@@ -703,13 +881,13 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   for (int i = 0; i < size(tOrO); i += 2) {
     const int r = (i / 2) % 2;
     const int q_row = wg_row0 + get<0>(tOcO(i));
-    if (q_row < n) {
+    if (writes && q_row < n) {
       const int col = get<1>(tOcO(i));
       *reinterpret_cast<__nv_bfloat162*>(out + q_row * row_stride + col) =
           __floats2bfloat162_rn(tOrO(i) * inv[r], tOrO(i + 1) * inv[r]);
     }
   }
-  if (p.lse != nullptr && tid % 4 == 0) {
+  if (writes && p.lse != nullptr && tid % 4 == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int q_row = wg_row0 + get<0>(tScS(2 * r));
@@ -735,7 +913,23 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   // Longest rows first (per KV head): with a causal mask the last query tiles see the most keys.
   int m_tile, q_head;
-  if constexpr (Cfg::kKvHeadMajor) {
+  int cta_rank = 0;
+  bool writes = true;
+  KeyTileRange tiles;
+  if constexpr (Cfg::kCluster > 1) {
+    // Two work items of one KV head per cluster (prefill_work_order.h).
+    cta_rank = int(cute::block_rank_in_cluster());
+    const PairedWorkItem w = PairedWorkItemOf(int(blockIdx.x), p.num_m_tiles, p.group);
+    m_tile = w.m_tile;
+    q_head = w.q_head;
+    writes = w.writes;
+    // Both CTAs walk the union of their key tiles (the same first tile when not empty).
+    const KeyTileRange mine =
+        KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+    const KeyTileRange theirs =
+        KeyTilesForQueryTile<Cfg>(w.partner_m_tile, p.num_queries, p.key_begin, p.key_end);
+    tiles = mine.count >= theirs.count ? mine : theirs;
+  } else if constexpr (Cfg::kKvHeadMajor) {
     const int per_kv_head = p.num_m_tiles * p.group;
     const int rest = int(blockIdx.x) % per_kv_head;
     m_tile = p.num_m_tiles - 1 - rest / p.group;
@@ -745,8 +939,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     q_head = int(blockIdx.x) % p.q_heads;
   }
   const int kv_head = q_head / p.group;
-  const KeyTileRange tiles =
-      KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+  if constexpr (Cfg::kCluster == 1) {
+    tiles = KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+  }
 
   if (threadIdx.x == 0) {
     ClusterBarrier::init(&ss.q_full, 1);
@@ -754,21 +949,37 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int s = 0; s < Cfg::kStages; ++s) {
       ClusterBarrier::init(&ss.k_full[s], 1);
       ClusterBarrier::init(&ss.v_full[s], 1);
-      ClusterBarrier::init(&ss.k_empty[s], 8);  // one arrival per consumer warp
-      ClusterBarrier::init(&ss.v_empty[s], 8);
+      // One arrival per consumer warp of every CTA of the cluster.
+      ClusterBarrier::init(&ss.k_empty[s], 8 * Cfg::kCluster);
+      ClusterBarrier::init(&ss.v_empty[s], 8 * Cfg::kCluster);
     }
     cutlass::arch::fence_barrier_init();
   }
-  __syncthreads();
+  if constexpr (Cfg::kCluster > 1) {
+    // The peer's barriers must be initialized before any multicast or remote arrival.
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
     if (warp == 0 && lane == 0 && tiles.count > 0) {
-      detail::Producer<Cfg>(p, ss, m_tile, q_head, kv_head, tiles);
+      detail::Producer<Cfg>(p, ss, m_tile, q_head, kv_head, tiles, cta_rank);
+    }
+    if constexpr (Cfg::kCluster > 1) {
+      __syncwarp();
+      cute::cluster_arrive();
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegs>();
-    detail::Consumer<Cfg>(p, ss, m_tile, q_head, tiles, wg - 1);
+    detail::Consumer<Cfg>(p, ss, m_tile, q_head, tiles, wg - 1, writes);  // arrives too
+  }
+  if constexpr (Cfg::kCluster > 1) {
+    // No CTA may exit while its peer can still arrive on its barriers: every thread of the
+    // cluster arrived after its last remote arrival (release), and waits here (acquire).
+    cute::cluster_wait();
   }
 #endif
 }
@@ -823,9 +1034,28 @@ cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a, cuda
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Cfg::kSmemBytes);
   if (e != cudaSuccess) return e;
-  const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
-  kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  if constexpr (Cfg::kCluster > 1) {
+    const long long grid =
+        PairedGridSize(p.num_m_tiles, p.group, int(a.q_heads / p.group));
+    if (grid > 2147483647) return cudaErrorInvalidValue;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(grid));
+    config.blockDim = dim3(Cfg::kThreads);
+    config.dynamicSmemBytes = Cfg::kSmemBytes;
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = Cfg::kCluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, p);
+  } else {
+    const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
+    kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
+    return cudaGetLastError();
+  }
 }
 
 }  // namespace mp::cuda::sm90

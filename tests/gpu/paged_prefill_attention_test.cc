@@ -279,7 +279,7 @@ void CheckAgainstReference(const Problem& p, const GpuResult& r) {
 }
 
 void RunCase(const Case& c) {
-  if (!SupportedGpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  ASSERT_TRUE(SupportedGpu()) << "needs an sm_90 GPU (H100/H200)";
   Problem p = MakeProblem(c);
   ComputeReference(&p);
   GpuResult r;
@@ -367,7 +367,7 @@ TEST(PagedPrefillAttentionTest, SanitizerSmallCausal) {
 }
 
 TEST(PagedPrefillAttentionTest, RepeatedRunsAreBitIdentical) {
-  if (!SupportedGpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  ASSERT_TRUE(SupportedGpu()) << "needs an sm_90 GPU (H100/H200)";
   Case c{.head_dim = 128, .q_heads = 28, .kv_heads = 4, .num_queries = 512, .key_begin = 0,
          .key_end = 1536, .block_size = 64, .causal = true, .seed = 26};
   Problem p = MakeProblem(c);

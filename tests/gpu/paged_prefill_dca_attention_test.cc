@@ -1,7 +1,7 @@
 // GPU test of mp::cuda::PagedPrefillDcaAttention (fused DCA prefill) against an independent
-// reference built here, literally after qwen1m-spec.md §2.5: per query, the query rotated on the
-// host for each key region (CPU reference RoPE), a dense softmax per region in double, and the
-// LSE merge of the parts (§2.4). Tiny DCA configs (C = 192 = chunk_size 256 - local 64, C = 64,
+// reference (attention_reference.h), literally after qwen1m-spec.md §2.5: per query, the query
+// rotated on the host for each key region (CPU reference RoPE), a dense softmax per region in
+// double, and the LSE merge of the parts (§2.4). Tiny DCA configs (C = 192 = chunk_size 256 - local 64, C = 64,
 // C = 256) cover 1, 2, 3+ DCA chunks, query chunks that straddle DCA boundaries, the boundary
 // queries of spec §9.2, and the Qwen constants. Needs an sm_90 GPU (label gpu); fails without one.
 #include "kernels/cuda/paged_prefill_dca_attention.h"
@@ -13,13 +13,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "kernels/cpu/rope.h"
+#include "tests/gpu/attention_reference.h"
 #include "tests/gpu/kernel_test_util.h"
 
 namespace mp::cuda {
@@ -55,54 +53,14 @@ std::string Describe(const DcaCase& c) {
 void ComputeReference(const DcaCase& c, const PagedCache& cache,
                       const std::vector<__nv_bfloat16>& q, std::vector<double>* ref_out,
                       std::vector<double>* ref_lse) {
-  const int64_t d = c.head_dim, n = c.num_queries, group = c.q_heads / c.kv_heads;
-  const int64_t C = c.dca.chunk_len, S = c.dca.chunk_size;
-  ref_out->assign(n * c.q_heads * d, 0.0);
-  ref_lse->assign(c.q_heads * n, -std::numeric_limits<double>::infinity());
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  auto work = [&](int64_t row) {  // row = i * q_heads + h
-    const int64_t i = row / c.q_heads, h = row % c.q_heads;
-    const int64_t p = c.key_end - n + i;  // bottom-right aligned position
-    if (p < 0) return;
-    // Spec §2.5: the DCA chunk [P, P + C) of the query; intra [P, p], succ [P - C, P),
-    // inter [0, P - C), each clipped to [key_begin, key_end).
-    const int64_t P = p / C * C;
-    struct Region {
-      int64_t lo, hi, pos;
-    };
-    const Region regions[3] = {{P, p + 1, p % C},
-                               {P - C, P, std::min(p % C + C, S)},
-                               {0, P - C, std::min(2 * C - 1, S)}};
-    std::vector<float> qf(d);
-    for (int64_t x = 0; x < d; ++x) qf[x] = Bf(q[row * d + x]);
-    std::vector<std::vector<double>> outs;
-    std::vector<double> lses;
-    for (const Region& r : regions) {
-      const int64_t lo = std::max({r.lo, c.key_begin, int64_t{0}});
-      const int64_t hi = std::min(r.hi, c.key_end);
-      std::vector<float> rotated = qf;
-      const int32_t pos = static_cast<int32_t>(r.pos);
-      cpu::RopeNeox(rotated.data(), &pos, 1, 1, d, c.dca.rope_theta);
-      // The kernel's contract: the rotated query is rounded to bf16, as the unfused path's RoPE
-      // output would be.
-      for (float& x : rotated) x = Bf(__float2bfloat16(x));
-      std::vector<double> qd(rotated.begin(), rotated.end()), o(d);
-      lses.push_back(
-          testing::ReferenceAttention(cache, 0, h / group, qd.data(), lo, hi, scale, o.data()));
-      outs.push_back(std::move(o));
-    }
-    (*ref_lse)[h * n + i] = testing::MergeParts(outs, lses, d, &(*ref_out)[row * d]);
-  };
-  const int64_t rows = n * c.q_heads;
-  const int64_t threads =
-      std::max<int64_t>(1, std::min<int64_t>(rows, std::thread::hardware_concurrency()));
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      for (int64_t row = t; row < rows; row += threads) work(row);
-    });
-  }
-  for (auto& th : pool) th.join();
+  testing::ReferenceProblem pr;
+  pr.cache = &cache;
+  pr.q = &q;
+  pr.q_heads = c.q_heads;
+  pr.num_queries = c.num_queries;
+  pr.key_begin = c.key_begin;
+  pr.key_end = c.key_end;
+  testing::DcaReference(pr, c.dca, ref_out, ref_lse);
 }
 
 void RunCase(const DcaCase& c) {

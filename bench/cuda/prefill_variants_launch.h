@@ -1,0 +1,22 @@
+// Internal to bench/cuda/prefill_variants*.cu: the launchers of the candidate configurations,
+// each compiled in its own translation unit so that the builds run in parallel.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/dca_positions.h"
+#include "kernels/cuda/paged_prefill_attention.h"
+
+namespace mp::bench::internal {
+
+// Dense, 2-CTA clusters sharing K/V through TMA multicast (prefill_variants_dense.cu).
+cudaError_t LaunchDenseMc2(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
+                           cudaStream_t stream);
+// DCA with the division-free key walk and per-chunk rotation (prefill_variants_dca.cu).
+cudaError_t LaunchDcaSegments(const cuda::PagedPrefillAttentionArgs& a,
+                              const cuda::DcaParams& dca, cudaStream_t stream);
+// The same with 2-CTA multicast clusters (prefill_variants_dca.cu).
+cudaError_t LaunchDcaSegmentsMc2(const cuda::PagedPrefillAttentionArgs& a,
+                                 const cuda::DcaParams& dca, cudaStream_t stream);
+
+}  // namespace mp::bench::internal
