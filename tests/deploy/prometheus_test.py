@@ -30,7 +30,7 @@ import deploy_util as du  # noqa: E402
 
 MODEL = du.ROOT / "tests" / "testdata" / "tiny_llama"  # 3 layers, vocab 512, context 4096
 KV_TOKENS = 2048  # per stage: a 3000-token prompt is refused as overload
-RATE_INTERVAL = "1m"
+RATE_INTERVAL = "2m"
 # Test copies of the alerts, with thresholds a healthy cluster serving requests crosses.
 TUNED = {"prometheusRule": {"enabled": True, "alerts": {
     "ttftHigh": {"p99Seconds": 0.000001, "window": "1m", "for": "0s"},
