@@ -114,6 +114,15 @@ class Ours:
                                     ctypes.c_int64, ctypes.c_int64, ctypes.c_double,
                                     ctypes.c_void_p])
 
+    @staticmethod
+    def page(kv, perm):
+        # kv: (1, HKV, keys, D) -> cache [blocks, HKV, BLOCK, D], block b stored at perm[b].
+        blocks = kv.shape[2] // BLOCK
+        paged = kv[0].reshape(HKV, blocks, BLOCK, D).permute(1, 0, 2, 3)
+        cache = torch.empty_like(paged, memory_format=torch.contiguous_format)
+        cache[perm] = paged
+        return cache
+
     def variants(self):
         """[(index, name, is_dca, baseline, what)] of the library's candidate list."""
         lib = self.lib
