@@ -26,10 +26,10 @@ const PrefillVariant kVariants[] = {
 #ifdef MP_PREFILL_CANDIDATES
     {"mc2", false, "default", &internal::LaunchDenseMc2,
      "2-CTA clusters: each K/V tile leaves L2 once per pair (TMA multicast)"},
-    {"dca-seg", true, "dca", &internal::LaunchDcaSegments,
-     "DCA: division-free key walk, rotation only on a DCA-chunk change, first sin/cos while Q "
-     "loads"},
-    {"dca-seg-mc2", true, "dca", &internal::LaunchDcaSegmentsMc2, "dca-seg with mc2's clusters"},
+    {"dca-walk", true, "dca", &internal::LaunchDcaWalk,
+     "DCA with the division-based key walk and a rotation check per visit (the DCA kernel "
+     "before the segmented walk)"},
+    {"dca-mc2", true, "dca", &internal::LaunchDcaSegmentsMc2, "the DCA kernel with mc2's clusters"},
 #endif
 };
 
