@@ -65,6 +65,7 @@ while IFS=$'\t' read -r kind a b rest; do
   fi
 done < "$plan"
 exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench"
+      "$build/bench/cuda/mp_sparse_bench"
       "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so"
       "$build/cli/millipede" "$build/bench/mp_passkey_eval")
 "$bundle_libs" "$stage" "${exes[@]}" >/dev/null
@@ -99,7 +100,10 @@ cat > "$bundle/run.sh" <<'RUN'
 # Runs the GPU tests and benchmarks of this bundle (made by scripts/gpu_bundle.sh).
 #   run.sh [all|tests|bench]     env: MP_TTFT_LENGTHS (default 32768,131072,262144),
 #                                     MP_TTFT_ATTENTION (dense or dca; default dense),
-#                                     MP_ATTENTION_CASES (default 32k,128k), OUT (log folder)
+#                                     MP_ATTENTION_CASES (default 32k,128k), OUT (log folder),
+#                                     MP_SPARSE_CASES (default 128k,256k,512k,1m),
+#                                     MP_SPARSE_CONFIG (Qwen's sparse_attention_config.json;
+#                                     default: budgets sampled from its statistics)
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -185,6 +189,13 @@ if [ "$mode" = all ] || [ "$mode" = bench ]; then
   rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] && add attention_peer.py DONE "attention_peer.log, attention_peer.json" \
                   || add attention_peer.py FAIL "exit $rc"
+  echo "=== mp_sparse_bench (vertical-slash sparse DCA prefill vs dense and DCA kernels)"
+  "$work/bin/mp_sparse_bench" --cases "${MP_SPARSE_CASES:-128k,256k,512k,1m}" \
+    ${MP_SPARSE_CONFIG:+--config "$MP_SPARSE_CONFIG"} \
+    --json "$out/sparse.jsonl" 2>&1 | tee "$out/sparse.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] && add mp_sparse_bench DONE "sparse.log, sparse.jsonl" \
+                  || add mp_sparse_bench FAIL "exit $rc"
   echo "=== mp_decode_bench"
   "$work/bin/mp_decode_bench" --json "$out/decode.json" 2>&1 | tee "$out/decode.log"
   rc=${PIPESTATUS[0]}
@@ -207,11 +218,15 @@ fi
     echo
     sed -n '/^| tokens/,$p' "$out/ttft.log"
   fi
+  if [ -f "$out/sparse.log" ] && [ "$mode" != tests ]; then
+    echo
+    sed -n '/^| keys/,$p' "$out/sparse.log"
+  fi
 } | tee "$out/summary.txt"
 ! printf '%s\n' "${summary[@]}" | grep -q '| FAIL '
 RUN
 chmod +x "$bundle/run.sh"
 size=$(du -sm "$bundle" | cut -f1)
 echo "bundle: $(du -sh "$bundle" | cut -f1) in $bundle ($(wc -l < "$stage/tests.txt") test binaries," \
-     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 4 benchmarks)"
+     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 5 benchmarks)"
 [ "$size" -lt 40 ] || { echo "gpu_bundle.sh: the bundle is ${size} MB, over 40 MB" >&2; exit 1; }
