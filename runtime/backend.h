@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,40 @@ struct DcaAttentionParams {
   Tensor* lse = nullptr;     // [q_heads, n] f32, may be null when not needed
 };
 
+// Vertical-slash sparse prefill attention (qwen1m-spec.md §3.4-3.7, the Qwen/vLLM semantics) of
+// a run of queries of one sequence, with DCA (chunk_size > 0, the regions and positions of
+// DcaAttentionParams) or without (chunk_size 0: one causal region, absolute positions). The CPU
+// reference is kernels/cpu/vertical_slash_prefill.h; device backends implement this contract.
+//
+//   * q [n, q_heads, head_dim] is NOT rotated; query i sits at position p_i = query_begin + i.
+//     kv holds the keys [0, query_begin + n), K rotated by j mod C (by j without DCA), unscaled.
+//   * The run is split into pieces at multiples of C. Per piece [b, e): the last
+//     min(last_q, e - b) queries, rotated at the continuous positions (p mod C for intra keys,
+//     p mod C + C for succ keys, p mod C + S for inter keys), score every key [0, e); the
+//     column sums and diagonal sums of their softmax, with the first 30 keys and the last 100
+//     diagonals forced, give per q head h the top budgets[h] = (vertical, slash) columns and
+//     diagonals; they are split into the piece's DCA regions, turned into 64 x 64 block and
+//     column indices, and each region attends only those keys (with its DCA query rotation);
+//     the regions are merged exactly.
+//   * logits carry scale * temperature^2; out [n, q_heads, head_dim]; lse [q_heads, n] f32
+//     (optional): natural-log sum of exp(logit) over the attended keys.
+//   * budgets: [q_heads, 2] effective budgets (vertical_size 30 already raised to 130), > 0.
+//   * Requirements: those of DcaAttentionParams when chunk_size > 0; last_q in [1, 64].
+struct VerticalSlashAttentionParams {
+  const Tensor* q = nullptr;  // [n, q_heads, head_dim], not rotated
+  KvLayerView kv;             // keys [0, query_begin + n)
+  int64_t query_begin = 0;
+  int64_t chunk_size = 0;  // S; 0: no DCA
+  int64_t chunk_len = 0;   // C = chunk_size - local_size
+  double rope_theta = 10000.0;
+  float scale = 1.0f;
+  float temperature = 1.0f;  // YaRN m(L); 1 without DCA
+  int64_t last_q = 64;
+  std::span<const int64_t> budgets;  // [q_heads * 2]
+  Tensor* out = nullptr;             // [n, q_heads, head_dim]
+  Tensor* lse = nullptr;             // [q_heads, n] f32, may be null
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -130,6 +165,14 @@ class Backend {
                                     name() + " backend");
   }
 
+  // Vertical-slash sparse prefill attention; see VerticalSlashAttentionParams. Backends without
+  // it return UNIMPLEMENTED.
+  virtual absl::Status VerticalSlashAttention(const VerticalSlashAttentionParams& params) {
+    return absl::UnimplementedError(
+        "VerticalSlashAttention: sparse prefill attention is not implemented on the " + name() +
+        " backend");
+  }
+
   // ---- sampling ----
   // One token from the last row of `logits` [rows, vocab] (this backend, compute dtype):
   // cpu::SampleGreedy when temperature == 0, else cpu::SampleTopP with `uniform` in [0, 1)
@@ -143,6 +186,11 @@ class Backend {
 // OK when temperature is finite and >= 0 and top_p is in (0, 1]; else INVALID_ARGUMENT naming
 // the parameter.
 absl::Status ValidateSampling(float temperature, float top_p);
+
+// The device-independent checks of VerticalSlashAttentionParams for n queries of q_heads heads:
+// the DCA, position, scale and last_q ranges and the budgets; INVALID_ARGUMENT naming the field.
+absl::Status ValidateVerticalSlashScalars(const VerticalSlashAttentionParams& params, int64_t n,
+                                          int64_t q_heads);
 
 // The fp32 reference backend on the host (kernels/cpu).
 std::unique_ptr<Backend> NewCpuBackend();

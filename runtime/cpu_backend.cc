@@ -21,6 +21,7 @@
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cpu/vertical_slash_prefill.h"
 #include "runtime/backend.h"
 
 namespace mp {
@@ -450,6 +451,52 @@ class CpuBackend final : public Backend {
     cpu::DcaPagedAttention(p.q->data_as<const float>(), ToKernelView(p.kv), shape,
                            p.out->data_as<float>(),
                            p.lse != nullptr ? p.lse->data_as<float>() : nullptr);
+    return absl::OkStatus();
+  }
+
+  absl::Status VerticalSlashAttention(const VerticalSlashAttentionParams& p) override {
+    constexpr absl::string_view kOp = "VerticalSlashAttention";
+    if (p.q == nullptr || p.out == nullptr) {
+      return absl::InvalidArgumentError("VerticalSlashAttention: q and out must be given");
+    }
+    MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kF32, {kAny, kAny, kAny}));
+    const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
+    MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kF32, {n, q_heads, head_dim}));
+    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
+    if (p.lse != nullptr) {
+      MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
+    }
+    if (head_dim % 2 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("VerticalSlashAttention: head_dim must be even for RoPE, q has shape ",
+                       p.q->ShapeString()));
+    }
+    MP_RETURN_IF_ERROR(ValidateVerticalSlashScalars(p, n, q_heads));
+    if (p.kv.k.rank() != 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("VerticalSlashAttention: K cache has ", Describe(p.kv.k),
+                       ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
+    }
+    const int64_t kv_heads = p.kv.k.dim(1);
+    if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: q has ", q_heads,
+                                                     " heads, not a multiple of the cache's ",
+                                                     kv_heads, " kv heads"));
+    }
+    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.query_begin + n));
+    if (n == 0) return absl::OkStatus();
+    cpu::VerticalSlashPrefillShape shape;
+    shape.num_queries = n;
+    shape.q_heads = q_heads;
+    shape.query_begin = p.query_begin;
+    shape.chunk_size = p.chunk_size;
+    shape.chunk_len = p.chunk_size > 0 ? p.chunk_len : 0;
+    shape.rope_theta = p.rope_theta;
+    shape.scale = p.scale * p.temperature * p.temperature;
+    shape.last_q = p.last_q;
+    cpu::VerticalSlashPrefillAttention(p.q->data_as<const float>(), ToKernelView(p.kv), shape,
+                                       p.budgets.data(), p.out->data_as<float>(),
+                                       p.lse != nullptr ? p.lse->data_as<float>() : nullptr);
     return absl::OkStatus();
   }
 

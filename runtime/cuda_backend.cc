@@ -22,6 +22,7 @@
 #include "kernels/cuda/paged_prefill_dca_attention.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
+#include "kernels/cuda/vertical_slash_prefill.h"
 
 namespace mp {
 namespace {
@@ -792,6 +793,56 @@ absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
   }
   ++stats_.dca_prefill_calls;
   return CudaStatus(cuda::PagedPrefillDcaAttention(a, dca, stream_), "DcaAttention (prefill)");
+}
+
+absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionParams& p) {
+  constexpr absl::string_view kOp = "VerticalSlashAttention";
+  if (p.q == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("VerticalSlashAttention: q and out must be given");
+  }
+  MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kBF16, {kAny, kAny, kAny}));
+  const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
+  // The scalars first: the key range below depends on query_begin.
+  MP_RETURN_IF_ERROR(ValidateVerticalSlashScalars(p, n, q_heads));
+  MP_RETURN_IF_ERROR(ExpectAttentionTensors(kOp, p.q, p.out, p.lse, p.kv, p.query_begin + n));
+  const int64_t kv_heads = p.kv.k.dim(1);
+  if (n == 0) return absl::OkStatus();
+  MP_RETURN_IF_ERROR(UseDevice(device_));
+  MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));
+  cuda::VerticalSlashPrefillArgs a;
+  a.q = Bf16(*p.q);
+  a.kv.k = Bf16(p.kv.k);
+  a.kv.v = Bf16(p.kv.v);
+  a.kv.block_table = table;
+  a.kv.num_blocks = p.kv.k.dim(0);
+  a.kv.block_size = p.kv.block_size;
+  a.kv.kv_heads = kv_heads;
+  a.kv.head_dim = head_dim;
+  a.out = MutableBf16(*p.out);
+  a.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
+  a.num_queries = n;
+  a.q_heads = q_heads;
+  a.query_begin = p.query_begin;
+  a.chunk_size = p.chunk_size;
+  a.chunk_len = p.chunk_size > 0 ? p.chunk_len : 0;
+  a.rope_theta = p.rope_theta;
+  a.scale = p.scale * p.temperature * p.temperature;
+  a.last_q = p.last_q;
+  a.budgets = p.budgets.data();
+  const std::string unsupported = cuda::VerticalSlashPrefillUnsupported(a);
+  if (!unsupported.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: ", unsupported));
+  }
+  const int64_t ws_bytes = cuda::VerticalSlashPrefillWorkspaceBytes(a);
+  if (!sparse_workspace_.defined() || static_cast<int64_t>(sparse_workspace_.nbytes()) < ws_bytes) {
+    sparse_workspace_ = Tensor();  // give the old one back to the pool first
+    MP_ASSIGN_OR_RETURN(sparse_workspace_, Allocate({ws_bytes}, DType::kU8));
+  }
+  ++stats_.sparse_prefill_calls;
+  return CudaStatus(
+      cuda::VerticalSlashPrefill(a, sparse_workspace_.data(),
+                                 static_cast<int64_t>(sparse_workspace_.nbytes()), stream_),
+      "VerticalSlashAttention");
 }
 
 absl::StatusOr<int32_t> CudaBackend::SampleToken(const Tensor& logits, float temperature,

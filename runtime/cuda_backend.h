@@ -52,6 +52,7 @@ struct CudaBackendStats {
   int64_t generic_attention_calls = 0;  // shapes the sm_90a kernel does not take
   int64_t dca_prefill_calls = 0;        // fused sm_90a DCA prefill kernel
   int64_t dca_decode_calls = 0;         // split-KV DCA decode kernel
+  int64_t sparse_prefill_calls = 0;     // vertical-slash sparse prefill (estimate, index, attend)
   int64_t gemm_plans = 0;               // distinct cuBLASLt plans built
 };
 
@@ -101,6 +102,9 @@ class CudaBackend final : public Backend {
                        const KvLayerView& kv) override;
   absl::Status Attention(const AttentionParams& params) override;
   absl::Status DcaAttention(const DcaAttentionParams& params) override;
+  // Vertical-slash sparse prefill through kernels/cuda/vertical_slash_prefill.h (head_dim 64 or
+  // 128, at most 256 q heads, positions below 2^30, chunk_len a multiple of 64).
+  absl::Status VerticalSlashAttention(const VerticalSlashAttentionParams& params) override;
   // Greedy argmax or top-p sampling on the device (kernels/cuda/sampling.h).
   absl::StatusOr<int32_t> SampleToken(const Tensor& logits, float temperature, float top_p,
                                       double uniform) override;
@@ -145,6 +149,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   Tensor decode_ranges_;     // [2] i32 device: key_begin, key_end of the decode kernel
   Tensor decode_workspace_;  // split-KV partial results, grown on demand
+  Tensor sparse_workspace_;  // vertical-slash estimation, selection and index, grown on demand
   struct InvFreqKey {
     double theta;
     int64_t head_dim;

@@ -123,6 +123,21 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "stage executor: mlp_block_rows must be >= 0, got ", options.mlp_block_rows));
   }
+  if (options.sparse != nullptr && options.sparse->heads.has_value()) {
+    const SparseAttentionConfig& heads = *options.sparse->heads;
+    if (heads.num_layers() != config.num_hidden_layers ||
+        heads.num_heads() != config.num_attention_heads) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage executor: the sparse attention config has ", heads.num_layers(),
+                       " layers x ", heads.num_heads(), " heads, the model ",
+                       config.num_hidden_layers, " x ", config.num_attention_heads));
+    }
+    if (options.sparse->last_q < 1 || options.sparse->last_q > kMaxSparseLastQ) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage executor: sparse last_q must be in [1, ", kMaxSparseLastQ, "], got ",
+                       options.sparse->last_q));
+    }
+  }
   auto ex = std::unique_ptr<StageExecutor>(new StageExecutor());
   ex->config_ = config;
   ex->options_ = options;
@@ -168,6 +183,14 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
     MP_ASSIGN_OR_RETURN(l.down_proj,
                         Upload(b, w.down_proj, p + "mlp.down_proj.weight", {hidden, inter}));
     ex->layer_weights_.push_back(std::move(l));
+    if (options.sparse != nullptr && options.sparse->heads.has_value()) {
+      std::vector<int64_t> budgets;
+      for (const SparseHeadConfig& h : options.sparse->heads->layers[i]) {
+        budgets.push_back(h.effective_vertical_size());
+        budgets.push_back(h.effective_slash_size());
+      }
+      ex->sparse_budgets_.push_back(std::move(budgets));
+    }
   }
   if (ex->is_last()) {
     MP_ASSIGN_OR_RETURN(ex->final_norm_,
@@ -297,10 +320,21 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
     for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(start + i);
   }
 
+  // Sparse prefill (§3.3): prompt chunks of a prompt longer than the threshold; never decode.
+  float sparse_temperature = 0.0f;
+  if (options_.sparse != nullptr && !sparse_budgets_.empty() && prompt_len > 0 &&
+      start < prompt_len && options_.sparse->UseSparsePrefill(prompt_len)) {
+    sparse_temperature = 1.0f;
+    if (config_.dual_chunk.has_value()) {
+      sparse_temperature = static_cast<float>(cpu::YarnTemperature(
+          std::max(prompt_len, end), config_.dual_chunk->original_max_position_embeddings));
+    }
+  }
+
   for (int64_t i = 0; i < static_cast<int64_t>(layer_weights_.size()); ++i) {
     const int64_t layer = layers_.begin + i;
-    absl::Status status =
-        RunLayer(layer_weights_[i], layer, seq, start, n, positions, dca_temperature);
+    absl::Status status = RunLayer(layer_weights_[i], layer, seq, start, n, positions,
+                                   dca_temperature, sparse_temperature);
     if (!status.ok()) return Annotate(status, absl::StrCat("layer ", layer));
   }
   MP_RETURN_IF_ERROR(kv_cache_->SetLength(seq, end));
@@ -322,7 +356,7 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
 
 absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64_t seq,
                                      int64_t start, int64_t n, const Tensor& positions,
-                                     float dca_temperature) {
+                                     float dca_temperature, float sparse_temperature) {
   Backend& b = *backend_;
   const int64_t heads = config_.num_attention_heads;
   const int64_t kv_heads = config_.num_key_value_heads;
@@ -351,7 +385,24 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
   MP_RETURN_IF_ERROR(b.Rope(k3, positions, config_.rope_theta));
   MP_ASSIGN_OR_RETURN(KvLayerView kv, kv_cache_->LayerView(seq, layer_index));
   MP_RETURN_IF_ERROR(b.WriteKv(k3, v3, start, kv));
-  if (dca_temperature > 0.0f) {
+  if (sparse_temperature > 0.0f) {
+    // Q stays un-rotated: the sparse op rotates it per region and for the selection.
+    VerticalSlashAttentionParams params;
+    params.q = &q3;
+    params.kv = kv;
+    params.query_begin = start;
+    if (config_.dual_chunk.has_value()) {
+      params.chunk_size = config_.dual_chunk->chunk_size;
+      params.chunk_len = config_.dual_chunk->chunk_len();
+    }
+    params.rope_theta = config_.rope_theta;
+    params.scale = scale;
+    params.temperature = sparse_temperature;
+    params.last_q = options_.sparse->last_q;
+    params.budgets = sparse_budgets_[layer_index - layers_.begin];
+    params.out = &attn3;
+    MP_RETURN_IF_ERROR(b.VerticalSlashAttention(params));
+  } else if (dca_temperature > 0.0f) {
     // Q stays un-rotated: the DCA op rotates it per key region.
     DcaAttentionParams params;
     params.q = &q3;

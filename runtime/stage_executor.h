@@ -30,6 +30,13 @@
 // Where DCA is a no-op (start + n <= C and m = 1) the dense Backend::Attention runs instead: K
 // is then rotated by p = p mod C and the result is the same.
 //
+// Vertical-slash sparse prefill (options.sparse; qwen1m-spec.md §3.3): when the settings say so
+// for the request's prompt length (enabled, a head config, prompt_len > threshold), every chunk
+// of the prompt (start < prompt_len) runs Backend::VerticalSlashAttention instead of the dense
+// or DCA attention, with the layer's per-head budgets (30 -> 130 applied), the DCA constants and
+// temperature when the model has DCA, and Q left un-rotated; decode chunks (start >= prompt_len)
+// and prompts at or below the threshold are exactly the dense path.
+//
 // Not thread-safe: one thread runs an executor.
 #pragma once
 
@@ -40,6 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/sparse_attention_config.h"
 #include "model/weights.h"
 #include "runtime/backend.h"
 #include "runtime/kv_cache.h"
@@ -60,6 +68,9 @@ struct StageExecutorOptions {
   // is sized by this instead of the chunk. 0: the whole chunk at once. The result is the same
   // up to the rounding of other GEMM shapes.
   int64_t mlp_block_rows = 0;
+  // Sparse prefill settings (model/sparse_attention_config.h), or null for dense prefill. The
+  // head config must match the model's layers and attention heads.
+  std::shared_ptr<const SparsePrefillSettings> sparse;
 };
 
 class StageExecutor {
@@ -132,8 +143,10 @@ class StageExecutor {
   absl::Status EnsureScratch(int64_t rows);
   // `positions` are the RoPE positions of K (p mod C with DCA) and, on the dense path, of Q.
   // `dca_temperature` > 0 selects Backend::DcaAttention with that YaRN m; 0 the dense path.
+  // `sparse_temperature` > 0 selects Backend::VerticalSlashAttention (with that YaRN m) instead.
   absl::Status RunLayer(const Layer& layer, int64_t layer_index, uint64_t seq, int64_t start,
-                        int64_t n, const Tensor& positions, float dca_temperature);
+                        int64_t n, const Tensor& positions, float dca_temperature,
+                        float sparse_temperature = 0.0f);
 
   ModelConfig config_;
   StageExecutorOptions options_;
@@ -143,6 +156,7 @@ class StageExecutor {
   std::unique_ptr<KvCache> kv_cache_;
   Tensor embed_tokens_;  // [vocab, hidden] (first stage)
   std::vector<Layer> layer_weights_;
+  std::vector<std::vector<int64_t>> sparse_budgets_;  // per layer held: [heads * 2], or empty
   Tensor final_norm_;  // [hidden] (last stage)
   Tensor lm_head_;     // [vocab, hidden] (last stage)
   Scratch scratch_;

@@ -36,6 +36,12 @@ add_library(mp_kernels_cuda STATIC
   ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_dca_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_dca_attention_hd64.cu
   ${CMAKE_CURRENT_LIST_DIR}/paged_prefill_dca_attention_hd128.cu
+  ${CMAKE_CURRENT_LIST_DIR}/vertical_slash_estimate.cu
+  ${CMAKE_CURRENT_LIST_DIR}/vertical_slash_index.cu
+  ${CMAKE_CURRENT_LIST_DIR}/vertical_slash_attention.cu
+  ${CMAKE_CURRENT_LIST_DIR}/vertical_slash_attention_hd64.cu
+  ${CMAKE_CURRENT_LIST_DIR}/vertical_slash_attention_hd128.cu
+  ${CMAKE_CURRENT_LIST_DIR}/vertical_slash_prefill.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention_hd64.cu
   ${CMAKE_CURRENT_LIST_DIR}/decode_attention_hd128.cu

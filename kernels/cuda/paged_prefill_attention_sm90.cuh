@@ -71,7 +71,7 @@ namespace mp::cuda::sm90 {
 // (docs/benchmarks-attention-draft.md); the other settings stay selectable for ablations.
 template <int kHeadDim_, bool kCausal_, int kStages_ = 3, bool kPingpong_ = true,
           bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true,
-          bool kDca_ = false, bool kDcaSegments_ = false, int kCluster_ = 1>
+          bool kDca_ = false, bool kDcaSegments_ = false, int kCluster_ = 1, bool kSparse_ = false>
 struct PrefillConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
@@ -96,6 +96,11 @@ struct PrefillConfig {
   // each CTA loads half of every K/V tile and multicasts it to both, so each tile leaves L2 once
   // per pair. A CTA masks the keys its own rows cannot see.
   static constexpr int kCluster = kCluster_;
+  // Vertical-slash sparse attention (vertical_slash_attention_sm90.cuh): one 64-row block of
+  // one query head per CTA, key tiles gathered from the block and column lists of the three DCA
+  // parts, split between the two consumer warpgroups (even / odd tiles) whose softmax states
+  // are merged at the end; Q un-rotated in memory, rotated per part in registers.
+  static constexpr bool kSparse = kSparse_;
 
   static constexpr int kBlockM = 128;  // query rows per CTA
   static constexpr int kWgRows = 64;   // query rows per consumer warpgroup
@@ -104,8 +109,11 @@ struct PrefillConfig {
   static constexpr int kBoxCols = 64;  // 64 bf16 = 128 bytes = one 128B-swizzled panel
   static constexpr int kPanels = kHeadDim / kBoxCols;
   static constexpr int kThreads = 384;
-  static constexpr int kProducerRegs = 40;
-  static constexpr int kConsumerRegs = 232;
+  // The sparse producer is a whole warpgroup issuing cp.async gathers.
+  static constexpr int kProducerRegs = kSparse ? 64 : 40;
+  static constexpr int kConsumerRegs = kSparse ? 224 : 232;
+  // Q tiles in shared memory: one per consumer warpgroup, or one shared (sparse).
+  static constexpr int kQSlots = kSparse ? 1 : 2;
 
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
   static_assert(kStages >= 2, "at least double buffering");
@@ -113,13 +121,17 @@ struct PrefillConfig {
   static_assert(!kDcaSegments || kDca, "kDcaSegments is a DCA option");
   static_assert(kCluster == 1 || kCluster == 2, "clusters of 1 or 2 CTAs (one K/V half each)");
   static_assert(kCluster == 1 || kKvHeadMajor, "cluster pairs are formed in KV-head-major order");
+  static_assert(!kSparse || (kCausal && kQInRegs && !kDca),
+                "sparse rotates the Q fragment in registers and masks by key position");
+  static_assert(!kSparse || kCluster == 1,
+                "sparse CTAs gather their own key tiles (no cluster multicast)");
 
   using Element = cutlass::bfloat16_t;
 
   // Q: (rows, head_dim, consumer warpgroup), K-major, 128B swizzle.
   using SmemLayoutQ = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_K_SW128_Atom<Element>{},
-      cute::Shape<cute::Int<kWgRows>, cute::Int<kHeadDim>, cute::_2>{}));
+      cute::Shape<cute::Int<kWgRows>, cute::Int<kHeadDim>, cute::Int<kQSlots>>{}));
   // K: (keys, head_dim, stage): B operand of S = Q K^T, K-major.
   using SmemLayoutK = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_K_SW128_Atom<Element>{},
@@ -148,7 +160,9 @@ struct PrefillConfig {
 
   static constexpr int kTileElems = kBlockN * kHeadDim;
   static constexpr int kTileBytes = kTileElems * 2;
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kQBytes = kQSlots * kWgRows * kHeadDim * 2;
+  static constexpr int kSparseStages = kSparse ? kStages : 1;
+  static constexpr int kSparseKeys = kSparse ? kBlockN : 1;
 
   struct SharedStorage {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
@@ -159,10 +173,46 @@ struct PrefillConfig {
     uint64_t k_empty[kStages];
     uint64_t v_full[kStages];
     uint64_t v_empty[kStages];
+    // Sparse only: the sequence position of each column of the tile in a K stage (INT32_MAX:
+    // no key), and per producer warp whether the tile needs a mask.
+    alignas(16) int32_t keys[kSparseStages][kSparseKeys];
+    alignas(16) int32_t key_flags[kSparseStages][4];
   };
   // +1024: the dynamic shared memory base is rounded up to the swizzle atom.
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+// Sparse (kSparse) only: one DCA part's index (vertical_slash_index.h layout) and key range.
+struct SparsePartParams {
+  const int32_t* block_count = nullptr;   // [q_heads, row_blocks]
+  const int32_t* block_offset = nullptr;  // [q_heads, row_blocks, max_blocks], local keys
+  const int32_t* column_count = nullptr;  // [q_heads, row_blocks]
+  const int32_t* column_index = nullptr;  // [q_heads, row_blocks, max_columns], local keys
+  int64_t max_blocks = 0;
+  int64_t max_columns = 0;
+  int key_begin = 0;  // local key k is the sequence position key_begin + k
+  int kv_len = 0;     // local keys [0, kv_len)
+  int present = 0;
+};
+struct SparseParams {
+  SparsePartParams parts[3];               // intra, succ, inter (vertical_slash_parts.h)
+  const __nv_bfloat16* k_cache = nullptr;  // [num_blocks, kv_heads, block_size, head_dim]
+  const __nv_bfloat16* v_cache = nullptr;
+  int64_t num_blocks = 0;
+  int kv_heads = 0;
+  int row_blocks = 0;
+};
+// The key tiles (visits) of one sparse CTA, in order: 6 segments (intra blocks, intra columns,
+// succ blocks, succ columns, inter blocks, inter columns); a block segment takes two 64-key
+// blocks per tile, a column segment 128 columns.
+struct SparseTilePlan {
+  int seg_end[6] = {};  // cumulative visit counts
+  int entries[6] = {};  // blocks or columns of each segment
+  __host__ __device__ int total() const { return seg_end[5]; }
+  __host__ __device__ int part_of(int visit) const {
+    return visit < seg_end[1] ? 0 : (visit < seg_end[3] ? 1 : 2);
+  }
 };
 
 // Everything the kernel needs; passed by value as a __grid_constant__ parameter (the tensor
@@ -185,7 +235,9 @@ struct PrefillParams {
   float scale_log2;  // scale * log2(e)
   int chunk_len;       // DCA only (0 otherwise): C
   int chunk_size;      // DCA only: S
-  float inv_freq[64];  // DCA only: RoPE inverse frequencies, [head_dim / 2]
+  float inv_freq[64];  // DCA and sparse only: RoPE inverse frequencies, [head_dim / 2]
+  int lse_stride;      // lse[q_head * lse_stride + row]
+  SparseParams sparse;  // sparse only
 };
 
 // Key tiles (of kBlockN keys, aligned to multiples of kBlockN in sequence positions) that the
@@ -233,6 +285,7 @@ __device__ __forceinline__ void LdMatrixX4(const void* smem, uint32_t (&r)[4]) {
 // Named barrier ids (0 is __syncthreads).
 inline constexpr int kBarPingpongFirst = 1;  // +consumer warpgroup: "your turn to issue GEMMs"
 inline constexpr int kBarWarpgroupFirst = 3;  // +consumer warpgroup: one warpgroup's threads
+inline constexpr int kBarMerge = 5;           // sparse: both consumer warpgroups (state merge)
 
 // Loads one K or V tile (two 64-row boxes, each possibly in a different cache block). In a
 // 2-CTA cluster, CTA r loads box r and multicasts it to the same buffer (and the same mbarrier)
@@ -468,7 +521,8 @@ __device__ __forceinline__ void ApplyQRotation(TensorQ& tSrQ, const QRotation<Cf
 
 template <class Cfg>
 __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
-                         int q_head, KeyTileRange tiles, int cwg, bool writes) {
+                         int q_head, KeyTileRange tiles, int cwg, bool writes,
+                         const SparseTilePlan& plan = SparseTilePlan{}) {
   using namespace cute;
   using cutlass::arch::ClusterBarrier;
   using Element = typename Cfg::Element;
@@ -509,7 +563,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       thr_pv.partition_C(make_identity_tensor(Shape<Int<Cfg::kWgRows>, Int<Cfg::kHeadDim>>{}));
 
   const int n = p.num_queries;
-  const int wg_row0 = m_tile * Cfg::kBlockM + cwg * Cfg::kWgRows;
+  // Sparse: both warpgroups hold the same 64 rows (they split the key tiles instead).
+  const int wg_row0 =
+      Cfg::kSparse ? m_tile * Cfg::kWgRows : m_tile * Cfg::kBlockM + cwg * Cfg::kWgRows;
   // Per thread: two query rows (r = 0, 1). Keys visible to row r: [key_begin, row_hi[r]).
   int row_hi[2];
 #pragma unroll
@@ -530,7 +586,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   // Masks (if kMask) the keys outside [key_begin, row_hi) and outside the visit's [lo, hi),
   // updates the running max/sum, turns S into unnormalized probabilities and returns the
   // factor by which O must be rescaled.
-  auto softmax = [&](auto mask_tag, const KeyVisit& v, float (&corr)[2]) {
+  auto softmax = [&](auto mask_tag, const auto& v, float(&corr)[2]) {
     constexpr bool kMask = decltype(mask_tag)::value;
     if constexpr (kMask) {
       const int base = v.tile * kN;
@@ -620,13 +676,16 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     const bool partial = Cfg::kDca && (v.lo != v.tile * kN || v.hi != (v.tile + 1) * kN);
     return partial || v.tile * kN < p.key_begin || (v.tile + 1) * kN > unmasked_hi;
   };
-  auto wait_v_and_fix = [&](int i, int t) {
+  auto wait_v_and_fix = [&](int i, const auto& v) {
     const int stage = i % S;
     ClusterBarrier::wait(&ss.v_full[stage], (i / S) & 1);
-    const int lo = max(0, min(kN, p.key_begin - t * kN));
-    const int hi = max(0, min(kN, p.key_end - t * kN));
-    if (lo > 0 || hi < kN) {
-      ZeroOutOfRangeRows<Cfg>(ss.v.data() + stage * Cfg::kTileElems, lo, hi, tid, cwg);
+    if constexpr (!Cfg::kSparse) {  // sparse tiles hold zeros wherever there is no key
+      const int t = v.tile;
+      const int lo = max(0, min(kN, p.key_begin - t * kN));
+      const int hi = max(0, min(kN, p.key_end - t * kN));
+      if (lo > 0 || hi < kN) {
+        ZeroOutOfRangeRows<Cfg>(ss.v.data() + stage * Cfg::kTileElems, lo, hi, tid, cwg);
+      }
     }
   };
   // A stage is free once every consumer warp of every CTA of the cluster is done with it (the
@@ -639,11 +698,24 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       if (lane == 0) ClusterBarrier::arrive(bar);
     }
   };
+  // Sparse CTAs with a single key tile leave the second warpgroup idle: no pingpong then.
+  const int total_visits = [&] {
+    if constexpr (Cfg::kSparse) {
+      return tiles.count;
+    } else {
+      return CountKeyVisits(tiles.begin, tiles.count, kN, Cfg::kDca ? p.chunk_len : 0);
+    }
+  }();
+  const bool pingpong = Cfg::kPingpong && (!Cfg::kSparse || total_visits >= 2);
   auto pingpong_wait = [&]() {
-    if constexpr (Cfg::kPingpong) NamedBarrierSync(kBarPingpongFirst + cwg, 256);
+    if constexpr (Cfg::kPingpong) {
+      if (pingpong) NamedBarrierSync(kBarPingpongFirst + cwg, 256);
+    }
   };
   auto pingpong_pass = [&]() {
-    if constexpr (Cfg::kPingpong) NamedBarrierArrive(kBarPingpongFirst + (1 - cwg), 256);
+    if constexpr (Cfg::kPingpong) {
+      if (pingpong) NamedBarrierArrive(kBarPingpongFirst + (1 - cwg), 256);
+    }
   };
 
   // Q fragment (kQInRegs): a 16x16 block per warp and k step = four 8x8 matrices (rows +0/+8,
@@ -658,7 +730,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 #pragma unroll
       for (int k = 0; k < Cfg::kHeadDim / 16; ++k) {
         uint32_t regs[4];
-        LdMatrixX4(&sQ(row, k * 16 + (lane / 16) * 8, cwg), regs);
+        LdMatrixX4(&sQ(row, k * 16 + (lane / 16) * 8, Cfg::kQSlots == 1 ? 0 : cwg), regs);
 #pragma unroll
         for (int j = 0; j < 4; ++j) q32(k * 4 + j) = regs[j];
       }
@@ -670,7 +742,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   [[maybe_unused]] DcaQueryPositions<int> dca_pos[2];
   [[maybe_unused]] DcaKeyRegions<int> dca_reg[2];
   [[maybe_unused]] int dca_cur[2] = {-1, -1};
-  if constexpr (Cfg::kDca) {
+  if constexpr (Cfg::kDca || Cfg::kSparse) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int q_row = wg_row0 + get<0>(tScS(2 * r));
@@ -709,15 +781,75 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   };
 
-  if (tiles.count > 0) {
-    if constexpr (Cfg::kPingpong) {
-      if (cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
+  // Sparse: the Q fragment rotated for DCA part `part` (0 intra, 1 succ, 2 inter) of the rows.
+  auto prepare_q_part = [&](int part) {
+    if constexpr (Cfg::kSparse) {
+      int want[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        want[r] = part == 0 ? dca_pos[r].intra : (part == 1 ? dca_pos[r].succ : dca_pos[r].inter);
+      }
+      if (__any_sync(0xffffffff, want[0] != dca_cur[0] || want[1] != dca_cur[1])) {
+        load_q();
+        RotateQFragment<Cfg>(tSrQ, want, p.inv_freq, lane);
+        dca_cur[0] = want[0];
+        dca_cur[1] = want[1];
+      }
     }
+  };
+  // Sparse visit: its index and DCA part.
+  struct SparseVisit {
+    int index = 0;
+    int part = 0;
+  };
+  using Visit = std::conditional_t<Cfg::kSparse, SparseVisit, KeyVisit>;
+  // Sparse: masks the columns of stage `stage` that hold no key or a key after the row's
+  // position (the producer flags the tiles that need it).
+  auto sparse_mask = [&](int stage) {
+    if constexpr (Cfg::kSparse) {
+      const int4 f = *reinterpret_cast<const int4*>(ss.key_flags[stage]);
+      if ((f.x | f.y | f.z | f.w) == 0) return;
+      const int32_t* keys = ss.keys[stage];
+#pragma unroll
+      for (int i = 0; i < size(tSrS); i += 2) {
+        const int r = (i / 2) % 2;
+        const int2 kk = *reinterpret_cast<const int2*>(keys + get<1>(tScS(i)));
+        if (kk.x >= row_hi[r]) tSrS(i) = -INFINITY;
+        if (kk.y >= row_hi[r]) tSrS(i + 1) = -INFINITY;
+      }
+    }
+  };
+  // S (in tSrS) -> probabilities of visit v from stage `stage`; frees the K stage.
+  auto scores_to_probs = [&](const auto& v, int stage, float(&corr)[2]) {
+    if constexpr (Cfg::kSparse) {
+      sparse_mask(stage);  // reads the stage's keys: before the stage is released
+      release(&ss.k_empty[stage]);
+      softmax(cute::false_type{}, v, corr);
+    } else {
+      release(&ss.k_empty[stage]);
+      if (needs_mask(v)) {
+        softmax(cute::true_type{}, v, corr);
+      } else {
+        softmax(cute::false_type{}, v, corr);
+      }
+    }
+  };
+
+  // The visits of this warpgroup: all of them, or (sparse) every second one starting at cwg.
+  // One online softmax (row_max, row_sum, tOrO) runs over all visits of the warpgroup.
+  constexpr int kStep = Cfg::kSparse ? 2 : 1;
+  const int first_visit = Cfg::kSparse ? cwg : 0;
+  const int my_visits = Cfg::kSparse ? (total_visits - cwg + 1) / 2 : total_visits;
+  if (my_visits > 0) {
+    if (pingpong && cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
     const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
-    const int visits = CountKeyVisits(tiles.begin, tiles.count, kN, split);
     VisitWalk<Cfg> walk(tiles.begin + tiles.count - 1, split);
-    KeyVisit prev;
-    if constexpr (Cfg::kDcaSegments) {
+    Visit prev;
+    if constexpr (Cfg::kSparse) {
+      ClusterBarrier::wait(&ss.q_full, 0);
+      prev = SparseVisit{first_visit, plan.part_of(first_visit)};
+      prepare_q_part(prev.part);
+    } else if constexpr (Cfg::kDcaSegments) {
       prev = walk.Current();
       // The sin/cos of the first rotation do not depend on Q: compute them while it loads.
       int want[2];
@@ -738,28 +870,26 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
     // First visit: S only.
     {
-      ClusterBarrier::wait(&ss.k_full[0], 0);
+      const int i = first_visit;
+      const int stage = i % S;
+      ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
       pingpong_wait();
-      IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, 0), tSrS, true);
+      IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
       pingpong_pass();
       warpgroup_wait<0>();
       warpgroup_fence_operand(tSrS);
-      release(&ss.k_empty[0]);
       float corr[2];
-      if (needs_mask(prev)) {
-        softmax(cute::true_type{}, prev, corr);
-      } else {
-        softmax(cute::false_type{}, prev, corr);
-      }
+      scores_to_probs(prev, stage, corr);
       convert_p();
     }
 
-    // Visit i >= 1 (Q already right for it): S of visit i with the PV of visit i - 1.
-    auto step = [&](int i, const KeyVisit& cur) {
+    // Visit i after visit ip of this warpgroup (Q already right for i): S of visit i with the
+    // PV of visit ip.
+    auto step = [&](int i, int ip, const Visit& cur) {
       const int stage = i % S;
-      const int pstage = (i - 1) % S;
+      const int pstage = ip % S;
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
-      wait_v_and_fix(i - 1, prev.tile);
+      wait_v_and_fix(ip, prev);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
       warpgroup_fence_operand(tOrP);
@@ -767,13 +897,8 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       pingpong_pass();
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
-      release(&ss.k_empty[stage]);
       float corr[2];
-      if (needs_mask(cur)) {
-        softmax(cute::true_type{}, cur, corr);
-      } else {
-        softmax(cute::false_type{}, cur, corr);
-      }
+      scores_to_probs(cur, stage, corr);
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP);
@@ -789,28 +914,37 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       prev = cur;
     };
 
-    if constexpr (Cfg::kDcaSegments) {
+    if constexpr (Cfg::kSparse) {
+      // Every second visit (the other warpgroup takes the rest); the rotation follows the part.
+      for (int j = 1; j < my_visits; ++j) {
+        const int i = first_visit + kStep * j;
+        const SparseVisit cur{i, plan.part_of(i)};
+        prepare_q_part(cur.part);
+        step(i, i - kStep, cur);
+      }
+    } else if constexpr (Cfg::kDcaSegments) {
       // Outer loop: one pass per DCA chunk of keys (the only place where a row's rotation can
       // change); inner loop: the visits inside it, with no rotation code.
       int i = 1;
-      bool changed = i < visits && walk.Advance();
-      while (i < visits) {
+      bool changed = i < total_visits && walk.Advance();
+      while (i < total_visits) {
         if (changed) prepare_q(walk.Current());
         do {
-          step(i, walk.Current());
+          step(i, i - 1, walk.Current());
           ++i;
-          changed = i < visits && walk.Advance();
-        } while (i < visits && !changed);
+          changed = i < total_visits && walk.Advance();
+        } while (i < total_visits && !changed);
       }
     } else {
-      for (int i = 1; i < visits; ++i) {
+      // Dense and plain DCA: step() written out (the library kernels keep their generated code).
+      for (int i = 1; i < total_visits; ++i) {
         walk.Advance();
         const KeyVisit cur = walk.Current();
         const int stage = i % S;
         const int pstage = (i - 1) % S;
         prepare_q(cur);
         ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
-        wait_v_and_fix(i - 1, prev.tile);
+        wait_v_and_fix(i - 1, prev);
         pingpong_wait();
         IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
         warpgroup_fence_operand(tOrP);
@@ -818,13 +952,8 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
         pingpong_pass();
         warpgroup_wait<1>();
         warpgroup_fence_operand(tSrS);
-        release(&ss.k_empty[stage]);
         float corr[2];
-        if (needs_mask(cur)) {
-          softmax(cute::true_type{}, cur, corr);
-        } else {
-          softmax(cute::false_type{}, cur, corr);
-        }
+        scores_to_probs(cur, stage, corr);
         warpgroup_wait<0>();
         warpgroup_fence_operand(tOrO);
         warpgroup_fence_operand(tOrP);
@@ -841,9 +970,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
     // Last PV.
     {
-      const int i = visits - 1;
+      const int i = first_visit + kStep * (my_visits - 1);
       const int stage = i % S;
-      wait_v_and_fix(i, prev.tile);
+      wait_v_and_fix(i, prev);
       pingpong_wait();
       warpgroup_fence_operand(tOrP);
       IssueGemm(mma_pv, tOrP, tOrV(_, _, _, stage), tOrO, false);
@@ -852,9 +981,52 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_fence_operand(tOrO);
       release(&ss.v_empty[stage]);
     }
-    // Balance the named-barrier arrivals (warpgroup 1 arrived once more, at the start).
-    if constexpr (Cfg::kPingpong) {
-      if (cwg == 0) NamedBarrierSync(kBarPingpongFirst + 0, 256);
+    // Balance the named-barrier arrivals: warpgroup 1 arrived once more (at the start) when
+    // both took as many turns; with one visit more (sparse, odd count) warpgroup 0 did.
+    if (pingpong) {
+      if (!Cfg::kSparse || total_visits % 2 == 0) {
+        if (cwg == 0) NamedBarrierSync(kBarPingpongFirst + 0, 256);
+      } else {
+        if (cwg == 1) NamedBarrierSync(kBarPingpongFirst + 1, 256);
+      }
+    }
+  }
+
+  // Sparse: warpgroup 1 hands its softmax state (per thread: O fragment, row max, partial row
+  // sums) to warpgroup 0 through the K buffers (free once both have consumed all tiles), which
+  // merges it into its own: M = max(m0, m1), O = O0 e^(m0 - M) + O1 e^(m1 - M), same for sums.
+  if constexpr (Cfg::kSparse) {
+    constexpr int kO = Cfg::kWgRows * Cfg::kHeadDim / 128;  // accumulator values per thread
+    static_assert(kO * 128 + 4 * 128 <= cute::cosize_v<typename Cfg::SmemLayoutK> / 2,
+                  "merge buffer fits in the K stages");
+    float* buf = reinterpret_cast<float*>(ss.k.data());
+    NamedBarrierSync(kBarMerge, 256);
+    if (cwg == 1) {
+#pragma unroll
+      for (int j = 0; j < kO; ++j) buf[j * 128 + tid] = tOrO(j);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        buf[(kO + r) * 128 + tid] = row_max[r];
+        buf[(kO + 2 + r) * 128 + tid] = row_sum[r];
+      }
+      NamedBarrierArrive(kBarMerge, 256);
+      return;
+    }
+    NamedBarrierSync(kBarMerge, 256);
+    float c0[2], c1[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m1 = buf[(kO + r) * 128 + tid];
+      const float s1 = buf[(kO + 2 + r) * 128 + tid];
+      const float mx = fmaxf(row_max[r], m1);
+      c0[r] = row_max[r] == -INFINITY ? 0.f : Exp2((row_max[r] - mx) * sl2);
+      c1[r] = m1 == -INFINITY ? 0.f : Exp2((m1 - mx) * sl2);
+      row_sum[r] = row_sum[r] * c0[r] + s1 * c1[r];
+      row_max[r] = mx;
+    }
+#pragma unroll
+    for (int j = 0; j < kO; ++j) {
+      tOrO(j) = tOrO(j) * c0[(j / 2) % 2] + buf[j * 128 + tid] * c1[(j / 2) % 2];
     }
   }
 
@@ -891,7 +1063,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int q_row = wg_row0 + get<0>(tScS(2 * r));
-      if (q_row < n) p.lse[int64_t(q_head) * n + q_row] = lse[r];
+      if (q_row < n) p.lse[int64_t(q_head) * p.lse_stride + q_row] = lse[r];
     }
   }
 }
@@ -1023,6 +1195,7 @@ cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a, cuda
   p.num_m_tiles = int((a.num_queries + Cfg::kBlockM - 1) / Cfg::kBlockM);
   p.scale = a.scale;
   p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.lse_stride = p.num_queries;
   if constexpr (Cfg::kDca) {
     if (dca == nullptr) return cudaErrorInvalidValue;
     p.chunk_len = int(dca->chunk_len);

@@ -1,0 +1,9 @@
+// Instantiation of the sm_90a vertical-slash sparse attention kernel for head_dim 128.
+#include "kernels/cuda/vertical_slash_attention_sm90.cuh"
+
+namespace mp::cuda::internal {
+
+template cudaError_t LaunchVerticalSlashAttentionSm90<128>(const VerticalSlashAttentionArgs&,
+                                                           cudaStream_t);
+
+}  // namespace mp::cuda::internal

@@ -1,0 +1,306 @@
+// The sm_90a kernel behind mp::cuda::VerticalSlashAttention (header-only; include from .cu files
+// compiled for sm_90a). See vertical_slash_attention.h for the contract.
+//
+// It is the prefill mainloop of paged_prefill_attention_sm90.cuh with kSparse: the consumers
+// (S = Q K^T and O += P V with wgmma, online softmax, pingpong) are that header's; what is
+// specific lives here:
+//   * the CTA: one q head and one 64-row block m; its key tiles are the 6 segments of
+//     SparseTilePlan (per part: blocks two at a time, then columns 128 at a time);
+//   * the producer: warpgroup 0 (128 threads). Per tile, thread t writes the sequence position
+//     of column t into the stage's key list (INT32_MAX where there is none) and each warp flags
+//     whether its columns need a mask; then every thread gathers its rows' 16-byte chunks with
+//     cp.async (zero fill where there is no key) into the 128B-swizzled K stage, and one tile
+//     later the V stage. Completion: each thread waits for its own older copy groups, makes them
+//     visible to the async proxy (fence.proxy.async) and arrives on the stage's full barrier
+//     (128 arrivals), so a tile is published one tile after its loads were issued;
+//   * the consumers take even (warpgroup 1) and odd (warpgroup 2) tiles, rotate Q per part
+//     (intra / succ / inter position of each row), mask by the key list, and merge their states.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/cuda/cp_async.cuh"
+#include "kernels/cuda/paged_prefill_attention_sm90.cuh"
+#include "kernels/cuda/vertical_slash_attention.h"
+#include "kernels/cuda/vertical_slash_parts.h"
+
+namespace mp::cuda::sm90 {
+
+template <int kHeadDim>
+using SparseConfig = PrefillConfig<kHeadDim, /*causal=*/true, /*stages=*/3, /*pingpong=*/true,
+                                   /*kv_head_major=*/true, /*softmax_ilp=*/true,
+                                   /*q_in_regs=*/true, /*dca=*/false, /*dca_segments=*/false,
+                                   /*cluster=*/1, /*sparse=*/true>;
+
+namespace detail {
+
+__device__ __forceinline__ SparseTilePlan MakeSparseTilePlan(const PrefillParams& p, int q_head,
+                                                             int m) {
+  SparseTilePlan plan;
+  const int64_t rb = int64_t(q_head) * p.sparse.row_blocks + m;
+  int end = 0;
+#pragma unroll
+  for (int part = 0; part < 3; ++part) {
+    const SparsePartParams& x = p.sparse.parts[part];
+    const int nb = x.present ? __ldg(x.block_count + rb) : 0;
+    const int nc = x.present ? __ldg(x.column_count + rb) : 0;
+    plan.entries[2 * part] = nb;
+    plan.entries[2 * part + 1] = nc;
+    end += (nb + 1) / 2;
+    plan.seg_end[2 * part] = end;
+    end += (nc + 127) / 128;
+    plan.seg_end[2 * part + 1] = end;
+  }
+  return plan;
+}
+
+template <class Cfg>
+__device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m,
+                               int q_head, int kv_head, const SparseTilePlan& plan) {
+  using cutlass::arch::ClusterBarrier;
+  using cutlass::arch::ClusterTransactionBarrier;
+  constexpr int S = Cfg::kStages;
+  constexpr int kN = Cfg::kBlockN;
+  constexpr int kChunks = Cfg::kHeadDim / 8;  // 16-byte chunks per key row
+  constexpr int kRowsPerCopy = 32 / kChunks;  // rows one warp covers per copy instruction
+  constexpr int kRowsPerWarp = kN / 4;
+  constexpr int kCopies = kRowsPerWarp / kRowsPerCopy;
+  static_assert(kN == 128 && Cfg::kThreads == 384, "one producer thread per key column");
+  const int T = plan.total();
+  if (T == 0) return;
+  const int tid = threadIdx.x;  // 0..127
+  const int warp = tid / 32, lane = tid % 32;
+
+  if (tid == 0) {
+    ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, Cfg::kQBytes);
+#pragma unroll
+    for (int pn = 0; pn < Cfg::kPanels; ++pn) {
+      cute::SM90_TMA_LOAD_3D::copy(&p.q_map, &ss.q_full,
+                                   static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_FIRST),
+                                   ss.q.data() + pn * Cfg::kWgRows * Cfg::kBoxCols,
+                                   pn * Cfg::kBoxCols, m * Cfg::kWgRows, q_head);
+    }
+  }
+
+  // Keys of row block m's first row: positions <= first_limit are visible to every row.
+  const int first_limit = p.key_end - p.num_queries + m * Cfg::kWgRows;
+  const int chunk = lane % kChunks;
+  const int sub = lane / kChunks;
+  const int panel = chunk / 8, in_panel = chunk % 8;
+
+  // Gathers the rows of the tile in `stage` (keys from the stage's list) from `cache`.
+  auto gather = [&](typename Cfg::Element* tile, const __nv_bfloat16* cache, int stage) {
+    char* base = reinterpret_cast<char*>(tile);
+#pragma unroll
+    for (int c = 0; c < kCopies; ++c) {
+      const int row = warp * kRowsPerWarp + c * kRowsPerCopy + sub;
+      const int key = ss.keys[stage][row];
+      const __nv_bfloat16* src = cache;
+      bool valid = key != INT_MAX;
+      if (valid) {
+        const int blk = __ldg(p.block_table + key / p.block_size);
+        valid = blk >= 0 && blk < p.sparse.num_blocks;
+        if (valid) {
+          src = cache +
+                ((int64_t(blk) * p.sparse.kv_heads + kv_head) * p.block_size + key % p.block_size) *
+                    Cfg::kHeadDim +
+                chunk * 8;
+        }
+      }
+      // 128B swizzle (the layout TMA writes): 16-byte chunk index XOR row % 8.
+      char* dst = base + panel * (kN * 128) + row * 128 + ((in_panel ^ (row % 8)) * 16);
+      internal::CpAsync16(dst, src, valid);
+    }
+  };
+
+  for (int i = 0; i <= T; ++i) {
+    if (i < T) {
+      const int stage = i % S;
+      if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], ((i / S) & 1) ^ 1);
+      // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
+      int seg = 0, seg_begin = 0, entries = plan.entries[0];
+#pragma unroll
+      for (int s = 0; s < 5; ++s) {
+        if (i >= plan.seg_end[s]) {
+          seg = s + 1;
+          seg_begin = plan.seg_end[s];
+          entries = plan.entries[s + 1];
+        }
+      }
+      const int part = seg / 2;
+      const int t = i - seg_begin;  // tile within the segment
+      const SparsePartParams& x = p.sparse.parts[part];
+      const int64_t rb = int64_t(q_head) * p.sparse.row_blocks + m;
+      bool valid;
+      int local = 0;
+      if (seg % 2 == 0) {  // two 64-key blocks
+        const int b = 2 * t + tid / 64;
+        valid = b < entries;
+        if (valid) local = __ldg(x.block_offset + rb * x.max_blocks + b) + tid % 64;
+      } else {  // 128 columns
+        const int c = 128 * t + tid;
+        valid = c < entries;
+        if (valid) local = __ldg(x.column_index + rb * x.max_columns + c);
+      }
+      valid = valid && local >= 0 && local < x.kv_len;
+      const int key = x.key_begin + local;
+      ss.keys[stage][tid] = valid ? key : INT_MAX;
+      const unsigned masked = __ballot_sync(0xffffffffu, !valid || key > first_limit);
+      if (lane == 0) ss.key_flags[stage][warp] = masked != 0u;
+      __syncwarp();
+      gather(ss.k.data() + stage * Cfg::kTileElems, p.sparse.k_cache, stage);
+      internal::CpAsyncCommit();
+    }
+    if (i >= 1) {
+      const int pi = i - 1;
+      const int pstage = pi % S;
+      if (pi >= S) ClusterBarrier::wait(&ss.v_empty[pstage], ((pi / S) & 1) ^ 1);
+      gather(ss.v.data() + pstage * Cfg::kTileElems, p.sparse.v_cache, pstage);
+      internal::CpAsyncCommit();
+    }
+    // Publish what has landed. Groups in issue order: ..., K(i-1), V(i-2), K(i), V(i-1).
+    if (i < T) {
+      if (i >= 1) {
+        internal::CpAsyncWait<2>();  // K(i - 1) and V(i - 2)
+        internal::FenceProxyAsyncShared();
+        ClusterBarrier::arrive(&ss.k_full[(i - 1) % S]);
+        if (i >= 2) ClusterBarrier::arrive(&ss.v_full[(i - 2) % S]);
+      }
+    } else {
+      internal::CpAsyncWait<1>();  // K(T - 1) and V(T - 2)
+      internal::FenceProxyAsyncShared();
+      ClusterBarrier::arrive(&ss.k_full[(T - 1) % S]);
+      if (T >= 2) ClusterBarrier::arrive(&ss.v_full[(T - 2) % S]);
+      internal::CpAsyncWait<0>();  // V(T - 1)
+      internal::FenceProxyAsyncShared();
+      ClusterBarrier::arrive(&ss.v_full[(T - 1) % S]);
+    }
+  }
+}
+
+}  // namespace detail
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    VerticalSlashAttentionKernel(const __grid_constant__ PrefillParams p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using cutlass::arch::ClusterBarrier;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Cfg::SharedStorage*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const int warp = __shfl_sync(0xffffffff, int(threadIdx.x) / 32, 0);
+  const int wg = warp / 4;
+
+  // Per KV head, the last row blocks first, the group's q heads next to each other (they share
+  // the local band and the columns in L2).
+  const int rbs = p.sparse.row_blocks;
+  const int per_kv_head = rbs * p.group;
+  const int rest = int(blockIdx.x) % per_kv_head;
+  const int m = rbs - 1 - rest / p.group;
+  const int q_head = int(blockIdx.x) / per_kv_head * p.group + rest % p.group;
+  const int kv_head = q_head / p.group;
+  const SparseTilePlan plan = detail::MakeSparseTilePlan(p, q_head, m);
+
+  if (threadIdx.x == 0) {
+    ClusterBarrier::init(&ss.q_full, 1);
+#pragma unroll
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      ClusterBarrier::init(&ss.k_full[s], 128);  // every producer thread
+      ClusterBarrier::init(&ss.v_full[s], 128);
+      ClusterBarrier::init(&ss.k_empty[s], 4);  // the 4 warps of the consuming warpgroup
+      ClusterBarrier::init(&ss.v_empty[s], 4);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
+    detail::SparseProducer<Cfg>(p, ss, m, q_head, kv_head, plan);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegs>();
+    detail::Consumer<Cfg>(p, ss, m, q_head, KeyTileRange{0, plan.total()}, wg - 1,
+                          /*writes=*/true, plan);
+  }
+#endif
+}
+
+template <class Cfg>
+cudaError_t LaunchVerticalSlashAttention(const VerticalSlashAttentionArgs& a, cudaStream_t stream) {
+  const int64_t n = a.piece_end - a.piece_begin;
+  if (n <= 0) return cudaSuccess;
+  PrefillParams p{};
+  const uint64_t d = Cfg::kHeadDim;
+  {
+    const uint64_t dims[3] = {d, uint64_t(n), uint64_t(a.q_heads)};
+    const uint64_t strides[2] = {uint64_t(a.q_heads) * d * 2, d * 2};
+    const uint32_t box[3] = {Cfg::kBoxCols, Cfg::kBoxRows, 1};
+    cudaError_t e = EncodeBf16TensorMap(&p.q_map, a.q, 3, dims, strides, box);
+    if (e != cudaSuccess) return e;
+  }
+  p.block_table = a.kv.block_table;
+  p.out = a.out;
+  p.lse = a.lse;
+  p.num_queries = int(n);
+  p.q_heads = int(a.q_heads);
+  p.group = int(a.q_heads / a.kv.kv_heads);
+  p.block_size = int(a.kv.block_size);
+  p.key_begin = 0;  // keys are sequence positions; row i sees positions <= b + i
+  p.key_end = int(a.piece_end);
+  p.num_m_tiles = int((n + Cfg::kWgRows - 1) / Cfg::kWgRows);
+  p.scale = a.scale;
+  p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.lse_stride = int(a.lse_stride > 0 ? a.lse_stride : n);
+  // Without DCA the fold never happens: positions stay below 2^30.
+  const bool dca = a.chunk_len > 0;
+  p.chunk_len = dca ? int(a.chunk_len) : (1 << 30);
+  p.chunk_size = dca ? int(a.chunk_size) : (1 << 30);
+  RopeInvFreq(Cfg::kHeadDim, a.rope_theta, p.inv_freq);
+  SparseParams& sp = p.sparse;
+  sp.k_cache = a.kv.k;
+  sp.v_cache = a.kv.v;
+  sp.num_blocks = a.kv.num_blocks;
+  sp.kv_heads = int(a.kv.kv_heads);
+  sp.row_blocks = p.num_m_tiles;
+  for (int part = 0; part < 3; ++part) {
+    const VerticalSlashPartRange r =
+        VerticalSlashPartKeys(a.piece_end, dca ? a.chunk_begin : 0, a.chunk_len, part);
+    if (!r.present) continue;
+    const VerticalSlashIndexDev& x = a.index[part];
+    SparsePartParams& s = sp.parts[part];
+    s.block_count = x.block_count;
+    s.block_offset = x.block_offset;
+    s.column_count = x.column_count;
+    s.column_index = x.column_index;
+    s.max_blocks = x.max_blocks;
+    s.max_columns = x.max_columns;
+    s.key_begin = int(r.key_begin);
+    s.kv_len = int(r.num_keys());
+    s.present = 1;
+  }
+
+  auto kernel = &VerticalSlashAttentionKernel<Cfg>;
+  cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
+  kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace mp::cuda::sm90
+
+namespace mp::cuda::internal {
+
+template <int kHeadDim>
+cudaError_t LaunchVerticalSlashAttentionSm90(const VerticalSlashAttentionArgs& args,
+                                             cudaStream_t stream) {
+  return sm90::LaunchVerticalSlashAttention<sm90::SparseConfig<kHeadDim>>(args, stream);
+}
+
+}  // namespace mp::cuda::internal

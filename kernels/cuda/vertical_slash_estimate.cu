@@ -1,0 +1,795 @@
+// Vertical-slash estimation kernels: query rotation, the two streamed score passes, and the
+// forced top-k selection with the split into the DCA parts. See vertical_slash_estimate.h.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cub/block/block_scan.cuh>
+#include <limits>
+#include <string>
+
+#include "kernels/cpu/vertical_slash_select.h"  // kVerticalSlashSinks, kVerticalSlashLocalBand
+#include "kernels/cuda/cp_async.cuh"
+#include "kernels/cuda/dca_positions.h"
+#include "kernels/cuda/rope_sincos.cuh"
+#include "kernels/cuda/vertical_slash_estimate.h"
+#include "kernels/cuda/vertical_slash_parts.h"
+
+namespace mp::cuda {
+namespace {
+
+using internal::CpAsync16;
+using internal::CpAsyncCommit;
+using internal::CpAsyncWait;
+
+constexpr int kTile = 64;        // keys per score tile (region boundaries are multiples of 64)
+constexpr int kRangeTiles = 32;  // tiles per CTA of a score pass
+constexpr int kScoreThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kMaxHalfDim = 64;
+
+// ---- query rotation --------------------------------------------------------------------------
+
+struct RotateParams {
+  const __nv_bfloat16* q;
+  __nv_bfloat16* out;
+  int n, heads, half;
+  int64_t first_position;
+  int64_t chunk_len, chunk_size;
+  bool succ, inter;
+  float inv_freq[kMaxHalfDim];
+};
+
+__global__ void RotateKernel(const __grid_constant__ RotateParams p) {
+  const int64_t total = int64_t(p.n) * p.heads * p.half;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int i = int(idx % p.half);
+    const int64_t rh = idx / p.half;
+    const int h = int(rh % p.heads);
+    const int r = int(rh / p.heads);
+    const int64_t pos = p.first_position + r;
+    const int64_t base = p.chunk_len > 0 ? pos % p.chunk_len : pos;
+    const __nv_bfloat16* in = p.q + (int64_t(r) * p.heads + h) * 2 * p.half;
+    const float a = __bfloat162float(in[i]);
+    const float b = __bfloat162float(in[i + p.half]);
+    for (int v = 0; v < kVerticalSlashVariants; ++v) {
+      if ((v == 1 && !p.succ) || (v == 2 && !p.inter)) continue;
+      const int64_t rot = v == 0 ? base : (v == 1 ? base + p.chunk_len : base + p.chunk_size);
+      const float angle = static_cast<float>(static_cast<int32_t>(rot)) * p.inv_freq[i];
+      float s, c;
+      RopeSinCos(angle, &s, &c);
+      __nv_bfloat16* o = p.out + ((int64_t(v) * p.n + r) * p.heads + h) * 2 * p.half;
+      o[i] = __float2bfloat16_rn(a * c - b * s);
+      o[i + p.half] = __float2bfloat16_rn(b * c + a * s);
+    }
+  }
+}
+
+// ---- score passes ----------------------------------------------------------------------------
+
+// The key regions of a piece in key order: 0 inter [0, succ_begin), 1 succ [succ_begin,
+// intra_begin), 2 intra [intra_begin, e); region r is scored with query copy 2 - r. Each region's
+// 64-key tiles are cut into ranges of kRangeTiles tiles, one CTA per (range, q head).
+struct ScoreRanges {
+  int tile_begin[3];
+  int tile_end[3];
+  int range_begin[4];
+};
+
+ScoreRanges MakeScoreRanges(int64_t e, int64_t intra_begin, int64_t succ_begin) {
+  ScoreRanges r{};
+  const int64_t lo[3] = {0, succ_begin, intra_begin};
+  const int64_t hi[3] = {succ_begin, intra_begin, e};
+  r.range_begin[0] = 0;
+  for (int g = 0; g < 3; ++g) {
+    const int64_t tb = lo[g] / kTile;
+    const int64_t te = hi[g] > lo[g] ? (hi[g] + kTile - 1) / kTile : tb;
+    r.tile_begin[g] = int(tb);
+    r.tile_end[g] = int(te);
+    r.range_begin[g + 1] = r.range_begin[g] + int((te - tb + kRangeTiles - 1) / kRangeTiles);
+  }
+  return r;
+}
+
+struct ScoreParams {
+  const __nv_bfloat16* q;  // [3, n, heads, HD]
+  const __nv_bfloat16* k;
+  const int32_t* table;
+  int64_t num_blocks;
+  int block_size, kv_heads;
+  int n, heads, group, e;
+  int intra_begin, succ_begin;
+  float scale_log2;
+  ScoreRanges ranges;
+  float2* partial;        // [num_ranges, heads, 64] (max, sum) in the log2 domain
+  const float2* rowstat;  // [heads, 64] (max, 1 / sum)
+  float* vertical;        // [heads, e]
+  float* slash;           // [heads, e]
+};
+
+template <int HD>
+struct ScoreSmem {
+  static constexpr int kKStride = HD + 8;  // bf16 per key row (16-byte rows, no ldmatrix conflicts)
+  static constexpr int kPStride = 72;      // floats per probability row
+  static constexpr int kKBytes = 2 * kTile * kKStride * 2;
+  static constexpr int kPBytes = kTile * kPStride * 4;
+  static constexpr int kCarryBytes = 2 * kTile * 4;
+  static constexpr int kBytes = kKBytes + kPBytes + kCarryBytes;
+};
+
+__device__ __forceinline__ int QueryCopyOfKey(const ScoreParams& p, int key) {
+  return key >= p.intra_begin ? 0 : (key >= p.succ_begin ? 1 : 2);
+}
+
+// The tiles [t0, t1) and the region of CTA range `range`.
+__device__ __forceinline__ void RangeTiles(const ScoreParams& p, int range, int* t0, int* t1) {
+  int g = 0;
+  while (g < 2 && range >= p.ranges.range_begin[g + 1]) ++g;
+  *t0 = p.ranges.tile_begin[g] + (range - p.ranges.range_begin[g]) * kRangeTiles;
+  *t1 = min(*t0 + kRangeTiles, p.ranges.tile_end[g]);
+}
+
+// Key rows of tile `tile` of kv head kvh into dst [64][kKStride] (zeros past e or for block ids
+// outside the pool).
+template <int HD>
+__device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int tile,
+                                            __nv_bfloat16* dst) {
+  constexpr int kChunks = HD / 8;
+  for (int c = threadIdx.x; c < kTile * kChunks; c += kScoreThreads) {
+    const int row = c / kChunks, ch = c % kChunks;
+    const int key = tile * kTile + row;
+    const __nv_bfloat16* src = p.k;
+    bool valid = key < p.e;
+    if (valid) {
+      const int page = __ldg(p.table + key / p.block_size);
+      valid = page >= 0 && page < p.num_blocks;
+      if (valid) {
+        src = p.k + ((int64_t(page) * p.kv_heads + kvh) * p.block_size + key % p.block_size) * HD +
+              ch * 8;
+      }
+    }
+    CpAsync16(dst + row * ScoreSmem<HD>::kKStride + ch * 8, src, valid);
+  }
+}
+
+// The A fragments (m16n8k16, row-major) of this warp's 16 query rows of copy `copy`, head h.
+template <int HD>
+__device__ __forceinline__ void LoadQueryFragments(const ScoreParams& p, int copy, int h, int warp,
+                                                   int lane, uint32_t (&qa)[HD / 16][4]) {
+  const int g = lane / 4, t4 = lane % 4;
+  const __nv_bfloat16* base = p.q + int64_t(copy) * p.n * p.heads * HD;
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int row = warp * 16 + g + 8 * (j % 2);
+      const int col = ks * 16 + 2 * t4 + 8 * (j / 2);
+      qa[ks][j] =
+          row < p.n
+              ? *reinterpret_cast<const uint32_t*>(base + (int64_t(row) * p.heads + h) * HD + col)
+              : 0u;
+    }
+  }
+}
+
+// acc[nt][j] = q . k (unscaled) for this warp's rows and keys 8 nt + (0..7) of the tile: element
+// j is row g + 8 (j / 2), key column 8 nt + 2 t4 + j % 2.
+template <int HD>
+__device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4],
+                                           const __nv_bfloat16* sk, int lane, float (&acc)[8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[nt][j] = 0.0f;
+  }
+#pragma unroll
+  for (int kp = 0; kp < HD / 32; ++kp) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int mi = lane / 8;
+      const int row = nt * 8 + lane % 8;
+      const int col = 16 * (2 * kp + mi / 2) + 8 * (mi % 2);
+      uint32_t b[4];
+      internal::LdMatrixX4(b, sk + row * ScoreSmem<HD>::kKStride + col);
+      internal::MmaBf16(acc[nt], qa[2 * kp], b[0], b[1]);
+      internal::MmaBf16(acc[nt], qa[2 * kp + 1], b[2], b[3]);
+    }
+  }
+}
+
+// Scaled (log2-domain) logit of element (nt, j) of tile `tile`, -inf when masked (past e, or
+// causal: key > e - n + row).
+__device__ __forceinline__ float MaskedLogit(const ScoreParams& p, float dot, int tile, int row,
+                                             int col) {
+  const int key = tile * kTile + col;
+  const bool visible = key < p.e && key <= p.e - p.n + row;
+  return visible ? dot * p.scale_log2 : -INFINITY;
+}
+
+// Pass 1: per (range, head) and row, the max and the sum of exp2 over the range's keys.
+template <int HD>
+__global__ void __launch_bounds__(kScoreThreads)
+    ScoresPass1(const __grid_constant__ ScoreParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  auto* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+  constexpr int kBuf = kTile * ScoreSmem<HD>::kKStride;
+  const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
+  const int kvh = h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int t0, t1;
+  RangeTiles(p, range, &t0, &t1);
+  uint32_t qa[HD / 16][4];
+  LoadQueryFragments<HD>(p, QueryCopyOfKey(p, t0 * kTile), h, warp, lane, qa);
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  LoadKeyTile<HD>(p, kvh, t0, sk);
+  CpAsyncCommit();
+  for (int t = t0; t < t1; ++t) {
+    const int buf = (t - t0) & 1;
+    if (t + 1 < t1) {
+      LoadKeyTile<HD>(p, kvh, t + 1, sk + (buf ^ 1) * kBuf);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    float acc[8][4];
+    TileScores<HD>(qa, sk + buf * kBuf, lane, acc);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp * 16 + lane / 4 + 8 * r;
+      float s[16];
+      float mx = m[r];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = nt * 8 + 2 * (lane % 4) + c;
+          s[nt * 2 + c] = MaskedLogit(p, acc[nt][2 * r + c], t, row, col);
+          mx = fmaxf(mx, s[nt * 2 + c]);
+        }
+      }
+      if (mx == -INFINITY) continue;
+      float sum = m[r] == -INFINITY ? 0.0f : l[r] * exp2f(m[r] - mx);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) sum += exp2f(s[i] - mx);
+      m[r] = mx;
+      l[r] = sum;
+    }
+    __syncthreads();  // the buffer is refilled by the next iteration's prefetch
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[r], off);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[r], off);
+      const float mx = fmaxf(m[r], mo);
+      float sum = 0.0f;
+      if (m[r] != -INFINITY) sum += l[r] * exp2f(m[r] - mx);
+      if (mo != -INFINITY) sum += lo * exp2f(mo - mx);
+      m[r] = mx;
+      l[r] = sum;
+    }
+    if (lane % 4 == 0) {
+      const int row = warp * 16 + lane / 4 + 8 * r;
+      p.partial[(int64_t(range) * p.heads + h) * 64 + row] = make_float2(m[r], l[r]);
+    }
+  }
+}
+
+// Row statistics over all ranges, merged in range order.
+__global__ void CombineRowStats(const float2* partial, float2* rowstat, int num_ranges, int heads) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= heads * 64) return;
+  const int h = idx / 64, r = idx % 64;
+  float mx = -INFINITY;
+  for (int i = 0; i < num_ranges; ++i) mx = fmaxf(mx, partial[(int64_t(i) * heads + h) * 64 + r].x);
+  float sum = 0.0f;
+  for (int i = 0; i < num_ranges; ++i) {
+    const float2 v = partial[(int64_t(i) * heads + h) * 64 + r];
+    if (v.x != -INFINITY) sum += v.y * exp2f(v.x - mx);
+  }
+  rowstat[idx] = make_float2(mx, sum > 0.0f ? 1.0f / sum : 0.0f);
+}
+
+// Pass 2: normalized probabilities reduced into the column sums and the diagonal sums of the
+// range's keys. Diagonal t (through the last query and key t) collects the keys
+// t - (n - 1) + r for rows r = 0 .. n - 1, in increasing row order: its rows with keys before
+// the tile holding key t were summed by the previous tile (the carry); the first tile of a range
+// recomputes the tile before it for that carry.
+template <int HD>
+__global__ void __launch_bounds__(kScoreThreads)
+    ScoresPass2(const __grid_constant__ ScoreParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  using Smem = ScoreSmem<HD>;
+  auto* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+  auto* sp = reinterpret_cast<float*>(smem + Smem::kKBytes);                     // [64][kPStride]
+  auto* carry = reinterpret_cast<float*>(smem + Smem::kKBytes + Smem::kPBytes);  // [2][64]
+  constexpr int kBuf = kTile * Smem::kKStride;
+  const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
+  const int kvh = h / p.group;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int n = p.n, e = p.e;
+  int t0, t1;
+  RangeTiles(p, range, &t0, &t1);
+
+  float row_max[2], row_inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = warp * 16 + lane / 4 + 8 * r;
+    const float2 st = row < n ? p.rowstat[h * 64 + row] : make_float2(0.0f, 0.0f);
+    row_max[r] = st.x;
+    row_inv[r] = st.y;
+  }
+  if (tid < 64) {
+    carry[tid] = 0.0f;
+    carry[64 + tid] = 0.0f;
+  }
+
+  const int first = t0 > 0 ? t0 - 1 : t0;  // tile `first` < t0 only feeds the carry
+  int copy = -1;
+  uint32_t qa[HD / 16][4];
+  int cb = 0;  // carry[cb] holds the carry into the current tile
+  LoadKeyTile<HD>(p, kvh, first, sk);
+  CpAsyncCommit();
+  for (int t = first; t < t1; ++t) {
+    const int buf = (t - first) & 1;
+    if (t + 1 < t1) {
+      LoadKeyTile<HD>(p, kvh, t + 1, sk + (buf ^ 1) * kBuf);
+      CpAsyncCommit();
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const int want = QueryCopyOfKey(p, t * kTile);
+    if (want != copy) {
+      LoadQueryFragments<HD>(p, want, h, warp, lane, qa);
+      copy = want;
+    }
+    float acc[8][4];
+    TileScores<HD>(qa, sk + buf * kBuf, lane, acc);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp * 16 + lane / 4 + 8 * r;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int col = nt * 8 + 2 * (lane % 4);
+        float pr[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float s = MaskedLogit(p, acc[nt][2 * r + c], t, row, col + c);
+          pr[c] = (row < n && s != -INFINITY) ? exp2f(s - row_max[r]) * row_inv[r] : 0.0f;
+        }
+        *reinterpret_cast<float2*>(sp + row * Smem::kPStride + col) = make_float2(pr[0], pr[1]);
+      }
+    }
+    __syncthreads();
+    const int j0 = t * kTile;
+    if (tid < 64) {
+      if (t >= t0) {
+        const int c = tid, key = j0 + c;
+        if (key < e) {
+          float v = 0.0f;
+          for (int r = 0; r < n; ++r) v += sp[r * Smem::kPStride + c];
+          p.vertical[int64_t(h) * e + key] = v;
+          // Diagonal key: rows r >= n - 1 - c have their key in this tile.
+          float s = carry[cb * 64 + c];
+          for (int r = max(0, n - 1 - c); r < n; ++r) s += sp[r * Smem::kPStride + c - n + 1 + r];
+          p.slash[int64_t(h) * e + key] = s;
+        }
+      }
+    } else {
+      const int c = tid - 64;  // diagonal j0 + 64 + c: rows 0 .. n - 2 - c lie in this tile
+      if (c < n - 1) {
+        float s = 0.0f;
+        for (int r = 0; r <= n - 2 - c; ++r) s += sp[r * Smem::kPStride + 64 + c - n + 1 + r];
+        carry[(cb ^ 1) * 64 + c] = s;
+      }
+    }
+    __syncthreads();
+    cb ^= 1;
+  }
+}
+
+// ---- selection -------------------------------------------------------------------------------
+
+constexpr int kSelThreads = 512;
+constexpr int kSelItems = 8;
+constexpr uint32_t kForcedKey = 0xFF800000u;  // OrderedKey(+inf)
+
+// Order-preserving map of a float (not NaN) to uint32: a > b <=> key(a) > key(b); -0 == +0.
+__device__ __forceinline__ uint32_t OrderedKey(float x) {
+  uint32_t u = __float_as_uint(x);
+  if (u == 0x80000000u) u = 0;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+struct Counts3 {
+  int v[3];
+};
+struct AddCounts3 {
+  __device__ __forceinline__ Counts3 operator()(const Counts3& a, const Counts3& b) const {
+    return {{a.v[0] + b.v[0], a.v[1] + b.v[1], a.v[2] + b.v[2]}};
+  }
+};
+
+struct SelectPart {
+  int32_t* list = nullptr;   // [heads, capacity]
+  int32_t* count = nullptr;  // [heads]
+  int capacity = 0;
+  int key_begin = 0;  // index range of the scores that land in this part
+  int key_end = 0;    // (exclusive)
+  int last = 0;       // slash of a non-causal part: value = last - t
+  int klen = 0;       // keys of the part (the fallback's range)
+  bool present = false;
+  bool causal = false;
+};
+
+struct SelectParams {
+  const float* scores[2];  // vertical, slash: [heads, e]
+  int e;
+  int k[kVerticalSlashMaxHeads][2];  // top-k size per head and kind
+  SelectPart parts[2][3];            // [kind][part]
+};
+
+template <int kind>  // 0: vertical, 1: slash
+__global__ void __launch_bounds__(kSelThreads)
+    SelectKernel(const __grid_constant__ SelectParams p) {
+  using IntScan = cub::BlockScan<int, kSelThreads>;
+  using CountScan = cub::BlockScan<Counts3, kSelThreads>;
+  __shared__ union {
+    typename IntScan::TempStorage ints;
+    typename CountScan::TempStorage counts;
+  } scan_storage;
+  __shared__ unsigned hist[2048];
+  __shared__ int found_bin, found_above;
+
+  const int h = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid % 32;
+  const int e = p.e;
+  const float* scores = p.scores[kind] + int64_t(h) * e;
+  const int f_lo = kind == 0 ? 0 : max(0, e - int(cpu::kVerticalSlashLocalBand));
+  const int f_hi = kind == 0 ? min(e, int(cpu::kVerticalSlashSinks)) : e;
+  auto key_of = [&](int j) -> uint32_t {
+    return (j >= f_lo && j < f_hi) ? kForcedKey : OrderedKey(scores[j]);
+  };
+  const int k = p.k[h][kind];
+
+  // Radix select: the k-th largest key, 11 + 11 + 10 bits.
+  uint32_t prefix = 0, mask = 0;
+  int remaining = k;
+  constexpr int kShift[3] = {21, 10, 0};
+  constexpr int kBits[3] = {11, 11, 10};
+  for (int pass = 0; pass < 3 && k > 0; ++pass) {
+    const int nbins = 1 << kBits[pass];
+    const uint32_t bin_mask = uint32_t(nbins - 1);
+    for (int b = tid; b < 2048; b += kSelThreads) hist[b] = 0;
+    __syncthreads();
+    // kSelItems independent loads per thread in flight, then the (warp-aggregated) counts.
+    for (int j0 = 0; j0 < e; j0 += kSelThreads * kSelItems) {
+      uint32_t keys[kSelItems];
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        const int j = j0 + i * kSelThreads + tid;
+        keys[i] = j < e ? key_of(j) : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        const int j = j0 + i * kSelThreads + tid;
+        int bin = -1;
+        if (j < e && (keys[i] & mask) == prefix) bin = int((keys[i] >> kShift[pass]) & bin_mask);
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], unsigned(__popc(peers)));
+      }
+    }
+    __syncthreads();
+    // Bins from the top: thread tid holds bins nbins - 1 - per * tid - q, q < per.
+    const int per = nbins / kSelThreads;
+    int local = 0;
+    for (int q = 0; q < per; ++q) local += int(hist[nbins - 1 - per * tid - q]);
+    int before = 0;
+    IntScan(scan_storage.ints).ExclusiveSum(local, before);
+    int cum = before;
+    for (int q = 0; q < per; ++q) {
+      const int bin = nbins - 1 - per * tid - q;
+      const int c = int(hist[bin]);
+      if (cum < remaining && remaining <= cum + c) {
+        found_bin = bin;
+        found_above = cum;
+      }
+      cum += c;
+    }
+    __syncthreads();
+    prefix |= uint32_t(found_bin) << kShift[pass];
+    mask |= bin_mask << kShift[pass];
+    remaining -= found_above;
+    __syncthreads();
+  }
+  const uint32_t tau = prefix;
+  const int take_eq = remaining;  // keys == tau taken, lowest indices first
+
+  // Ordered compaction into the parts.
+  const SelectPart(&parts)[3] = p.parts[kind];
+  int eq_seen = 0;
+  int part_off[3] = {0, 0, 0};
+  for (int base = 0; base < e && k > 0; base += kSelThreads * kSelItems) {
+    uint32_t keys[kSelItems];
+    int eq_local = 0;
+#pragma unroll
+    for (int i = 0; i < kSelItems; ++i) {
+      const int j = base + tid * kSelItems + i;
+      keys[i] = j < e ? key_of(j) : 0u;
+      eq_local += (j < e && keys[i] == tau) ? 1 : 0;
+    }
+    int eq_before = 0, eq_total = 0;
+    IntScan(scan_storage.ints).ExclusiveSum(eq_local, eq_before, eq_total);
+    __syncthreads();
+    bool sel[kSelItems];
+    Counts3 local{{0, 0, 0}};
+    int eq_rank = eq_seen + eq_before;
+#pragma unroll
+    for (int i = 0; i < kSelItems; ++i) {
+      const int j = base + tid * kSelItems + i;
+      sel[i] = false;
+      if (j < e) {
+        if (keys[i] > tau) {
+          sel[i] = true;
+        } else if (keys[i] == tau) {
+          sel[i] = eq_rank < take_eq;
+          ++eq_rank;
+        }
+      }
+      if (sel[i]) {
+#pragma unroll
+        for (int q = 0; q < 3; ++q) {
+          const SelectPart& pt = parts[q];
+          if (pt.present && j >= pt.key_begin && j < pt.key_end) ++local.v[q];
+        }
+      }
+    }
+    Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
+    CountScan(scan_storage.counts)
+        .ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(), total);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kSelItems; ++i) {
+      if (!sel[i]) continue;
+      const int j = base + tid * kSelItems + i;
+#pragma unroll
+      for (int q = 0; q < 3; ++q) {
+        const SelectPart& pt = parts[q];
+        if (!pt.present || j < pt.key_begin || j >= pt.key_end) continue;
+        const int pos = part_off[q] + before.v[q]++;
+        if (pos >= pt.capacity) continue;
+        int value;
+        if (kind == 0) {
+          value = j - pt.key_begin;
+        } else if (pt.causal) {
+          value = (e - 1) - j;
+        } else {
+          value = pt.last - j;
+        }
+        pt.list[int64_t(h) * pt.capacity + pos] = value;
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 3; ++q) part_off[q] += total.v[q];
+    eq_seen += eq_total;
+  }
+
+  // Counts, the fallback for empty lists, padding.
+  for (int q = 0; q < 3; ++q) {
+    const SelectPart& pt = parts[q];
+    if (!pt.present) continue;
+    int32_t* list = pt.list + int64_t(h) * pt.capacity;
+    int count = min(part_off[q], pt.capacity);
+    const bool fallback = part_off[q] == 0 && (kind == 0 || !pt.causal);
+    if (fallback) {
+      // arange(0, klen, max(1, klen / 5)); slash lists descending.
+      const int klen = pt.klen;
+      const int step = max(1, klen / 5);
+      const int m = klen > 0 ? (klen + step - 1) / step : 0;
+      count = min(m, pt.capacity);
+      for (int i = tid; i < count; i += kSelThreads) {
+        list[i] = kind == 0 ? i * step : (m - 1 - i) * step;
+      }
+    }
+    const int32_t pad =
+        kind == 0 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min();
+    for (int i = count + tid; i < pt.capacity; i += kSelThreads) list[i] = pad;
+    if (tid == 0) pt.count[h] = count;
+  }
+}
+
+std::string Num(int64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+std::string VerticalSlashEstimateUnsupported(const VerticalSlashScoreArgs& a) {
+  if (a.kv.head_dim != 64 && a.kv.head_dim != 128) {
+    return "head_dim " + Num(a.kv.head_dim) + " is not supported (64 or 128)";
+  }
+  if (a.num_queries < 1 || a.num_queries > kVerticalSlashMaxLastQ) {
+    return "num_queries " + Num(a.num_queries) + " must be in [1, 64]";
+  }
+  if (a.kv.kv_heads <= 0 || a.q_heads <= 0 || a.q_heads % a.kv.kv_heads != 0 ||
+      a.q_heads > kVerticalSlashMaxHeads) {
+    return "q_heads (" + Num(a.q_heads) + ") must be a positive multiple of kv_heads (" +
+           Num(a.kv.kv_heads) + ") up to " + Num(kVerticalSlashMaxHeads);
+  }
+  if (a.key_end < a.num_queries || a.key_end > (int64_t(1) << 30)) {
+    return "key_end " + Num(a.key_end) + " must be in [num_queries, 2^30]";
+  }
+  if (a.succ_begin < 0 || a.succ_begin > a.intra_begin ||
+      a.intra_begin > a.key_end - a.num_queries || a.succ_begin % kTile != 0 ||
+      a.intra_begin % kTile != 0) {
+    return "region starts succ_begin " + Num(a.succ_begin) + " and intra_begin " +
+           Num(a.intra_begin) +
+           " must be multiples of 64 with 0 <= succ_begin <= intra_begin <= "
+           "key_end - num_queries";
+  }
+  if (a.kv.block_size <= 0 || a.kv.num_blocks <= 0) {
+    return "block_size and num_blocks must be positive";
+  }
+  if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return "scale must be positive and finite";
+  if (a.q == nullptr || a.kv.k == nullptr || a.kv.block_table == nullptr || a.vertical == nullptr ||
+      a.slash == nullptr) {
+    return "q, kv.k, kv.block_table, vertical and slash must be non-null";
+  }
+  return "";
+}
+
+cudaError_t VerticalSlashRotateQueries(const VerticalSlashRotateArgs& a, cudaStream_t stream) {
+  if (a.num_queries <= 0) return cudaSuccess;
+  if ((a.head_dim != 64 && a.head_dim != 128) || a.q == nullptr || a.out == nullptr ||
+      a.q_heads <= 0 || a.num_queries > kVerticalSlashMaxLastQ) {
+    return cudaErrorInvalidValue;
+  }
+  RotateParams p{};
+  p.q = a.q;
+  p.out = a.out;
+  p.n = int(a.num_queries);
+  p.heads = int(a.q_heads);
+  p.half = int(a.head_dim / 2);
+  p.first_position = a.first_position;
+  p.chunk_len = a.chunk_len;
+  p.chunk_size = a.chunk_size;
+  p.succ = a.succ;
+  p.inter = a.inter;
+  RopeInvFreq(int(a.head_dim), a.rope_theta, p.inv_freq);
+  const int64_t total = a.num_queries * a.q_heads * p.half;
+  const unsigned blocks = unsigned(std::min<int64_t>((total + 255) / 256, 4096));
+  RotateKernel<<<blocks, 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+int64_t VerticalSlashScoresWorkspaceBytes(const VerticalSlashScoreArgs& a) {
+  const ScoreRanges r = MakeScoreRanges(a.key_end, a.intra_begin, a.succ_begin);
+  const int64_t partial = int64_t(r.range_begin[3]) * a.q_heads * 64 * int64_t(sizeof(float2));
+  const int64_t rowstat = a.q_heads * 64 * int64_t(sizeof(float2));
+  return ((partial + 255) / 256) * 256 + rowstat;
+}
+
+namespace {
+
+template <int HD>
+cudaError_t LaunchScores(const ScoreParams& base, int num_ranges, cudaStream_t stream) {
+  constexpr int kSmem1 = ScoreSmem<HD>::kKBytes;
+  constexpr int kSmem2 = ScoreSmem<HD>::kBytes;
+  cudaError_t e =
+      cudaFuncSetAttribute(ScoresPass1<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem1);
+  if (e != cudaSuccess) return e;
+  e = cudaFuncSetAttribute(ScoresPass2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem2);
+  if (e != cudaSuccess) return e;
+  const unsigned grid = unsigned(int64_t(num_ranges) * base.heads);
+  ScoresPass1<HD><<<grid, kScoreThreads, kSmem1, stream>>>(base);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  CombineRowStats<<<unsigned((base.heads * 64 + 255) / 256), 256, 0, stream>>>(
+      base.partial, const_cast<float2*>(base.rowstat), num_ranges, base.heads);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  ScoresPass2<HD><<<grid, kScoreThreads, kSmem2, stream>>>(base);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t VerticalSlashScores(const VerticalSlashScoreArgs& a, void* workspace,
+                                cudaStream_t stream) {
+  if (!VerticalSlashEstimateUnsupported(a).empty() || workspace == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  ScoreParams p{};
+  p.q = a.q;
+  p.k = a.kv.k;
+  p.table = a.kv.block_table;
+  p.num_blocks = a.kv.num_blocks;
+  p.block_size = int(a.kv.block_size);
+  p.kv_heads = int(a.kv.kv_heads);
+  p.n = int(a.num_queries);
+  p.heads = int(a.q_heads);
+  p.group = int(a.q_heads / a.kv.kv_heads);
+  p.e = int(a.key_end);
+  p.intra_begin = int(a.intra_begin);
+  p.succ_begin = int(a.succ_begin);
+  p.scale_log2 = a.scale * kLog2e;
+  p.ranges = MakeScoreRanges(a.key_end, a.intra_begin, a.succ_begin);
+  const int num_ranges = p.ranges.range_begin[3];
+  const int64_t partial_bytes = int64_t(num_ranges) * a.q_heads * 64 * int64_t(sizeof(float2));
+  p.partial = static_cast<float2*>(workspace);
+  p.rowstat = reinterpret_cast<const float2*>(static_cast<char*>(workspace) +
+                                              ((partial_bytes + 255) / 256) * 256);
+  p.vertical = a.vertical;
+  p.slash = a.slash;
+  if (num_ranges == 0) return cudaSuccess;
+  return a.kv.head_dim == 128 ? LaunchScores<128>(p, num_ranges, stream)
+                              : LaunchScores<64>(p, num_ranges, stream);
+}
+
+cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& a, cudaStream_t stream) {
+  const int64_t e = a.piece_end;
+  if (a.q_heads <= 0 || a.q_heads > kVerticalSlashMaxHeads || e <= 0 || e > (int64_t(1) << 30) ||
+      a.piece_begin < a.chunk_begin || a.piece_begin >= e || a.vertical == nullptr ||
+      a.slash == nullptr || a.budgets == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  SelectParams p{};
+  p.scores[0] = a.vertical;
+  p.scores[1] = a.slash;
+  p.e = int(e);
+  for (int64_t h = 0; h < a.q_heads; ++h) {
+    const int64_t kv = std::min(e, std::max(a.budgets[2 * h], cpu::kVerticalSlashSinks));
+    const int64_t ks = std::min(e, std::max(a.budgets[2 * h + 1], cpu::kVerticalSlashLocalBand));
+    p.k[h][0] = int(kv);
+    p.k[h][1] = int(ks);
+  }
+  const int64_t qn = e - a.piece_begin;
+  for (int q = 0; q < 3; ++q) {
+    const VerticalSlashPartRange r = VerticalSlashPartKeys(e, a.chunk_begin, a.chunk_len, q);
+    if (!r.present) continue;
+    const VerticalSlashListsDev& l = a.parts[q];
+    if (l.vertical == nullptr || l.vertical_count == nullptr || l.slash == nullptr ||
+        l.slash_count == nullptr || l.vertical_capacity <= 0 || l.slash_capacity <= 0 ||
+        l.vertical_capacity > (int64_t(1) << 30) || l.slash_capacity > (int64_t(1) << 30)) {
+      return cudaErrorInvalidValue;
+    }
+    SelectPart& v = p.parts[0][q];
+    v.list = l.vertical;
+    v.count = l.vertical_count;
+    v.capacity = int(l.vertical_capacity);
+    v.key_begin = int(r.key_begin);
+    v.key_end = int(r.key_end);
+    v.klen = int(r.num_keys());
+    v.present = true;
+    v.causal = r.causal;
+    SelectPart& s = p.parts[1][q];
+    s.list = l.slash;
+    s.count = l.slash_count;
+    s.capacity = int(l.slash_capacity);
+    s.klen = int(r.num_keys());
+    s.present = true;
+    s.causal = r.causal;
+    if (r.causal) {  // intra: diagonals t >= P, value (e - 1) - t
+      s.key_begin = int(r.key_begin);
+      s.key_end = int(e);
+      s.last = int(e - 1);
+    } else {  // virtual frame: t in [key_begin, key_end + qn - 1], value last - t
+      s.last = int(r.key_end + qn - 1);
+      s.key_begin = int(r.key_begin);
+      s.key_end = int(std::min(e, r.key_end + qn));
+    }
+  }
+  SelectKernel<0><<<unsigned(a.q_heads), kSelThreads, 0, stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  SelectKernel<1><<<unsigned(a.q_heads), kSelThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace mp::cuda

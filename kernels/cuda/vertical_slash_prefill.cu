@@ -1,0 +1,303 @@
+// The per-piece sparse DCA prefill driver; see vertical_slash_prefill.h.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/vertical_slash_index.h"   // VerticalSlashRowBlocks, ...BlockCapacity
+#include "kernels/cpu/vertical_slash_select.h"  // VerticalSlashListCapacity
+#include "kernels/cuda/vertical_slash_attention.h"
+#include "kernels/cuda/vertical_slash_parts.h"
+#include "kernels/cuda/vertical_slash_prefill.h"
+
+namespace mp::cuda {
+namespace {
+
+constexpr int64_t kAlign = 256;
+int64_t Up(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+std::string Num(int64_t v) { return std::to_string(v); }
+
+struct Piece {
+  int64_t b, e, p;
+};
+
+std::vector<Piece> Pieces(const VerticalSlashPrefillArgs& a) {
+  std::vector<Piece> pieces;
+  const bool dca = a.chunk_size > 0;
+  const int64_t end = a.query_begin + a.num_queries;
+  for (int64_t b = a.query_begin; b < end;) {
+    Piece x;
+    x.b = b;
+    x.p = dca ? b / a.chunk_len * a.chunk_len : 0;
+    x.e = dca ? std::min(x.p + a.chunk_len, end) : end;
+    pieces.push_back(x);
+    b = x.e;
+  }
+  return pieces;
+}
+
+int64_t MaxBudget(const VerticalSlashPrefillArgs& a) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < 2 * a.q_heads; ++i) m = std::max(m, a.budgets[i]);
+  return m;
+}
+
+// Offsets of one piece's buffers from the workspace start; `total` is the size.
+struct Layout {
+  int64_t q_rot, vertical, slash, score_ws, total;
+  int64_t list_capacity;
+  int64_t list[3];   // per part: vertical, vertical_count, slash, slash_count
+  int64_t index[3];  // per part: block_count, column_count, block_offset, column_index
+  int64_t max_blocks[3];
+  bool present[3];
+  int64_t row_blocks, nl;
+};
+
+Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
+  Layout l{};
+  const int64_t h = a.q_heads, d = a.kv.head_dim, e = x.e, qn = x.e - x.b;
+  l.nl = std::min(a.last_q, qn);
+  l.row_blocks = cpu::VerticalSlashRowBlocks(qn);
+  // As the CPU reference: lists hold min(k, e) entries or a fallback of <= 9.
+  l.list_capacity = std::max<int64_t>(std::min(cpu::VerticalSlashListCapacity(MaxBudget(a)), e), 9);
+  int64_t off = 0;
+  l.q_rot = off;
+  off += Up(kVerticalSlashVariants * l.nl * h * d * 2);
+  l.vertical = off;
+  off += Up(h * e * 4);
+  l.slash = off;
+  off += Up(h * e * 4);
+  VerticalSlashScoreArgs s;
+  s.num_queries = l.nl;
+  s.q_heads = h;
+  s.key_end = e;
+  const VerticalSlashPartRange succ =
+      VerticalSlashPartKeys(e, x.p, a.chunk_len, kVerticalSlashSucc);
+  s.intra_begin = x.p;
+  s.succ_begin = succ.present ? succ.key_begin : x.p;
+  l.score_ws = off;
+  off += Up(VerticalSlashScoresWorkspaceBytes(s));
+  for (int part = 0; part < 3; ++part) {
+    const VerticalSlashPartRange r = VerticalSlashPartKeys(e, x.p, a.chunk_len, part);
+    l.present[part] = r.present;
+    if (!r.present) continue;
+    l.list[part] = off;
+    off += Up((2 * h * l.list_capacity + 2 * h) * 4);
+    l.max_blocks[part] = cpu::VerticalSlashBlockCapacity(l.list_capacity, r.num_keys());
+    l.index[part] = off;
+    off +=
+        Up((2 * h * l.row_blocks + h * l.row_blocks * (l.max_blocks[part] + l.list_capacity)) * 4);
+  }
+  l.total = off;
+  return l;
+}
+
+VerticalSlashPieceBuffers Buffers(const VerticalSlashPrefillArgs& a, const Piece& x, void* ws) {
+  const Layout l = MakeLayout(a, x);
+  char* base = static_cast<char*>(ws);
+  VerticalSlashPieceBuffers p;
+  p.piece_begin = x.b;
+  p.piece_end = x.e;
+  p.chunk_begin = x.p;
+  p.estimate_rows = l.nl;
+  p.q_rot = reinterpret_cast<__nv_bfloat16*>(base + l.q_rot);
+  p.vertical = reinterpret_cast<float*>(base + l.vertical);
+  p.slash = reinterpret_cast<float*>(base + l.slash);
+  p.score_workspace = base + l.score_ws;
+  p.list_capacity = l.list_capacity;
+  const int64_t h = a.q_heads, cap = l.list_capacity, rbs = l.row_blocks;
+  for (int part = 0; part < 3; ++part) {
+    if (!l.present[part]) continue;
+    auto* li = reinterpret_cast<int32_t*>(base + l.list[part]);
+    VerticalSlashListsDev& lists = p.lists[part];
+    lists.vertical = li;
+    lists.slash = li + h * cap;
+    lists.vertical_count = li + 2 * h * cap;
+    lists.slash_count = li + 2 * h * cap + h;
+    lists.vertical_capacity = cap;
+    lists.slash_capacity = cap;
+    auto* ix = reinterpret_cast<int32_t*>(base + l.index[part]);
+    VerticalSlashIndexDev& index = p.index[part];
+    index.block_count = ix;
+    index.column_count = ix + h * rbs;
+    index.block_offset = ix + 2 * h * rbs;
+    index.column_index = index.block_offset + h * rbs * l.max_blocks[part];
+    index.max_blocks = l.max_blocks[part];
+    index.max_columns = cap;
+  }
+  return p;
+}
+
+}  // namespace
+
+std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& a) {
+  constexpr int64_t kMaxPosition = int64_t(1) << 30;
+  if (a.kv.head_dim != 64 && a.kv.head_dim != 128) {
+    return "head_dim " + Num(a.kv.head_dim) + " is not supported (64 or 128)";
+  }
+  if (a.kv.kv_heads <= 0 || a.q_heads <= 0 || a.q_heads % a.kv.kv_heads != 0 ||
+      a.q_heads > kVerticalSlashMaxHeads) {
+    return "q_heads (" + Num(a.q_heads) + ") must be a positive multiple of kv_heads (" +
+           Num(a.kv.kv_heads) + ") up to " + Num(kVerticalSlashMaxHeads);
+  }
+  if (a.num_queries < 0 || a.query_begin < 0 || a.query_begin + a.num_queries > kMaxPosition) {
+    return "queries [" + Num(a.query_begin) + ", " + Num(a.query_begin + a.num_queries) +
+           ") must lie in [0, 2^30]";
+  }
+  if (a.last_q < 1 || a.last_q > kVerticalSlashMaxLastQ) {
+    return "last_q " + Num(a.last_q) + " must be in [1, 64]";
+  }
+  if (a.chunk_size < 0 ||
+      (a.chunk_size > 0 && (a.chunk_len <= 0 || a.chunk_len % 64 != 0 ||
+                            a.chunk_len > a.chunk_size || a.chunk_size > kMaxPosition))) {
+    return "chunk_len " + Num(a.chunk_len) +
+           " must be a positive multiple of 64 up to chunk_size " + Num(a.chunk_size) +
+           " <= 2^30 (chunk_size 0: no DCA)";
+  }
+  if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return "scale must be positive and finite";
+  if (!(a.rope_theta > 1.0) || !std::isfinite(a.rope_theta)) return "rope_theta must be > 1";
+  if (a.kv.block_size <= 0 || a.kv.num_blocks <= 0) {
+    return "block_size and num_blocks must be positive";
+  }
+  if (a.budgets == nullptr) return "budgets must be given";
+  for (int64_t i = 0; i < 2 * a.q_heads; ++i) {
+    if (a.budgets[i] <= 0 || a.budgets[i] > 2147483647) {
+      return "budget " + Num(a.budgets[i]) + " of head " + Num(i / 2) + " must be in [1, 2^31 - 1]";
+    }
+  }
+  if (a.num_queries == 0) return "";
+  if (a.q == nullptr || a.out == nullptr || a.kv.k == nullptr || a.kv.v == nullptr ||
+      a.kv.block_table == nullptr) {
+    return "q, out, kv.k, kv.v and kv.block_table must be non-null";
+  }
+  return "";
+}
+
+int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& a) {
+  if (!VerticalSlashPrefillUnsupported(a).empty()) return 0;
+  int64_t bytes = 0;
+  for (const Piece& x : Pieces(a)) bytes = std::max(bytes, MakeLayout(a, x).total);
+  return bytes;
+}
+
+int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& a) {
+  return static_cast<int64_t>(Pieces(a).size());
+}
+
+VerticalSlashPieceBuffers VerticalSlashPrefillPiece(const VerticalSlashPrefillArgs& a,
+                                                    void* workspace, int piece_index) {
+  const std::vector<Piece> pieces = Pieces(a);
+  if (pieces.empty()) return {};
+  const int i = piece_index < 0 ? int(pieces.size()) - 1 : piece_index;
+  if (i >= int(pieces.size())) return {};
+  return Buffers(a, pieces[i], workspace);
+}
+
+cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* workspace,
+                                 int64_t workspace_bytes, cudaStream_t stream) {
+  if (!VerticalSlashPrefillUnsupported(a).empty()) return cudaErrorInvalidValue;
+  if (a.num_queries == 0) return cudaSuccess;
+  if (workspace == nullptr || workspace_bytes < VerticalSlashPrefillWorkspaceBytes(a)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t h = a.q_heads, d = a.kv.head_dim;
+  const bool dca = a.chunk_size > 0;
+  const std::vector<Piece> pieces = Pieces(a);
+  for (size_t pi = 0; pi < pieces.size(); ++pi) {
+    const Piece& x = pieces[pi];
+    auto mark = [&](int stage) -> cudaError_t {
+      if (a.stage_events == nullptr) return cudaSuccess;
+      return cudaEventRecord(a.stage_events[pi * kVerticalSlashStageEvents + stage], stream);
+    };
+    const VerticalSlashPieceBuffers buf = Buffers(a, x, workspace);
+    cudaError_t err = mark(0);
+    if (err != cudaSuccess) return err;
+    const int64_t qn = x.e - x.b, nl = buf.estimate_rows;
+    const VerticalSlashPartRange succ =
+        VerticalSlashPartKeys(x.e, x.p, a.chunk_len, kVerticalSlashSucc);
+    const VerticalSlashPartRange inter =
+        VerticalSlashPartKeys(x.e, x.p, a.chunk_len, kVerticalSlashInter);
+
+    VerticalSlashRotateArgs rot;
+    rot.q = a.q + (x.e - nl - a.query_begin) * h * d;
+    rot.out = buf.q_rot;
+    rot.num_queries = nl;
+    rot.q_heads = h;
+    rot.head_dim = d;
+    rot.first_position = x.e - nl;
+    rot.chunk_len = dca ? a.chunk_len : 0;
+    rot.chunk_size = a.chunk_size;
+    rot.rope_theta = a.rope_theta;
+    rot.succ = succ.present;
+    rot.inter = inter.present;
+    err = VerticalSlashRotateQueries(rot, stream);
+    if (err != cudaSuccess) return err;
+
+    VerticalSlashScoreArgs sc;
+    sc.q = buf.q_rot;
+    sc.kv = a.kv;
+    sc.num_queries = nl;
+    sc.q_heads = h;
+    sc.key_end = x.e;
+    sc.intra_begin = x.p;
+    sc.succ_begin = succ.present ? succ.key_begin : x.p;
+    sc.scale = a.scale;
+    sc.vertical = buf.vertical;
+    sc.slash = buf.slash;
+    err = VerticalSlashScores(sc, buf.score_workspace, stream);
+    if (err != cudaSuccess) return err;
+    if ((err = mark(1)) != cudaSuccess) return err;
+
+    VerticalSlashSelectArgs sel;
+    sel.vertical = buf.vertical;
+    sel.slash = buf.slash;
+    sel.q_heads = h;
+    sel.piece_begin = x.b;
+    sel.piece_end = x.e;
+    sel.chunk_begin = x.p;
+    sel.chunk_len = a.chunk_len;
+    sel.budgets = a.budgets;
+    for (int part = 0; part < 3; ++part) sel.parts[part] = buf.lists[part];
+    err = VerticalSlashSelect(sel, stream);
+    if (err != cudaSuccess) return err;
+    if ((err = mark(2)) != cudaSuccess) return err;
+
+    VerticalSlashAttentionArgs at;
+    for (int part = 0; part < 3; ++part) {
+      const VerticalSlashPartRange r = VerticalSlashPartKeys(x.e, x.p, a.chunk_len, part);
+      if (!r.present) continue;
+      VerticalSlashIndexArgs ix;
+      ix.lists = buf.lists[part];
+      ix.q_heads = h;
+      ix.q_len = qn;
+      ix.kv_len = r.num_keys();
+      ix.causal = r.causal;
+      ix.index = buf.index[part];
+      err = BuildVerticalSlashIndex(ix, stream);
+      if (err != cudaSuccess) return err;
+      at.index[part] = buf.index[part];
+    }
+    if ((err = mark(3)) != cudaSuccess) return err;
+    const int64_t row0 = x.b - a.query_begin;
+    at.q = a.q + row0 * h * d;
+    at.kv = a.kv;
+    at.out = a.out + row0 * h * d;
+    at.lse = a.lse != nullptr ? a.lse + row0 : nullptr;
+    at.lse_stride = a.num_queries;
+    at.q_heads = h;
+    at.piece_begin = x.b;
+    at.piece_end = x.e;
+    at.chunk_begin = x.p;
+    at.chunk_len = dca ? a.chunk_len : 0;
+    at.chunk_size = a.chunk_size;
+    at.rope_theta = a.rope_theta;
+    at.scale = a.scale;
+    err = VerticalSlashAttention(at, stream);
+    if (err != cudaSuccess) return err;
+    if ((err = mark(4)) != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace mp::cuda

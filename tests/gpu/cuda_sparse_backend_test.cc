@@ -1,0 +1,263 @@
+// CudaBackend::VerticalSlashAttention and the stage executor's sparse prefill on the GPU:
+//   * full budgets: the CUDA op equals the CPU backend's op (the fp32 reference procedure) on the
+//     same bf16-exact inputs, over runs crossing DCA chunk boundaries (YaRN temperature > 1), and
+//     without DCA; the call is counted in stats().sparse_prefill_calls;
+//   * small budgets change the result (finite, different from DcaAttention);
+//   * argument errors are INVALID_ARGUMENT naming the field;
+//   * the executor on the GPU: prompts at or below the threshold give bit-identical logits to the
+//     dense executor, longer prompts run the sparse op (counted) and with full budgets give the
+//     dense logits up to bf16 rounding.
+// Needs an sm_90 GPU (label gpu); fails without one.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/status_matchers.h"
+#include "model/sparse_attention_config.h"
+#include "runtime/backend.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/stage_executor.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/unit/runtime/tiny_model.h"
+
+namespace mp {
+namespace {
+
+using ::absl::StatusCode;
+using testing::Bf16Input;
+using testing::ExpectBf16Close;
+using testing::RandomBf16Input;
+using testing::ToDevice;
+
+struct Cache {
+  Tensor cpu_k, cpu_v, cpu_table, gpu_k, gpu_v, gpu_table;
+  int64_t block_size = 0;
+  KvLayerView Cpu() const { return {cpu_k, cpu_v, cpu_table, block_size}; }
+  KvLayerView Gpu() const { return {gpu_k, gpu_v, gpu_table, block_size}; }
+};
+
+Cache MakeCache(CudaBackend& gpu, int64_t len, int64_t kv_heads, int64_t block_size,
+                int64_t head_dim, uint64_t seed) {
+  const int64_t used = (len + block_size - 1) / block_size, blocks = used + 2;
+  Cache c;
+  c.block_size = block_size;
+  Bf16Input k = RandomBf16Input({blocks, kv_heads, block_size, head_dim}, seed);
+  Bf16Input v = RandomBf16Input({blocks, kv_heads, block_size, head_dim}, seed + 1);
+  c.cpu_k = k.f32;
+  c.cpu_v = v.f32;
+  c.gpu_k = *ToDevice(gpu, k.bf16);
+  c.gpu_v = *ToDevice(gpu, v.bf16);
+  std::vector<int32_t> perm(blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(static_cast<uint32_t>(seed)));
+  c.cpu_table = Tensor::Host({used}, DType::kI32);
+  std::copy(perm.begin(), perm.begin() + used, c.cpu_table.data_as<int32_t>());
+  c.gpu_table = *ToDevice(gpu, c.cpu_table);
+  return c;
+}
+
+struct OpCase {
+  int64_t n, q_heads, kv_heads, head_dim, query_begin, chunk_size, local_size;
+  float temperature;
+};
+
+class CudaSparseOpTest : public ::testing::TestWithParam<OpCase> {};
+
+TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
+  MP_REQUIRE_CUDA_BACKEND(gpu);
+  const OpCase c = GetParam();
+  const int64_t len = c.query_begin + c.n;
+  const Cache cache = MakeCache(*gpu, len, c.kv_heads, 64, c.head_dim, 11 + c.query_begin);
+  Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 12 + c.n);
+  std::unique_ptr<Backend> cpu = NewCpuBackend();
+  const std::vector<int64_t> budgets(2 * c.q_heads, len + 1);
+  VerticalSlashAttentionParams p;
+  p.q = &q.f32;
+  p.kv = cache.Cpu();
+  p.query_begin = c.query_begin;
+  p.chunk_size = c.chunk_size;
+  p.chunk_len = c.chunk_size - c.local_size;
+  p.rope_theta = 10000.0;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.temperature = c.temperature;
+  p.budgets = budgets;
+  Tensor want = Tensor::Host({c.n, c.q_heads, c.head_dim}, DType::kF32);
+  Tensor want_lse = Tensor::Host({c.q_heads, c.n}, DType::kF32);
+  p.out = &want;
+  p.lse = &want_lse;
+  MP_ASSERT_OK(cpu->VerticalSlashAttention(p));
+
+  MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(*gpu, q.bf16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu->Allocate({c.n, c.q_heads, c.head_dim}, DType::kBF16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor lse, gpu->Allocate({c.q_heads, c.n}, DType::kF32));
+  VerticalSlashAttentionParams g = p;
+  g.q = &dq;
+  g.kv = cache.Gpu();
+  g.out = &out;
+  g.lse = &lse;
+  const int64_t before = gpu->stats().sparse_prefill_calls;
+  MP_ASSERT_OK(gpu->VerticalSlashAttention(g));
+  EXPECT_EQ(gpu->stats().sparse_prefill_calls, before + 1);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor got, gpu->ToHostF32(out));
+  ExpectBf16Close(got, want, 1e-2, 3e-2, "sparse attention out (full budget)");
+  MP_ASSERT_OK_AND_ASSIGN(Tensor got_lse, gpu->ToHostF32(lse));
+  for (int64_t i = 0; i < want_lse.numel(); ++i) {
+    ASSERT_NEAR(got_lse.data_as<float>()[i], want_lse.data_as<float>()[i], 2e-2) << "lse " << i;
+  }
+
+  // Small budgets: a different, finite result (the selection is tested against the CPU in
+  // tests/gpu/vertical_slash_*_test.cc).
+  if (c.chunk_size > 0 && len > 400) {
+    const std::vector<int64_t> small(2 * c.q_heads, 100);
+    g.budgets = small;
+    MP_ASSERT_OK(gpu->VerticalSlashAttention(g));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor sparse, gpu->ToHostF32(out));
+    double diff = 0, scale = 0;
+    for (int64_t i = 0; i < sparse.numel(); ++i) {
+      ASSERT_TRUE(std::isfinite(sparse.data_as<float>()[i])) << i;
+      diff =
+          std::max(diff, double(std::fabs(sparse.data_as<float>()[i] - got.data_as<float>()[i])));
+      scale = std::max(scale, double(std::fabs(got.data_as<float>()[i])));
+    }
+    EXPECT_GT(diff, 1e-2 * scale) << "small budgets must drop keys";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaSparseOpTest,
+    ::testing::Values(OpCase{300, 28, 4, 128, 100, 256, 64, 1.0f},  // C = 192: chunks 0-2
+                      OpCase{257, 9, 3, 64, 500, 256, 64, 1.2f},    // chunks 2-3, YaRN
+                      OpCase{600, 8, 2, 128, 0, 256, 64, 1.1f},     // one shot, 4 chunks
+                      OpCase{200, 4, 2, 64, 77, 0, 0, 1.0f}),       // no DCA
+    [](const ::testing::TestParamInfo<OpCase>& info) {
+      const OpCase& c = info.param;
+      return "n" + std::to_string(c.n) + "_h" + std::to_string(c.q_heads) + "x" +
+             std::to_string(c.kv_heads) + "_d" + std::to_string(c.head_dim) + "_q" +
+             std::to_string(c.query_begin) + "_S" + std::to_string(c.chunk_size);
+    });
+
+TEST(CudaSparseOpErrorsTest, RejectsBadArguments) {
+  MP_REQUIRE_CUDA_BACKEND(gpu);
+  const Cache cache = MakeCache(*gpu, 128, 2, 64, 64, 3);
+  Bf16Input q = RandomBf16Input({128, 4, 64}, 4);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(*gpu, q.bf16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu->Allocate({128, 4, 64}, DType::kBF16));
+  const std::vector<int64_t> budgets(8, 200);
+  VerticalSlashAttentionParams good;
+  good.q = &dq;
+  good.kv = cache.Gpu();
+  good.chunk_size = 128;
+  good.chunk_len = 64;
+  good.scale = 0.125f;
+  good.budgets = budgets;
+  good.out = &out;
+  MP_EXPECT_OK(gpu->VerticalSlashAttention(good));
+  VerticalSlashAttentionParams p = good;
+  const std::vector<int64_t> few(7, 200);
+  p.budgets = few;
+  MP_EXPECT_ERROR(gpu->VerticalSlashAttention(p), StatusCode::kInvalidArgument,
+                  "budgets hold 7 values");
+  p = good;
+  p.out = &dq;
+  MP_EXPECT_ERROR(gpu->VerticalSlashAttention(p), StatusCode::kInvalidArgument, "overlap");
+  p = good;
+  p.q = &q.f32;  // a host f32 tensor
+  MP_EXPECT_ERROR(gpu->VerticalSlashAttention(p), StatusCode::kInvalidArgument, "q");
+  // head_dim 96 is not a sparse kernel shape.
+  const Cache cache96 = MakeCache(*gpu, 128, 2, 64, 96, 5);
+  Bf16Input q96 = RandomBf16Input({128, 4, 96}, 6);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor dq96, ToDevice(*gpu, q96.bf16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out96, gpu->Allocate({128, 4, 96}, DType::kBF16));
+  p = good;
+  p.q = &dq96;
+  p.kv = cache96.Gpu();
+  p.out = &out96;
+  MP_EXPECT_ERROR(gpu->VerticalSlashAttention(p), StatusCode::kInvalidArgument,
+                  "head_dim 96 is not supported");
+}
+
+// ---- the executor ----------------------------------------------------------------------------
+
+std::shared_ptr<const SparsePrefillSettings> Settings(int64_t layers, int64_t heads, int64_t budget,
+                                                      int64_t threshold) {
+  auto s = std::make_shared<SparsePrefillSettings>();
+  s->enabled = true;
+  s->threshold = threshold;
+  SparseAttentionConfig c;
+  for (int64_t l = 0; l < layers; ++l) {
+    c.layers.emplace_back(heads, SparseHeadConfig{budget, budget, 0.5});
+  }
+  s->heads = c;
+  return s;
+}
+
+Tensor RunPrompt(StageExecutor& ex, const std::vector<int32_t>& ids, int64_t chunk) {
+  const int64_t L = static_cast<int64_t>(ids.size());
+  std::vector<float> all;
+  int64_t vocab = 0;
+  for (int64_t s = 0; s < L; s += chunk) {
+    const int64_t n = std::min(chunk, L - s);
+    absl::StatusOr<Tensor> out =
+        ex.RunChunk(1, s, testing::HostIds(std::span<const int32_t>(ids).subspan(s, n)),
+                    LogitsMode::kAllRows, L);
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (!out.ok()) return Tensor();
+    absl::StatusOr<Tensor> host = ex.backend().ToHostF32(*out);
+    vocab = host->dim(1);
+    all.insert(all.end(), host->data_as<float>(), host->data_as<float>() + host->numel());
+  }
+  Tensor t = Tensor::Host({L, vocab}, DType::kF32);
+  std::copy(all.begin(), all.end(), t.data_as<float>());
+  return t;
+}
+
+TEST(CudaSparseExecutorTest, ThresholdGateAndFullBudgetOnTheGpu) {
+  MP_REQUIRE_CUDA_BACKEND(gpu);
+  ModelConfig config = testing::TinyConfig({.layers = 2,
+                                            .hidden = 256,
+                                            .heads = 4,
+                                            .kv_heads = 2,
+                                            .head_dim = 64,
+                                            .inter = 256,
+                                            .max_position_embeddings = 4096});
+  DualChunkConfig d;
+  d.chunk_size = 256;
+  d.local_size = 64;  // C = 192
+  d.original_max_position_embeddings = 400;
+  config.dual_chunk = d;
+  const ModelWeights weights = testing::TinyWeights(config, 21, /*bf16_exact=*/true);
+  StageExecutorOptions options;
+  options.kv_cache.block_size = 64;
+  options.kv_cache.max_tokens = 2048;
+  MP_ASSERT_OK_AND_ASSIGN(auto dense, StageExecutor::Create(config, weights, gpu, options));
+
+  // At the threshold: bit-identical to dense.
+  const std::vector<int32_t> short_ids = testing::RandomIds(300, config.vocab_size, 22);
+  options.sparse = Settings(2, 4, 100, 300);
+  MP_ASSERT_OK_AND_ASSIGN(auto gated, StageExecutor::Create(config, weights, gpu, options));
+  int64_t calls = gpu->stats().sparse_prefill_calls;
+  testing::ExpectBitwiseEqual(RunPrompt(*gated, short_ids, 128), RunPrompt(*dense, short_ids, 128),
+                              "prompt at the threshold");
+  EXPECT_EQ(gpu->stats().sparse_prefill_calls, calls);
+  MP_ASSERT_OK(dense->Release(1));
+
+  // Above: sparse in every prompt chunk and layer; full budgets reproduce the dense logits.
+  const std::vector<int32_t> ids = testing::RandomIds(600, config.vocab_size, 23);
+  options.sparse = Settings(2, 4, 4096, 599);
+  MP_ASSERT_OK_AND_ASSIGN(auto full, StageExecutor::Create(config, weights, gpu, options));
+  calls = gpu->stats().sparse_prefill_calls;
+  const Tensor got = RunPrompt(*full, ids, 200);
+  EXPECT_EQ(gpu->stats().sparse_prefill_calls, calls + 3 * 2);
+  const Tensor want = RunPrompt(*dense, ids, 200);
+  ExpectBf16Close(got, want, 3e-2, 6e-2, "full-budget sparse prefill logits vs dense");
+}
+
+}  // namespace
+}  // namespace mp
