@@ -1,5 +1,5 @@
 // The list of prefill attention kernel candidates (prefill_variants.h). The candidates are
-// compiled in (prefill_variants_{dense,dca}.cu) only with -DMP_PREFILL_CANDIDATES, as
+// compiled in (prefill_variants_{dense,dca,lazy}.cu) only with -DMP_PREFILL_CANDIDATES, as
 // build_standalone.sh and the CMake option MP_ATTENTION_VARIANTS do; otherwise the list holds
 // the two library entries.
 #include "bench/cuda/prefill_variants.h"
@@ -30,6 +30,11 @@ const PrefillVariant kVariants[] = {
      "DCA: division-free key walk, rotation only on a DCA-chunk change, first sin/cos while Q "
      "loads"},
     {"dca-seg-mc2", true, "dca", &internal::LaunchDcaSegmentsMc2, "dca-seg with mc2's clusters"},
+    {"lazy", false, "default", &internal::LaunchDenseLazy,
+     "lazy running max: unmasked tiles exponentiate against the running max as it stands (no "
+     "row max, no shuffles); the max moves only when a row sum of the tile exceeds 256"},
+    {"dca-seg-lazy", true, "dca", &internal::LaunchDcaSegmentsLazy,
+     "dca-seg with the lazy running max"},
 #endif
 };
 

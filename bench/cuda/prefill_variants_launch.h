@@ -18,5 +18,12 @@ cudaError_t LaunchDcaSegments(const cuda::PagedPrefillAttentionArgs& a,
 // The same with 2-CTA multicast clusters (prefill_variants_dca.cu).
 cudaError_t LaunchDcaSegmentsMc2(const cuda::PagedPrefillAttentionArgs& a,
                                  const cuda::DcaParams& dca, cudaStream_t stream);
+// Dense with the lazy running max (kLazyMax; prefill_variants_lazy.cu).
+cudaError_t LaunchDenseLazy(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
+                            cudaStream_t stream);
+// DCA with the division-free key walk (as LaunchDcaSegments) and the lazy running max
+// (prefill_variants_lazy.cu).
+cudaError_t LaunchDcaSegmentsLazy(const cuda::PagedPrefillAttentionArgs& a,
+                                  const cuda::DcaParams& dca, cudaStream_t stream);
 
 }  // namespace mp::bench::internal

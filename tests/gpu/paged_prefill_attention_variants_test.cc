@@ -3,10 +3,11 @@
 // attention_reference.h, on random inputs: dense entries on plain attention cases (GQA, tiles
 // cut by key_begin / key_end, rows without keys, head_dim 64, non-causal; for 2-CTA clusters
 // also odd work-item counts and pairs whose key ranges differ, one of them empty), dca entries
-// on DCA cases (1 to 5 DCA chunks, chunk boundaries inside key tiles, the Qwen constants). Each
-// entry must also give the same output as its library baseline on the first cases. A candidate
-// becomes a default only with this test passing. Needs an sm_90 GPU (label gpu); fails without
-// one.
+// on DCA cases (1 to 5 DCA chunks, chunk boundaries inside key tiles, the Qwen constants); both
+// also with keys scaled up in earlier tiles, so that logits jump far above the running max late
+// in the key walk (the rare paths of the lazy running max). Each entry must also give the same
+// output as its library baseline on the first cases. A candidate becomes a default only with
+// this test passing. Needs an sm_90 GPU (label gpu); fails without one.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
@@ -32,6 +33,14 @@ using testing::Bf;
 using testing::DeviceBuffer;
 using testing::PagedCache;
 
+// Keys [begin, end) of every KV head scaled by `scale` (logits that jump far above the running
+// max when their tile is visited: the key walk goes from the last tile down).
+struct KeySpike {
+  int64_t begin = 0;
+  int64_t end = 0;
+  float scale = 1.0f;
+};
+
 struct Case {
   int64_t head_dim = 128;
   int64_t q_heads = 28;
@@ -43,6 +52,7 @@ struct Case {
   bool causal = true;
   DcaParams dca = {.chunk_len = 192, .chunk_size = 256, .rope_theta = 10000.0};
   float key_std = 1.0f;
+  std::vector<KeySpike> spikes;
   uint64_t seed = 1;
 };
 
@@ -54,6 +64,10 @@ std::string Describe(const Case& c, bool dca) {
                   (c.causal ? " causal" : " non-causal");
   if (dca) {
     s += " C=" + std::to_string(c.dca.chunk_len) + " S=" + std::to_string(c.dca.chunk_size);
+  }
+  for (const KeySpike& k : c.spikes) {
+    s += " keys [" + std::to_string(k.begin) + ", " + std::to_string(k.end) + ") x" +
+         std::to_string(static_cast<int>(k.scale));
   }
   return s;
 }
@@ -125,8 +139,16 @@ class PrefillVariantTest : public ::testing::TestWithParam<int> {
   void Check(const Case& c, bool vs_baseline) {
     ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
     const PrefillVariant& v = variant();
-    const PagedCache cache = testing::MakePagedCache({{c.key_begin, c.key_end}}, c.kv_heads,
-                                                     c.head_dim, c.block_size, c.key_std, c.seed);
+    PagedCache cache = testing::MakePagedCache({{c.key_begin, c.key_end}}, c.kv_heads,
+                                               c.head_dim, c.block_size, c.key_std, c.seed);
+    for (const KeySpike& k : c.spikes) {
+      for (int64_t pos = std::max(k.begin, c.key_begin); pos < std::min(k.end, c.key_end); ++pos) {
+        for (int64_t h = 0; h < c.kv_heads; ++h) {
+          __nv_bfloat16* key = &cache.k[cache.Offset(0, pos, h)];
+          for (int64_t x = 0; x < c.head_dim; ++x) key[x] = __float2bfloat16(Bf(key[x]) * k.scale);
+        }
+      }
+    }
     std::mt19937_64 rng(c.seed + 1000);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<__nv_bfloat16> q(static_cast<size_t>(c.num_queries * c.q_heads * c.head_dim));
@@ -200,6 +222,16 @@ TEST_P(PrefillVariantTest, Cases) {
     Check({.q_heads = 4, .kv_heads = 2, .num_queries = 400, .key_end = 300, .seed = 21}, false);
     Check({.head_dim = 64, .num_queries = 450, .key_end = 777, .block_size = 192, .seed = 20},
           false);
+    // Logit jumps when the walk reaches earlier keys: x6 (the running max moves by ~10 nats,
+    // from the p themselves in the lazy-max kernels) and x60 (exp2 overflows against the old max:
+    // S is recomputed there); tiles [0, 128) and [256, 384) are whole visits (C = 192).
+    Check({.q_heads = 4, .kv_heads = 2, .num_queries = 600, .key_end = 600,
+           .spikes = {{0, 64, 60.0f}, {256, 320, 6.0f}}, .seed = 23},
+          false);
+    Check({.head_dim = 64, .q_heads = 4, .kv_heads = 2, .num_queries = 300, .key_end = 900,
+           .block_size = 128, .dca = {.chunk_len = 256, .chunk_size = 320, .rope_theta = 10000.0},
+           .spikes = {{64, 128, 60.0f}, {384, 448, 6.0f}}, .seed = 24},
+          false);
     // Qwen2.5-1M constants: succ region at the saturated position S, intra beyond.
     Check({.q_heads = 8, .kv_heads = 1, .num_queries = 128, .key_begin = 500000,
            .key_end = 520000,
@@ -234,6 +266,24 @@ TEST_P(PrefillVariantTest, Cases) {
         false);
   Check({.head_dim = 64, .num_queries = 250, .key_end = 1300, .block_size = 128,
          .key_std = 3.0f, .seed = 24},
+        false);
+  // 127 cached keys: row 0 of query tile 0 sees no key of the first (masked) tile, then all of
+  // the unmasked tile 0 (a row without a running max on an unmasked tile).
+  Check({.num_queries = 300, .key_end = 427, .seed = 25}, true);
+  // Logit jumps when the walk reaches earlier keys: x6 (the running max moves by ~10 nats, from
+  // the p themselves in the lazy-max kernels) and x60 (exp2 overflows against the old max: S is
+  // recomputed there); causal and not, head_dim 128 and 64, key_begin inside a tile.
+  Check({.num_queries = 256, .key_end = 1280, .spikes = {{0, 64, 60.0f}, {384, 448, 6.0f}},
+         .seed = 26},
+        false);
+  Check({.q_heads = 4, .kv_heads = 2, .num_queries = 200, .key_begin = 70, .key_end = 900,
+         .causal = false, .spikes = {{128, 192, 60.0f}, {512, 640, 6.0f}}, .seed = 27},
+        false);
+  Check({.head_dim = 64, .q_heads = 4, .kv_heads = 2, .num_queries = 333, .key_end = 1100,
+         .spikes = {{0, 128, 6.0f}, {256, 300, 60.0f}}, .seed = 28},
+        false);
+  Check({.head_dim = 64, .q_heads = 4, .kv_heads = 2, .num_queries = 129, .key_end = 700,
+         .block_size = 128, .causal = false, .spikes = {{600, 640, 60.0f}}, .seed = 29},
         false);
 }
 
