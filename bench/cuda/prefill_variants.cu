@@ -26,15 +26,15 @@ const PrefillVariant kVariants[] = {
 #ifdef MP_PREFILL_CANDIDATES
     {"mc2", false, "default", &internal::LaunchDenseMc2,
      "2-CTA clusters: each K/V tile leaves L2 once per pair (TMA multicast)"},
-    {"dca-seg", true, "dca", &internal::LaunchDcaSegments,
-     "DCA: division-free key walk, rotation only on a DCA-chunk change, first sin/cos while Q "
-     "loads"},
-    {"dca-seg-mc2", true, "dca", &internal::LaunchDcaSegmentsMc2, "dca-seg with mc2's clusters"},
+    {"dca-walk", true, "dca", &internal::LaunchDcaWalk,
+     "DCA with the division-based key walk and a rotation check per visit (the DCA kernel "
+     "before the segmented walk)"},
+    {"dca-mc2", true, "dca", &internal::LaunchDcaSegmentsMc2, "the DCA kernel with mc2's clusters"},
     {"lazy", false, "default", &internal::LaunchDenseLazy,
      "lazy running max: unmasked tiles exponentiate against the running max as it stands (no "
      "row max, no shuffles); the max moves only when a row sum of the tile exceeds 256"},
-    {"dca-seg-lazy", true, "dca", &internal::LaunchDcaSegmentsLazy,
-     "dca-seg with the lazy running max"},
+    {"dca-lazy", true, "dca", &internal::LaunchDcaLazy,
+     "the DCA kernel with the lazy running max"},
 #endif
 };
 

@@ -12,18 +12,17 @@ namespace mp::bench::internal {
 // Dense, 2-CTA clusters sharing K/V through TMA multicast (prefill_variants_dense.cu).
 cudaError_t LaunchDenseMc2(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
                            cudaStream_t stream);
-// DCA with the division-free key walk and per-chunk rotation (prefill_variants_dca.cu).
-cudaError_t LaunchDcaSegments(const cuda::PagedPrefillAttentionArgs& a,
-                              const cuda::DcaParams& dca, cudaStream_t stream);
-// The same with 2-CTA multicast clusters (prefill_variants_dca.cu).
+// DCA with the division-based key walk and a rotation check per visit (prefill_variants_dca.cu).
+cudaError_t LaunchDcaWalk(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
+                          cudaStream_t stream);
+// The library's DCA kernel with 2-CTA multicast clusters (prefill_variants_dca.cu).
 cudaError_t LaunchDcaSegmentsMc2(const cuda::PagedPrefillAttentionArgs& a,
                                  const cuda::DcaParams& dca, cudaStream_t stream);
 // Dense with the lazy running max (kLazyMax; prefill_variants_lazy.cu).
 cudaError_t LaunchDenseLazy(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
                             cudaStream_t stream);
-// DCA with the division-free key walk (as LaunchDcaSegments) and the lazy running max
-// (prefill_variants_lazy.cu).
-cudaError_t LaunchDcaSegmentsLazy(const cuda::PagedPrefillAttentionArgs& a,
-                                  const cuda::DcaParams& dca, cudaStream_t stream);
+// The library's DCA kernel with the lazy running max (prefill_variants_lazy.cu).
+cudaError_t LaunchDcaLazy(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
+                          cudaStream_t stream);
 
 }  // namespace mp::bench::internal

@@ -1,5 +1,6 @@
 // Candidates of prefill_variants.h with the lazy running max (PrefillConfig::kLazyMax): dense
-// (head_dim 64/128, causal or not) and DCA with the division-free key walk (head_dim 64/128).
+// (head_dim 64/128, causal or not) and the library's DCA kernel (segmented, division-free key
+// walk; head_dim 64/128).
 #include "bench/cuda/prefill_variants_launch.h"
 #include "kernels/cuda/paged_prefill_attention_sm90.cuh"
 #include "kernels/cuda/paged_prefill_dca_attention.h"
@@ -13,7 +14,7 @@ using DenseLazyConfig =
                               /*dca_segments=*/false, /*cluster=*/1, /*lazy_max=*/true>;
 
 template <int kHeadDim>
-using DcaSegLazyConfig =
+using DcaLazyConfig =
     cuda::sm90::PrefillConfig<kHeadDim, /*causal=*/true, 3, true, true, true, true, /*dca=*/true,
                               /*dca_segments=*/true, /*cluster=*/1, /*lazy_max=*/true>;
 
@@ -32,15 +33,15 @@ cudaError_t LaunchDenseLazy(const cuda::PagedPrefillAttentionArgs& a, const cuda
                   : LaunchPagedPrefillAttention<DenseLazyConfig<64, false>>(a, stream);
 }
 
-cudaError_t LaunchDcaSegmentsLazy(const cuda::PagedPrefillAttentionArgs& a,
-                                  const cuda::DcaParams& dca, cudaStream_t stream) {
+cudaError_t LaunchDcaLazy(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
+                          cudaStream_t stream) {
   if (!cuda::PagedPrefillDcaAttentionUnsupported(a, dca).empty()) return cudaErrorInvalidValue;
   if (a.num_queries == 0) return cudaSuccess;
   using cuda::sm90::LaunchPagedPrefillAttention;
   if (a.head_dim == 128) {
-    return LaunchPagedPrefillAttention<DcaSegLazyConfig<128>>(a, stream, &dca);
+    return LaunchPagedPrefillAttention<DcaLazyConfig<128>>(a, stream, &dca);
   }
-  return LaunchPagedPrefillAttention<DcaSegLazyConfig<64>>(a, stream, &dca);
+  return LaunchPagedPrefillAttention<DcaLazyConfig<64>>(a, stream, &dca);
 }
 
 }  // namespace mp::bench::internal

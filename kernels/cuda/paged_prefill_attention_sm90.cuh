@@ -1230,7 +1230,7 @@ template <int kHeadDim>
 cudaError_t LaunchPagedPrefillDcaSm90(const PagedPrefillAttentionArgs& args, const DcaParams& dca,
                                       cudaStream_t stream) {
   using Cfg = sm90::PrefillConfig<kHeadDim, /*causal=*/true, 3, true, true, true, true,
-                                  /*dca=*/true>;
+                                  /*dca=*/true, /*dca_segments=*/true>;
   return sm90::LaunchPagedPrefillAttention<Cfg>(args, stream, &dca);
 }
 
