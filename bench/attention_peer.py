@@ -26,8 +26,12 @@ constants (C = 253952, S = 262144, theta 1e7) and do the same FLOPs. While it ru
 is sampled (when present) and the mean SM clock and power during each entry's launches are
 reported, to tell power or clock limits from kernel effects.
 
+With --only NAME,..., only those rows run (with --variants), plus "default" and the baselines
+of the named rows.
+
   python3 bench/attention_peer.py [--lib .bundle/libmp_attention_bench.so] [--variants]
-                                  [--cases 32k,128k,512k,1m] [--iters N] [--json FILE]
+                                  [--only NAME,...] [--cases 32k,128k,512k,1m] [--iters N]
+                                  [--json FILE]
 """
 import argparse
 import ctypes
@@ -160,12 +164,16 @@ def main():
     parser.add_argument("--lib", help="libmp_attention_bench.so: also run our kernel")
     parser.add_argument("--variants", action="store_true",
                         help="also every entry of the library's candidate list (needs --lib)")
+    parser.add_argument("--only", help="with --variants: keep these rows (comma-separated), "
+                        "plus default and their baselines")
     parser.add_argument("--cases", default="32k,128k,512k,1m")
     parser.add_argument("--iters", type=int, default=0, help="timed rounds (0: per case)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.variants and not args.lib:
         parser.error("--variants needs --lib")
+    if args.only and not args.variants:
+        parser.error("--only needs --variants")
 
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, "
@@ -178,6 +186,14 @@ def main():
             print(f"  {name}: {what}")
         entries.append(("default@seq", 0, False, "default", True))
         print("  default@seq: the default kernel on an in-order block table")
+        if args.only:
+            wanted = set(args.only.split(","))
+            unknown = wanted - {e[0] for e in entries}
+            if unknown:
+                parser.error(f"--only: no such rows: {', '.join(sorted(unknown))}")
+            wanted |= {"default"} | {e[3] for e in entries if e[0] in wanted}
+            entries = [e for e in entries if e[0] in wanted]
+            print(f"  rows kept: {', '.join(e[0] for e in entries)}")
     elif ours:
         entries.append(("ours", None, False, "ours", False))
     sampler = ClockSampler()

@@ -41,7 +41,7 @@ for f in paged_prefill_attention tma_tensor_map paged_prefill_attention_hd64 \
   lib+=("$out/obj/$f.o")
 done
 variants=()
-for f in prefill_variants prefill_variants_dense prefill_variants_dca; do
+for f in prefill_variants prefill_variants_dense prefill_variants_dca prefill_variants_exact_max; do
   spawn "$root/bench/cuda/$f.cu" "$out/obj/$f.o"
   variants+=("$out/obj/$f.o")
 done

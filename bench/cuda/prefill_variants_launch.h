@@ -18,5 +18,11 @@ cudaError_t LaunchDcaWalk(const cuda::PagedPrefillAttentionArgs& a, const cuda::
 // The library's DCA kernel with 2-CTA multicast clusters (prefill_variants_dca.cu).
 cudaError_t LaunchDcaSegmentsMc2(const cuda::PagedPrefillAttentionArgs& a,
                                  const cuda::DcaParams& dca, cudaStream_t stream);
+// Dense with the exact running max per visit (no kLazyMax; prefill_variants_exact_max.cu).
+cudaError_t LaunchDenseExactMax(const cuda::PagedPrefillAttentionArgs& a,
+                                const cuda::DcaParams& dca, cudaStream_t stream);
+// DCA with the exact running max per visit (prefill_variants_exact_max.cu).
+cudaError_t LaunchDcaExactMax(const cuda::PagedPrefillAttentionArgs& a, const cuda::DcaParams& dca,
+                              cudaStream_t stream);
 
 }  // namespace mp::bench::internal

@@ -35,6 +35,13 @@
 // enters another DCA chunk, in an outer loop around the key loop; the sin/cos of the first
 // rotation are computed while Q is still loading.
 //
+// Lazy running max (kLazyMax): on unmasked visits the softmax exponentiates against the running
+// max as it stands and only bounds the result (every p <= the thread's row sum <= kLazyBound),
+// which drops the per-visit row max, its shuffles and the O-rescale vote from the common path;
+// when a row sum exceeds the bound (the max rose by more than log2(kLazyBound)), the max is
+// raised from the p themselves, or, when an exponent overflowed, from S recomputed with mma.sync
+// from the K stage (released only after the softmax).
+//
 // Clusters (kCluster = 2, prefill_work_order.h): the two CTAs of a cluster are two work items of
 // one KV head and walk the union of their key tiles; CTA r loads the 64-row box r of every K/V
 // tile and multicasts it to both CTAs, whose empty barriers count the consumer warps of both.
@@ -45,6 +52,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -71,7 +79,8 @@ namespace mp::cuda::sm90 {
 // (docs/benchmarks-attention-draft.md); the other settings stay selectable for ablations.
 template <int kHeadDim_, bool kCausal_, int kStages_ = 3, bool kPingpong_ = true,
           bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true,
-          bool kDca_ = false, bool kDcaSegments_ = false, int kCluster_ = 1, bool kSparse_ = false>
+          bool kDca_ = false, bool kDcaSegments_ = false, int kCluster_ = 1, bool kSparse_ = false,
+          bool kLazyMax_ = false>
 struct PrefillConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
@@ -101,6 +110,11 @@ struct PrefillConfig {
   // parts, split between the two consumer warpgroups (even / odd tiles) whose softmax states
   // are merged at the end; Q un-rotated in memory, rotated per part in registers.
   static constexpr bool kSparse = kSparse_;
+  // Unmasked visits exponentiate against the running max as it stands, without the row max of
+  // the visit (no max reduction, no shuffles, no O rescale); the max is raised only when a
+  // thread's row sum of the visit exceeds kLazyBound (softmax_lazy in Consumer).
+  static constexpr bool kLazyMax = kLazyMax_;
+  static constexpr float kLazyBound = 256.f;
 
   static constexpr int kBlockM = 128;  // query rows per CTA
   static constexpr int kWgRows = 64;   // query rows per consumer warpgroup
@@ -125,6 +139,9 @@ struct PrefillConfig {
                 "sparse rotates the Q fragment in registers and masks by key position");
   static_assert(!kSparse || kCluster == 1,
                 "sparse CTAs gather their own key tiles (no cluster multicast)");
+  static_assert(!kLazyMax || (kQInRegs && kSoftmaxIlp),
+                "the lazy max recomputes S from the Q fragment in registers");
+  static_assert(!kSparse || !kLazyMax, "the sparse kernel keeps the exact running max");
 
   using Element = cutlass::bfloat16_t;
 
@@ -519,6 +536,66 @@ __device__ __forceinline__ void ApplyQRotation(TensorQ& tSrQ, const QRotation<Cf
   }
 }
 
+// d += a * b for one 16 x 8 x 16 block (bf16 in, fp32 accumulation), warp-wide.
+__device__ __forceinline__ void Mma16816(float& d0, float& d1, float& d2, float& d3,
+                                         const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// What RecomputeS assumes of SmemLayoutK: key r + 16 nb sits 16 nb rows of kBoxCols elements
+// after key r, for every column (the 128-byte swizzle pattern repeats every 8 rows).
+template <class Cfg>
+constexpr bool KRowsRepeatEvery16() {
+  constexpr typename Cfg::SmemLayoutK layout{};
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < Cfg::kHeadDim; c += 8) {
+      for (int nb = 1; nb < Cfg::kBlockN / 16; ++nb) {
+        if (int(layout(nb * 16 + r, c, 0)) - int(layout(r, c, 0)) != nb * 16 * Cfg::kBoxCols) {
+          return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// kLazyMax, rare path: S of this warp's 16 query rows against the key tile of one stage,
+// recomputed with warp-level mma.sync from the Q fragment in registers (whose k step k, registers
+// 0-3, is exactly the A fragment of m16n8k16) and K in shared memory (ldmatrix; a K row is a key,
+// so the non-transposed 8 x 8 matrices are the B fragments). The m16n8 accumulator block n is
+// values 4n .. 4n + 3 of the S GEMM's accumulator (rows lane / 4 and lane / 4 + 8, columns
+// 8n + 2 (lane % 4) + {0, 1}), so the result lands where the wgmma would have put it.
+template <class Cfg, class TensorQ, class TensorK, class TensorS>
+__device__ __forceinline__ void RecomputeS(TensorQ& tSrQ, const TensorK& sK, int stage,
+                                           TensorS& tSrS, int lane) {
+  static_assert(KRowsRepeatEvery16<Cfg>(), "K rows 16 apart must be 16 * 128 bytes apart");
+  auto q32 = cute::recast<uint32_t>(tSrQ);
+#pragma unroll
+  for (int i = 0; i < cute::size(tSrS); ++i) tSrS(i) = 0.f;
+  const int matrix = lane / 8;  // ldmatrix.x4: lanes 8m .. 8m + 7 address the rows of matrix m
+#pragma unroll
+  for (int k = 0; k < Cfg::kHeadDim / 16; ++k) {
+    const uint32_t a[4] = {q32(k * 4 + 0), q32(k * 4 + 1), q32(k * 4 + 2), q32(k * 4 + 3)};
+    // Matrices: keys +0..7 dims +0..7 / +8..15, then keys +8..15 likewise; 16 keys further on
+    // is 16 rows of 128 bytes further (KRowsRepeatEvery16).
+    const char* row0 = reinterpret_cast<const char*>(
+        &sK((matrix / 2) * 8 + lane % 8, k * 16 + (matrix % 2) * 8, stage));
+#pragma unroll
+    for (int nb = 0; nb < Cfg::kBlockN / 16; ++nb) {
+      uint32_t b[4];
+      LdMatrixX4(row0 + nb * 16 * 128, b);
+      const int c = 8 * nb;  // accumulator values of blocks 2 nb and 2 nb + 1
+      Mma16816(tSrS(c), tSrS(c + 1), tSrS(c + 2), tSrS(c + 3), a, b[0], b[1]);
+      Mma16816(tSrS(c + 4), tSrS(c + 5), tSrS(c + 6), tSrS(c + 7), a, b[2], b[3]);
+    }
+  }
+  __syncwarp();  // every lane is done with the K stage before lane 0 releases it
+}
+
 template <class Cfg>
 __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
                          int q_head, KeyTileRange tiles, int cwg, bool writes,
@@ -579,6 +656,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
+  // kLazyMax: the exponent offset -row_max * scale_log2 of the running max, +inf while a row has
+  // seen no key (so the fast path overflows and takes the exact path).
+  [[maybe_unused]] float lazy_nsm[2] = {INFINITY, INFINITY};
   clear(tOrO);
 
   const float sl2 = p.scale_log2;
@@ -645,6 +725,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       corr[r] = Exp2((row_max[r] - m_safe) * sl2);
       row_max[r] = mx[r];
       neg_scaled_max[r] = -m_safe * sl2;
+      if constexpr (Cfg::kLazyMax) lazy_nsm[r] = mx[r] == -INFINITY ? INFINITY : neg_scaled_max[r];
 #pragma unroll
       for (int a = 0; a < kAcc; ++a) sum[r][a] = 0.f;
     }
@@ -660,6 +741,76 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 #pragma unroll
       for (int a = 1; a < kAcc; ++a) sum[r][0] += sum[r][a];
       row_sum[r] = row_sum[r] * corr[r] + sum[r][0];
+    }
+  };
+
+  // kLazyMax, unmasked visits: p = exp2(s * scale_log2 - running max * scale_log2) with the
+  // running max as it stands: no row max of the visit, no shuffles, no O rescale. Every p of a
+  // thread is at most its row sum, so while all row sums of the visit stay <= kLazyBound, no p
+  // exceeds it and the max need not move (the softmax is exact for any offset; the bound only
+  // keeps P, O and the row sums far from overflow). Otherwise (rare; warp-uniform) the max is
+  // raised to the visit's: from the p themselves when all are finite (p *= 1 / max p), else (an
+  // exponent overflowed, or a row had seen no key) from S recomputed with mma.sync from the K
+  // stage, which the caller releases only after this. Returns whether O must be rescaled by corr.
+  auto softmax_lazy = [&](const KeyVisit& v, int stage, float (&corr)[2]) {
+    if constexpr (!Cfg::kLazyMax) {
+      return false;
+    } else {
+      constexpr int kAcc = 4;
+      float sum[2][kAcc];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int a = 0; a < kAcc; ++a) sum[r][a] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i / 2) % 2;
+        const float e = Exp2(fmaf(tSrS(i), sl2, lazy_nsm[r]));
+        tSrS(i) = e;
+        sum[r][(i / 4) % kAcc] += e;
+      }
+      float ts[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) ts[r] = (sum[r][0] + sum[r][1]) + (sum[r][2] + sum[r][3]);
+      // False for inf and NaN too.
+      const bool small = ts[0] <= Cfg::kLazyBound && ts[1] <= Cfg::kLazyBound;
+      if (__all_sync(0xffffffff, small)) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          row_sum[r] += ts[r];
+          corr[r] = 1.f;
+        }
+        return false;
+      }
+      const bool finite = ts[0] <= FLT_MAX && ts[1] <= FLT_MAX;
+      if (!__all_sync(0xffffffff, finite)) {
+        RecomputeS<Cfg>(tSrQ, sK, stage, tSrS, lane);
+        softmax(cute::false_type{}, v, corr);
+        return true;
+      }
+      float pm[2] = {0.f, 0.f};
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i / 2) % 2;
+        pm[r] = fmaxf(pm[r], tSrS(i));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        pm[r] = fmaxf(pm[r], __shfl_xor_sync(0xffffffff, pm[r], 1));
+        pm[r] = fmaxf(pm[r], __shfl_xor_sync(0xffffffff, pm[r], 2));
+        corr[r] = 1.f;
+        if (pm[r] > 1.f) {
+          corr[r] = __frcp_rn(pm[r]);
+          lazy_nsm[r] -= __log2f(pm[r]);
+          row_max[r] = -lazy_nsm[r] / sl2;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= corr[(i / 2) % 2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) row_sum[r] = (row_sum[r] + ts[r]) * corr[r];
+      return true;
     }
   };
 
@@ -819,19 +970,29 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       }
     }
   };
-  // S (in tSrS) -> probabilities of visit v from stage `stage`; frees the K stage.
-  auto scores_to_probs = [&](const auto& v, int stage, float(&corr)[2]) {
+  // S (in tSrS) -> probabilities of visit v from stage `stage`; frees the K stage. With
+  // `lazy` (true_type) and kLazyMax, unmasked visits take softmax_lazy, which reads the K stage
+  // on its rare path, so the stage is released after it. Returns false when O certainly needs
+  // no rescale.
+  auto scores_to_probs = [&](const auto& v, int stage, float(&corr)[2], auto lazy) -> bool {
     if constexpr (Cfg::kSparse) {
       sparse_mask(stage);  // reads the stage's keys: before the stage is released
       release(&ss.k_empty[stage]);
       softmax(cute::false_type{}, v, corr);
+      return true;
     } else {
-      release(&ss.k_empty[stage]);
+      constexpr bool kLazy = decltype(lazy)::value && Cfg::kLazyMax;
+      if constexpr (!kLazy) release(&ss.k_empty[stage]);
+      bool maybe = true;
       if (needs_mask(v)) {
         softmax(cute::true_type{}, v, corr);
+      } else if constexpr (kLazy) {
+        maybe = softmax_lazy(v, stage, corr);
       } else {
         softmax(cute::false_type{}, v, corr);
       }
+      if constexpr (kLazy) release(&ss.k_empty[stage]);
+      return maybe;
     }
   };
 
@@ -879,9 +1040,19 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_wait<0>();
       warpgroup_fence_operand(tSrS);
       float corr[2];
-      scores_to_probs(prev, stage, corr);
+      scores_to_probs(prev, stage, corr, cute::false_type{});  // O is still zero
       convert_p();
     }
+
+    // The running max of most rows stops moving after the first tiles: skip the rescale
+    // when no row of the warp changed (corr is exactly 1 then).
+    auto rescale_o = [&](const float (&corr)[2], bool maybe) {
+      const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
+      if (!Cfg::kSoftmaxIlp || (maybe && __any_sync(0xffffffff, rescale))) {
+#pragma unroll
+        for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
+      }
+    };
 
     // Visit i after visit ip of this warpgroup (Q already right for i): S of visit i with the
     // PV of visit ip.
@@ -898,18 +1069,12 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
       float corr[2];
-      scores_to_probs(cur, stage, corr);
+      const bool maybe_rescale = scores_to_probs(cur, stage, corr, cute::true_type{});
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP);
       release(&ss.v_empty[pstage]);
-      // The running max of most rows stops moving after the first tiles: skip the rescale
-      // when no row of the warp changed (corr is exactly 1 then).
-      const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
-      if (!Cfg::kSoftmaxIlp || __any_sync(0xffffffff, rescale)) {
-#pragma unroll
-        for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
-      }
+      rescale_o(corr, maybe_rescale);
       convert_p();
       prev = cur;
     };
@@ -953,16 +1118,12 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
         warpgroup_wait<1>();
         warpgroup_fence_operand(tSrS);
         float corr[2];
-        scores_to_probs(cur, stage, corr);
+        const bool maybe_rescale = scores_to_probs(cur, stage, corr, cute::true_type{});
         warpgroup_wait<0>();
         warpgroup_fence_operand(tOrO);
         warpgroup_fence_operand(tOrP);
         release(&ss.v_empty[pstage]);
-        const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
-        if (!Cfg::kSoftmaxIlp || __any_sync(0xffffffff, rescale)) {
-#pragma unroll
-          for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
-        }
+        rescale_o(corr, maybe_rescale);
         convert_p();
         prev = cur;
       }
@@ -1045,7 +1206,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     s += __shfl_xor_sync(0xffffffff, s, 2);
     const bool empty = !(s > 0.f);
     inv[r] = empty ? 0.f : 1.f / s;
-    lse[r] = empty ? -INFINITY : row_max[r] * p.scale + logf(s);
+    // kLazyMax: the running max is the offset of the fast path (-lazy_nsm / scale_log2).
+    const float m = Cfg::kLazyMax ? -lazy_nsm[r] * 0.6931471805599453f : row_max[r] * p.scale;
+    lse[r] = empty ? -INFINITY : m + logf(s);
   }
   const int64_t row_stride = int64_t(p.q_heads) * Cfg::kHeadDim;
   __nv_bfloat16* out = p.out + int64_t(q_head) * Cfg::kHeadDim;
@@ -1238,7 +1401,10 @@ namespace mp::cuda::internal {
 // Instantiated explicitly in paged_prefill_attention_hd{64,128}.cu.
 template <int kHeadDim, bool kCausal>
 cudaError_t LaunchPagedPrefillSm90(const PagedPrefillAttentionArgs& args, cudaStream_t stream) {
-  return sm90::LaunchPagedPrefillAttention<sm90::PrefillConfig<kHeadDim, kCausal>>(args, stream);
+  using Cfg = sm90::PrefillConfig<kHeadDim, kCausal, 3, true, true, true, true, /*dca=*/false,
+                                  /*dca_segments=*/false, /*cluster=*/1, /*sparse=*/false,
+                                  /*lazy_max=*/true>;
+  return sm90::LaunchPagedPrefillAttention<Cfg>(args, stream);
 }
 
 // Instantiated explicitly in paged_prefill_dca_attention_hd{64,128}.cu.
@@ -1246,7 +1412,8 @@ template <int kHeadDim>
 cudaError_t LaunchPagedPrefillDcaSm90(const PagedPrefillAttentionArgs& args, const DcaParams& dca,
                                       cudaStream_t stream) {
   using Cfg = sm90::PrefillConfig<kHeadDim, /*causal=*/true, 3, true, true, true, true,
-                                  /*dca=*/true, /*dca_segments=*/true>;
+                                  /*dca=*/true, /*dca_segments=*/true, /*cluster=*/1,
+                                  /*sparse=*/false, /*lazy_max=*/true>;
   return sm90::LaunchPagedPrefillAttention<Cfg>(args, stream, &dca);
 }
 
