@@ -48,6 +48,8 @@ inline constexpr char kStageIdle[] = "millipede_stage_idle_seconds_total";
 inline constexpr char kStageSteps[] = "millipede_stage_steps_total";  // {outcome}
 inline constexpr char kStagePrefillTokens[] = "millipede_stage_prefill_tokens_total";
 inline constexpr char kStageRequestsHeld[] = "millipede_stage_requests_held";
+// = 1 while the worker holds a stage of the current pipeline; joins worker series to a stage.
+inline constexpr char kStageInfo[] = "millipede_stage_info";  // {stage, layer_begin, layer_end}
 inline constexpr char kActivationBytes[] =
     "millipede_activation_transfer_bytes_total";  // {direction}
 inline constexpr char kActivationSeconds[] =

@@ -573,18 +573,58 @@ absl::Status CudaBackend::WriteKv(const Tensor& k, const Tensor& v, int64_t star
   return CudaStatus(cuda::WritePagedKv(a, stream_), kOp);
 }
 
+namespace {
+
+// The tensors of an attention op: q [n, q_heads, head_dim] bf16, out of the same shape, lse
+// [q_heads, n] f32 when given, and a paged cache whose kv heads divide q_heads and whose table
+// covers positions [0, key_end).
+absl::Status ExpectAttentionTensors(absl::string_view op, const Tensor* q, const Tensor* out,
+                                    const Tensor* lse, const KvLayerView& kv, int64_t key_end) {
+  if (q == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": q and out must be given"));
+  }
+  MP_RETURN_IF_ERROR(Expect(op, "q", *q, DType::kBF16, {kAny, kAny, kAny}));
+  const int64_t n = q->dim(0), q_heads = q->dim(1), head_dim = q->dim(2);
+  MP_RETURN_IF_ERROR(Expect(op, "out", *out, DType::kBF16, {n, q_heads, head_dim}));
+  MP_RETURN_IF_ERROR(ExpectNoAlias(op, "q", *q, "out", *out));
+  if (lse != nullptr) MP_RETURN_IF_ERROR(Expect(op, "lse", *lse, DType::kF32, {q_heads, n}));
+  if (kv.k.rank() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": K cache has ", Describe(kv.k),
+                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
+  }
+  const int64_t kv_heads = kv.k.dim(1);
+  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": q has ", q_heads,
+                                                   " heads, not a multiple of the cache's ",
+                                                   kv_heads, " kv heads"));
+  }
+  return ExpectKvLayer(op, kv, kv_heads, head_dim, key_end);
+}
+
+// The kernel arguments every attention launch shares (the key range and mask are the caller's).
+cuda::PagedPrefillAttentionArgs PrefillArgs(const Tensor& q, const KvLayerView& kv,
+                                            const int32_t* table, Tensor& out, Tensor* lse) {
+  cuda::PagedPrefillAttentionArgs a;
+  a.q = Bf16(q);
+  a.k_cache = Bf16(kv.k);
+  a.v_cache = Bf16(kv.v);
+  a.block_table = table;
+  a.out = MutableBf16(out);
+  a.lse = lse != nullptr ? lse->data_as<float>() : nullptr;
+  a.num_queries = q.dim(0);
+  a.q_heads = q.dim(1);
+  a.kv_heads = kv.k.dim(1);
+  a.head_dim = q.dim(2);
+  a.num_blocks = kv.k.dim(0);
+  a.block_size = kv.block_size;
+  return a;
+}
+
+}  // namespace
+
 absl::Status CudaBackend::Attention(const AttentionParams& p) {
   constexpr absl::string_view kOp = "Attention";
-  if (p.q == nullptr || p.out == nullptr) {
-    return absl::InvalidArgumentError("Attention: q and out must be given");
-  }
-  MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kBF16, {kAny, kAny, kAny}));
-  const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
-  MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kBF16, {n, q_heads, head_dim}));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
-  if (p.lse != nullptr) {
-    MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
-  }
   if (p.key_begin < 0 || p.key_end < p.key_begin) {
     return absl::InvalidArgumentError(
         absl::StrCat("Attention: key range [", p.key_begin, ", ", p.key_end, ") is invalid"));
@@ -592,35 +632,14 @@ absl::Status CudaBackend::Attention(const AttentionParams& p) {
   if (!std::isfinite(p.scale)) {
     return absl::InvalidArgumentError("Attention: scale must be finite");
   }
-  if (p.kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Attention: K cache has ", Describe(p.kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
-  }
+  MP_RETURN_IF_ERROR(ExpectAttentionTensors(kOp, p.q, p.out, p.lse, p.kv, p.key_end));
+  const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
   const int64_t kv_heads = p.kv.k.dim(1);
-  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("Attention: q has ", q_heads,
-                                                   " heads, not a multiple of the cache's ",
-                                                   kv_heads, " kv heads"));
-  }
-  MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.key_end));
   if (n == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));
 
-  cuda::PagedPrefillAttentionArgs a;
-  a.q = Bf16(*p.q);
-  a.k_cache = Bf16(p.kv.k);
-  a.v_cache = Bf16(p.kv.v);
-  a.block_table = table;
-  a.out = MutableBf16(*p.out);
-  a.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
-  a.num_queries = n;
-  a.q_heads = q_heads;
-  a.kv_heads = kv_heads;
-  a.head_dim = head_dim;
-  a.num_blocks = p.kv.k.dim(0);
-  a.block_size = p.kv.block_size;
+  cuda::PagedPrefillAttentionArgs a = PrefillArgs(*p.q, p.kv, table, *p.out, p.lse);
   a.key_begin = p.key_begin;
   a.key_end = p.key_end;
   a.causal = p.causal;
@@ -656,35 +675,32 @@ absl::Status CudaBackend::Attention(const AttentionParams& p) {
   return CudaStatus(cuda::GenericPagedAttention(g, stream_), "Attention (generic)");
 }
 
-// One query row (decode) against the paged cache: the split-KV decode kernel
-// (kernels/cuda/decode_attention.h), whose contract for one query equals the prefill kernel's
-// (a single bottom-right causal row sees every key of its range). Shapes the decode kernel does
-// not take (more than 16 query heads per KV head) go to the prefill kernel.
-absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
-                                               const int32_t* block_table) {
-  ++stats_.single_query_attention_calls;
-  const int64_t kv_heads = p.kv.k.dim(1), block_size = p.kv.block_size;
+absl::StatusOr<cuda::DecodeAttentionArgs> CudaBackend::DecodeArgs(
+    const Tensor& q, const KvLayerView& kv, const int32_t* table, Tensor& out, Tensor* lse,
+    int64_t key_begin, int64_t key_end, float scale) {
+  const int64_t kv_heads = kv.k.dim(1), block_size = kv.block_size;
   cuda::DecodeAttentionArgs d;
-  d.q = Bf16(*p.q);
-  d.k_cache = Bf16(p.kv.k);
-  d.v_cache = Bf16(p.kv.v);
-  d.block_tables = block_table;
-  d.out = MutableBf16(*p.out);
-  d.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
+  d.q = Bf16(q);
+  d.k_cache = Bf16(kv.k);
+  d.v_cache = Bf16(kv.v);
+  d.block_tables = table;
+  d.out = MutableBf16(out);
+  d.lse = lse != nullptr ? lse->data_as<float>() : nullptr;
   d.num_seqs = 1;
-  d.q_heads = p.q->dim(1);
+  d.q_heads = q.dim(1);
   d.kv_heads = kv_heads;
-  d.head_dim = p.q->dim(2);
-  d.num_blocks = p.kv.k.dim(0);
+  d.head_dim = q.dim(2);
+  d.num_blocks = kv.k.dim(0);
   d.block_size = block_size;
-  d.table_stride = std::max<int64_t>(1, (p.key_end + block_size - 1) / block_size);
-  d.num_splits = cuda::DecodeAttentionDefaultSplits(1, kv_heads, p.key_end - p.key_begin,
-                                                    num_sms_);
-  d.scale = p.scale;
+  d.table_stride = std::max<int64_t>(1, (key_end + block_size - 1) / block_size);
+  d.num_splits =
+      cuda::DecodeAttentionDefaultSplits(1, kv_heads, key_end - key_begin, num_sms_);
+  d.scale = scale;
   if (!decode_ranges_.defined()) {
     MP_ASSIGN_OR_RETURN(decode_ranges_, Allocate({2}, DType::kI32));
   }
-  d.key_begin = decode_ranges_.data_as<const int32_t>();
+  // Keys from 0 pass no begin array (the DCA decode kernel requires that).
+  d.key_begin = key_begin == 0 ? nullptr : decode_ranges_.data_as<const int32_t>();
   d.key_end = decode_ranges_.data_as<const int32_t>() + 1;
   const int64_t ws_bytes = cuda::DecodeAttentionWorkspaceBytes(d);
   if (ws_bytes > 0 && (!decode_workspace_.defined() ||
@@ -693,31 +709,36 @@ absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
   }
   d.workspace = ws_bytes > 0 ? decode_workspace_.data() : nullptr;
   d.workspace_bytes = ws_bytes;
+  return d;
+}
+
+absl::Status CudaBackend::StageDecodeRange(int64_t key_begin, int64_t key_end) {
+  // Pageable source: the copy takes the values before returning, so `range` may go out of scope.
+  const int32_t range[2] = {static_cast<int32_t>(key_begin), static_cast<int32_t>(key_end)};
+  return CudaStatus(cudaMemcpyAsync(decode_ranges_.data(), range, sizeof(range),
+                                    cudaMemcpyHostToDevice, stream_),
+                    "decode key range");
+}
+
+// One query row (decode) against the paged cache: the split-KV decode kernel
+// (kernels/cuda/decode_attention.h), whose contract for one query equals the prefill kernel's
+// (a single bottom-right causal row sees every key of its range). Shapes the decode kernel does
+// not take (more than 16 query heads per KV head) go to the prefill kernel.
+absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
+                                               const int32_t* block_table) {
+  ++stats_.single_query_attention_calls;
+  MP_ASSIGN_OR_RETURN(cuda::DecodeAttentionArgs d,
+                      DecodeArgs(*p.q, p.kv, block_table, *p.out, p.lse, p.key_begin, p.key_end,
+                                 p.scale));
   if (!cuda::DecodeAttentionUnsupported(d, nullptr).empty()) {
-    cuda::PagedPrefillAttentionArgs a;
-    a.q = d.q;
-    a.k_cache = d.k_cache;
-    a.v_cache = d.v_cache;
-    a.block_table = block_table;
-    a.out = d.out;
-    a.lse = d.lse;
-    a.num_queries = 1;
-    a.q_heads = d.q_heads;
-    a.kv_heads = kv_heads;
-    a.head_dim = d.head_dim;
-    a.num_blocks = d.num_blocks;
-    a.block_size = block_size;
+    cuda::PagedPrefillAttentionArgs a = PrefillArgs(*p.q, p.kv, block_table, *p.out, p.lse);
     a.key_begin = p.key_begin;
     a.key_end = p.key_end;
     a.causal = p.causal;
     a.scale = p.scale;
     return CudaStatus(cuda::PagedPrefillAttention(a, stream_), "Attention (single query)");
   }
-  // Pageable source: the copy takes the values before returning, so `range` may go out of scope.
-  const int32_t range[2] = {static_cast<int32_t>(p.key_begin), static_cast<int32_t>(p.key_end)};
-  MP_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(decode_ranges_.data(), range, sizeof(range),
-                                                cudaMemcpyHostToDevice, stream_),
-                                "Attention (decode ranges)"));
+  MP_RETURN_IF_ERROR(StageDecodeRange(p.key_begin, p.key_end));
   ++stats_.decode_attention_calls;
   return CudaStatus(cuda::DecodeAttention(d, stream_), "Attention (split-KV decode)");
 }
@@ -728,16 +749,6 @@ absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
 // the split-KV DCA decode kernel (kernels/cuda/decode_attention.h).
 absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
   constexpr absl::string_view kOp = "DcaAttention";
-  if (p.q == nullptr || p.out == nullptr) {
-    return absl::InvalidArgumentError("DcaAttention: q and out must be given");
-  }
-  MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kBF16, {kAny, kAny, kAny}));
-  const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
-  MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kBF16, {n, q_heads, head_dim}));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
-  if (p.lse != nullptr) {
-    MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
-  }
   if (p.query_begin < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("DcaAttention: query_begin must be >= 0, got ", p.query_begin));
@@ -748,19 +759,9 @@ absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
         "DcaAttention: scale must be positive and temperature >= 1, got scale ", p.scale,
         " and temperature ", p.temperature));
   }
-  if (p.kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("DcaAttention: K cache has ", Describe(p.kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
-  }
-  const int64_t kv_heads = p.kv.k.dim(1);
-  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("DcaAttention: q has ", q_heads,
-                                                   " heads, not a multiple of the cache's ",
-                                                   kv_heads, " kv heads"));
-  }
+  const int64_t n = p.q != nullptr ? p.q->dim(0) : 0;
   const int64_t key_end = p.query_begin + n;
-  MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, key_end));
+  MP_RETURN_IF_ERROR(ExpectAttentionTensors(kOp, p.q, p.out, p.lse, p.kv, key_end));
   if (n == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));
@@ -771,60 +772,17 @@ absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
   const float scale = p.scale * p.temperature * p.temperature;
 
   if (n == 1) {
-    const int64_t block_size = p.kv.block_size;
-    cuda::DecodeAttentionArgs d;
-    d.q = Bf16(*p.q);
-    d.k_cache = Bf16(p.kv.k);
-    d.v_cache = Bf16(p.kv.v);
-    d.block_tables = table;
-    d.out = MutableBf16(*p.out);
-    d.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
-    d.num_seqs = 1;
-    d.q_heads = q_heads;
-    d.kv_heads = kv_heads;
-    d.head_dim = head_dim;
-    d.num_blocks = p.kv.k.dim(0);
-    d.block_size = block_size;
-    d.table_stride = std::max<int64_t>(1, (key_end + block_size - 1) / block_size);
-    d.num_splits = cuda::DecodeAttentionDefaultSplits(1, kv_heads, key_end, num_sms_);
-    d.scale = scale;
-    if (!decode_ranges_.defined()) {
-      MP_ASSIGN_OR_RETURN(decode_ranges_, Allocate({2}, DType::kI32));
-    }
-    d.key_begin = nullptr;  // DCA decode reads keys [0, key_end)
-    d.key_end = decode_ranges_.data_as<const int32_t>() + 1;
-    const int64_t ws_bytes = cuda::DecodeAttentionWorkspaceBytes(d);
-    if (ws_bytes > 0 && (!decode_workspace_.defined() ||
-                         static_cast<int64_t>(decode_workspace_.nbytes()) < ws_bytes)) {
-      MP_ASSIGN_OR_RETURN(decode_workspace_, Allocate({ws_bytes}, DType::kU8));
-    }
-    d.workspace = ws_bytes > 0 ? decode_workspace_.data() : nullptr;
-    d.workspace_bytes = ws_bytes;
+    MP_ASSIGN_OR_RETURN(cuda::DecodeAttentionArgs d,
+                        DecodeArgs(*p.q, p.kv, table, *p.out, p.lse, 0, key_end, scale));
     const std::string unsupported = cuda::DecodeAttentionUnsupported(d, &dca);
     if (!unsupported.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("DcaAttention (decode): ", unsupported));
     }
-    const int32_t range[2] = {0, static_cast<int32_t>(key_end)};
-    MP_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(decode_ranges_.data(), range, sizeof(range),
-                                                  cudaMemcpyHostToDevice, stream_),
-                                  "DcaAttention (decode ranges)"));
+    MP_RETURN_IF_ERROR(StageDecodeRange(0, key_end));
     ++stats_.dca_decode_calls;
     return CudaStatus(cuda::DcaDecodeAttention(d, dca, stream_), "DcaAttention (decode)");
   }
-
-  cuda::PagedPrefillAttentionArgs a;
-  a.q = Bf16(*p.q);
-  a.k_cache = Bf16(p.kv.k);
-  a.v_cache = Bf16(p.kv.v);
-  a.block_table = table;
-  a.out = MutableBf16(*p.out);
-  a.lse = p.lse != nullptr ? p.lse->data_as<float>() : nullptr;
-  a.num_queries = n;
-  a.q_heads = q_heads;
-  a.kv_heads = kv_heads;
-  a.head_dim = head_dim;
-  a.num_blocks = p.kv.k.dim(0);
-  a.block_size = p.kv.block_size;
+  cuda::PagedPrefillAttentionArgs a = PrefillArgs(*p.q, p.kv, table, *p.out, p.lse);
   a.key_begin = 0;
   a.key_end = key_end;  // query row i sits at query_begin + i (bottom-right aligned)
   a.causal = true;
@@ -844,24 +802,10 @@ absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionPar
   }
   MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kBF16, {kAny, kAny, kAny}));
   const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
-  MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kBF16, {n, q_heads, head_dim}));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
-  if (p.lse != nullptr) {
-    MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
-  }
+  // The scalars first: the key range below depends on query_begin.
   MP_RETURN_IF_ERROR(ValidateVerticalSlashScalars(p, n, q_heads));
-  if (p.kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("VerticalSlashAttention: K cache has ", Describe(p.kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
-  }
+  MP_RETURN_IF_ERROR(ExpectAttentionTensors(kOp, p.q, p.out, p.lse, p.kv, p.query_begin + n));
   const int64_t kv_heads = p.kv.k.dim(1);
-  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: q has ", q_heads,
-                                                   " heads, not a multiple of the cache's ",
-                                                   kv_heads, " kv heads"));
-  }
-  MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.query_begin + n));
   if (n == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   MP_ASSIGN_OR_RETURN(const int32_t* table, DeviceInts(p.kv.block_table));

@@ -30,6 +30,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/decode_attention.h"
 #include "runtime/backend.h"
 #include "runtime/cublaslt_gemm.h"
 #include "runtime/cuda_memory_pool.h"
@@ -126,6 +127,13 @@ class CudaBackend final : public Backend {
   absl::StatusOr<const float*> InvFreq(double theta, int64_t head_dim);
   // The single-query (decode) path of Attention; see Attention().
   absl::Status SingleQueryAttention(const AttentionParams& p, const int32_t* block_table);
+  // The split-KV decode kernel's arguments for one query over keys [key_begin, key_end) (the
+  // workspace grown as needed); StageDecodeRange() then puts the range on the device.
+  absl::StatusOr<cuda::DecodeAttentionArgs> DecodeArgs(const Tensor& q, const KvLayerView& kv,
+                                                       const int32_t* table, Tensor& out,
+                                                       Tensor* lse, int64_t key_begin,
+                                                       int64_t key_end, float scale);
+  absl::Status StageDecodeRange(int64_t key_begin, int64_t key_end);
 
   int device_ = 0;
   std::string name_;

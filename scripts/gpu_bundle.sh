@@ -2,15 +2,21 @@
 # Packs the GPU tests and benchmarks of a CUDA build, with the shared libraries they need, into
 # .gpu-bundle/ (git-ignored, < 40 MB: the programs and libraries travel as one .tar.xz) and
 # writes .gpu-bundle/run.sh, which on a machine with an H100/H200 runs every ctest test labelled
-# `gpu`, then the benchmarks, and prints a summary table last.
+# `gpu` (dense, DCA, decode and vertical-slash sparse kernels, the CUDA backend, the memcheck
+# runs), then the benchmarks, and prints a summary table last. The build is switched to
+# MP_ATTENTION_VARIANTS=ON, so the candidate prefill kernels (bench/cuda/prefill_variants.h),
+# their GPU test and the peer library's candidate list are in the same bundle.
 #
 #   scripts/gpu_bundle.sh [BUILD_DIR]          (default: build/, configured with CUDA)
 #   MP_BUNDLE_LABEL_EXCLUDE=  scripts/gpu_bundle.sh   also the multigpu tests (default: left out)
+#   MP_BUNDLE_VARIANTS=OFF scripts/gpu_bundle.sh      without the candidate kernels
 #
 # On the GPU machine, from the repository root (tests/testdata is read from there):
-#   .gpu-bundle/run.sh                 tests, then benchmarks
+#   .gpu-bundle/run.sh                 tests, benchmarks, then the candidates against cuDNN
 #   .gpu-bundle/run.sh tests           only the tests
 #   .gpu-bundle/run.sh bench           only the benchmarks
+#   .gpu-bundle/run.sh variants        the candidates' GPU test, then every candidate
+#                                      interleaved with cuDNN (bench/attention_peer.py --variants)
 #   MP_TTFT_LENGTHS=1048576 .gpu-bundle/run.sh bench     the 1M-token prefill (several minutes)
 # Logs and JSON lines go to $OUT when it is set, else to /tmp/mp-gpu-bundle/out.
 set -euo pipefail
@@ -24,6 +30,12 @@ if ! grep -q 'mp_kernels_cuda' "$build/build.ninja" 2>/dev/null; then
   echo "gpu_bundle.sh: $build is not a CUDA build (configure with the CUDA toolkit)" >&2
   exit 1
 fi
+variants=${MP_BUNDLE_VARIANTS:-ON}
+case "$variants" in
+  ON|OFF) ;;
+  *) echo "gpu_bundle.sh: MP_BUNDLE_VARIANTS must be ON or OFF, got '$variants'" >&2; exit 1 ;;
+esac
+cmake -S "$root" -B "$build" -DMP_ATTENTION_VARIANTS="$variants" >/dev/null
 
 echo "building the GPU tests and benchmarks in $build"
 ninja -C "$build" -j "${MILLIPEDE_JOBS:-2}" tests/gpu/all bench/cuda/all millipede mp_passkey_eval
@@ -104,6 +116,7 @@ cat > "$bundle/run.sh" <<'RUN'
 #                                     MP_SPARSE_CASES (default 128k,256k,512k,1m),
 #                                     MP_SPARSE_CONFIG (Qwen's sparse_attention_config.json;
 #                                     default: budgets sampled from its statistics)
+#   run.sh variants              env: MP_VARIANT_CASES (default 32k,128k,512k,1m)
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -209,6 +222,31 @@ if [ "$mode" = all ] || [ "$mode" = bench ]; then
   [ "$rc" -eq 0 ] && add mp_ttft_bench DONE "ttft.log, ttft.jsonl" || add mp_ttft_bench FAIL "exit $rc"
 fi
 
+if [ "$mode" = all ] || [ "$mode" = variants ]; then
+  if [ ! -x "$work/bin/paged_prefill_attention_variants_test" ]; then
+    add "attention_peer.py --variants" FAIL "bundle made with MP_BUNDLE_VARIANTS=OFF"
+  else
+    rc=0
+    if [ "$mode" = variants ]; then  # (run.sh all ran it with the other tests)
+      echo "=== paged_prefill_attention_variants_test"
+      "$work/bin/paged_prefill_attention_variants_test" --gtest_color=no 2>&1 \
+        | tee "$out/variants_test.log"
+      rc=${PIPESTATUS[0]}
+      [ "$rc" -eq 0 ] && add paged_prefill_attention_variants_test PASS "variants_test.log" \
+                      || add paged_prefill_attention_variants_test FAIL "exit $rc"
+    fi
+    if [ "$rc" -eq 0 ]; then
+      echo "=== attention_peer.py --variants (every candidate interleaved with cuDNN SDPA)"
+      python3 "$here/../bench/attention_peer.py" --lib "$work/bin/libmp_attention_bench.so" \
+        --variants --cases "${MP_VARIANT_CASES:-32k,128k,512k,1m}" \
+        --json "$out/peer_variants.json" 2>&1 | tee "$out/peer_variants.log"
+      rc=${PIPESTATUS[0]}
+      [ "$rc" -eq 0 ] && add "attention_peer.py --variants" DONE "peer_variants.log, .json" \
+                      || add "attention_peer.py --variants" FAIL "exit $rc"
+    fi
+  fi
+fi
+
 {
   echo
   echo "| run                                          | result | detail |"
@@ -222,11 +260,16 @@ fi
     echo
     sed -n '/^| keys/,$p' "$out/sparse.log"
   fi
+  if [ -f "$out/peer_variants.log" ] && { [ "$mode" = all ] || [ "$mode" = variants ]; }; then
+    echo
+    sed -n '/^TFLOP\/s (ratio/,$p' "$out/peer_variants.log"
+  fi
 } | tee "$out/summary.txt"
 ! printf '%s\n' "${summary[@]}" | grep -q '| FAIL '
 RUN
 chmod +x "$bundle/run.sh"
 size=$(du -sm "$bundle" | cut -f1)
 echo "bundle: $(du -sh "$bundle" | cut -f1) in $bundle ($(wc -l < "$stage/tests.txt") test binaries," \
-     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 5 benchmarks)"
+     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 5 benchmarks," \
+     "candidates $variants; payload $(du -k "$bundle/payload.tar.xz" | cut -f1) KB)"
 [ "$size" -lt 40 ] || { echo "gpu_bundle.sh: the bundle is ${size} MB, over 40 MB" >&2; exit 1; }

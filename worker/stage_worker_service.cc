@@ -48,6 +48,7 @@ void StageWorkerService::EndEpoch(const absl::Status& why) {
     old.swap(current_);
   }
   SetReady(false);
+  if (metrics_ != nullptr) metrics_->ClearStage();
   if (old != nullptr && old->runner != nullptr) {
     old->runner->Stop(why);
     MP_LOG(Info) << "pipeline epoch " << old->epoch << " ended: " << why.message();
@@ -160,8 +161,11 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   response->set_kv_block_tokens(static_cast<uint64_t>(loaded_.kv_block_tokens));
   response->set_load_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   response->set_device(loaded_.device);
-  if (metrics_ != nullptr)
+  if (metrics_ != nullptr) {
     metrics_->kv_blocks_total.Set(static_cast<double>(loaded_.kv_blocks_total));
+    metrics_->SetStage(static_cast<int>(r.stage()), static_cast<int>(r.layers().begin()),
+                       static_cast<int>(r.layers().end()));
+  }
   absl::MutexLock lock(&mu_);
   current_ = std::move(epoch);
   device_ = loaded_.device;

@@ -1,5 +1,7 @@
 #include "worker/worker_metrics.h"
 
+#include <string>
+
 #include "common/metric_names.h"
 #include "common/metrics.h"
 
@@ -87,6 +89,26 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& r)
                          .Name(n::kKvCacheUsageRatio)
                          .Help("Fraction of this stage's KV cache blocks in use")
                          .Register(r)
-                         .Add({})) {}
+                         .Add({})),
+      stage_info_(BuildGauge()
+                      .Name(n::kStageInfo)
+                      .Help("The pipeline stage and layer range [layer_begin, layer_end) this "
+                            "worker holds; the value is always 1")
+                      .Register(r)) {}
+
+void WorkerMetrics::SetStage(int stage, int layer_begin, int layer_end) {
+  absl::MutexLock lock(&mu_);
+  if (stage_ != nullptr) stage_info_.Remove(stage_);
+  stage_ = &stage_info_.Add({{"stage", std::to_string(stage)},
+                             {"layer_begin", std::to_string(layer_begin)},
+                             {"layer_end", std::to_string(layer_end)}});
+  stage_->Set(1);
+}
+
+void WorkerMetrics::ClearStage() {
+  absl::MutexLock lock(&mu_);
+  if (stage_ != nullptr) stage_info_.Remove(stage_);
+  stage_ = nullptr;
+}
 
 }  // namespace mp

@@ -4,12 +4,15 @@
 //
 //   mp_ttft_bench [--preset Qwen2.5-7B-Instruct-1M] [--lengths 32768,131072,262144]
 //                 [--chunk-size 32768] [--mlp-block-rows 8192] [--seed 1] [--json FILE]
-//                 [--attention dense|dca]
+//                 [--attention dense|dca|sparse] [--sparse-config FILE] [--sparse-threshold N]
 //
 // --attention dense (the default): causal attention over the whole prompt with plain RoPE (the
 // model's dual chunk attention is switched off), so positions run past the model's 1,010,000
 // when asked for 1M = 1,048,576 tokens. --attention dca: the model's dual chunk attention with
 // the YaRN temperature (the fused DCA kernel from the DCA chunk length on); the same FLOPs.
+// --attention sparse: DCA with vertical-slash sparse prefill (qwen1m-spec.md §3) for prompts
+// longer than the threshold, the per-head budgets of --sparse-config (Qwen's file for the 7B
+// model); model FLOPs are still counted as dense, so its "TFLOP/s" is an effective rate.
 // Per length: a fresh engine whose KV cache holds exactly that prompt (block size 64), one
 // request with max_new_tokens = 1; TTFT is the engine's (validation, KV admission, every prefill
 // chunk, final norm, LM head of the last row and the sampled token). Model FLOPs
@@ -43,6 +46,7 @@
 #include "runtime/cuda_backend.h"
 #include "runtime/cuda_random_weights.h"
 #include "runtime/engine.h"
+#include "model/sparse_attention_config.h"
 #include "runtime/stage_executor.h"
 
 namespace {
@@ -114,8 +118,10 @@ std::unique_ptr<mp::Engine> MakeEngine(const mp::ModelConfig& config,
                                        const mp::ModelWeights& weights,
                                        std::shared_ptr<mp::Backend> backend,
                                        const mp::EngineOptions& options, int64_t tokens,
-                                       int64_t mlp_block_rows) {
+                                       int64_t mlp_block_rows,
+                                       std::shared_ptr<const mp::SparsePrefillSettings> sparse) {
   mp::StageExecutorOptions ex;
+  ex.sparse = std::move(sparse);
   ex.kv_cache.block_size = 64;
   ex.kv_cache.max_tokens = tokens;
   ex.mlp_block_rows = mlp_block_rows;
@@ -152,6 +158,8 @@ int main(int argc, char** argv) {
   int gemm_iters = 10;
   std::string json_path;
   std::string attention = "dense";
+  std::string sparse_config;
+  int64_t sparse_threshold = -1;
   app.add_option("--preset", preset, "model architecture (model/presets)");
   app.add_option("--lengths", lengths, "prompt lengths in tokens (1M: 1048576)")->delimiter(',');
   app.add_option("--chunk-size", chunk, "prefill chunk size");
@@ -160,8 +168,14 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "weight and prompt seed");
   app.add_option("--gemm-iters", gemm_iters, "timed GEMMs of the 8192^3 reference");
   app.add_option("--json", json_path, "also append the JSON lines to this file");
-  app.add_option("--attention", attention, "dense (plain RoPE) or dca (the model's DCA)")
-      ->check(CLI::IsMember({"dense", "dca"}));
+  app.add_option("--attention", attention,
+                 "dense (plain RoPE), dca (the model's DCA) or sparse (DCA with vertical-slash "
+                 "sparse prefill; needs --sparse-config)")
+      ->check(CLI::IsMember({"dense", "dca", "sparse"}));
+  app.add_option("--sparse-config", sparse_config,
+                 "sparse_attention_config.json of the model (Qwen's per-head budgets)");
+  app.add_option("--sparse-threshold", sparse_threshold,
+                 "sparse prefill only for prompts longer than this (default: the model's, 32768)");
   CLI11_PARSE(app, argc, argv);
   if (chunk <= 0 || lengths.empty() || mlp_block_rows < 0) {
     std::fprintf(stderr,
@@ -190,7 +204,22 @@ int main(int argc, char** argv) {
       "\"tflops\":%.1f}",
       gpu->name(), gemm_tflops));
 
+  if ((attention == "sparse") != !sparse_config.empty()) {
+    std::fprintf(stderr, "--attention sparse needs --sparse-config, and only it takes one\n");
+    return 2;
+  }
   mp::ModelConfig config = OrDie(mp::LoadModelPreset(preset), "preset");
+  std::shared_ptr<const mp::SparsePrefillSettings> sparse;
+  if (attention == "sparse") {
+    mp::SparsePrefillOverrides overrides;
+    overrides.enabled = true;
+    if (sparse_threshold >= 0) overrides.threshold = sparse_threshold;
+    sparse = std::make_shared<const mp::SparsePrefillSettings>(
+        OrDie(mp::ResolveSparsePrefillSettings(
+                  config, OrDie(mp::LoadSparseAttentionConfig(sparse_config, config), "sparse config"),
+                  overrides),
+              "sparse settings"));
+  }
   if (attention == "dense") {
     config.dual_chunk.reset();  // dense attention over the whole prompt
   } else if (!config.dual_chunk.has_value()) {
@@ -221,7 +250,7 @@ int main(int argc, char** argv) {
   // Warm-up: one chunk (GEMM plans for the chunk's shapes, kernel modules, pool blocks).
   {
     const int64_t n = std::min(chunk, lengths.front());
-    auto engine = MakeEngine(config, weights, gpu, options, n + 1, mlp_block_rows);
+    auto engine = MakeEngine(config, weights, gpu, options, n + 1, mlp_block_rows, sparse);
     mp::GenerationOptions gen;
     gen.max_new_tokens = 1;
     OrDie(engine->Generate(RandomPrompt(n, config.vocab_size, seed + 99), gen).status(),
@@ -249,7 +278,7 @@ int main(int argc, char** argv) {
                            preset, t, need / kGiB, free_bytes / kGiB));
       continue;
     }
-    auto engine = MakeEngine(config, weights, gpu, options, t, mlp_block_rows);
+    auto engine = MakeEngine(config, weights, gpu, options, t, mlp_block_rows, sparse);
     row.kv_gib = engine->executors()[0]->kv_cache().stats().bytes_total / kGiB;
     row.weights_gib = weight_bytes / kGiB;
     const std::vector<int32_t> prompt = RandomPrompt(t, config.vocab_size, seed + t);

@@ -30,17 +30,34 @@
 // Each row switches at most twice per CTA. Visits are key tiles, except that a tile holding a
 // DCA chunk boundary (C not a multiple of 128) is visited twice, once per side
 // (prefill_key_visits.h). One online softmax runs over all visits; the causal mask is the usual
-// one (it only bites in the intra region, which holds the diagonal).
+// one (it only bites in the intra region, which holds the diagonal). With kDcaSegments the visits
+// are stepped without a division (KeyVisitCursor) and the rotation check runs only when a visit
+// enters another DCA chunk, in an outer loop around the key loop; the sin/cos of the first
+// rotation are computed while Q is still loading.
+//
+// Lazy running max (kLazyMax): on unmasked visits the softmax exponentiates against the running
+// max as it stands and only bounds the result (every p <= the thread's row sum <= kLazyBound),
+// which drops the per-visit row max, its shuffles and the O-rescale vote from the common path;
+// when a row sum exceeds the bound (the max rose by more than log2(kLazyBound)), the max is
+// raised from the p themselves, or, when an exponent overflowed, from S recomputed with mma.sync
+// from the K stage (released only after the softmax).
+//
+// Clusters (kCluster = 2, prefill_work_order.h): the two CTAs of a cluster are two work items of
+// one KV head and walk the union of their key tiles; CTA r loads the 64-row box r of every K/V
+// tile and multicasts it to both CTAs, whose empty barriers count the consumer warps of both.
+// Each CTA masks the keys its own rows cannot see (a partner may have one more causal tile).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (types only; the driver entry point is fetched at run time)
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "cute/arch/cluster_sm90.hpp"
 #include "cute/arch/copy_sm90_tma.hpp"
 #include "cute/arch/mma_sm90.hpp"
 #include "cute/atom/mma_atom.hpp"
@@ -52,6 +69,7 @@
 #include "kernels/cuda/paged_prefill_attention_launch.h"
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/prefill_key_visits.h"
+#include "kernels/cuda/prefill_work_order.h"
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
@@ -61,7 +79,8 @@ namespace mp::cuda::sm90 {
 // (docs/benchmarks-attention-draft.md); the other settings stay selectable for ablations.
 template <int kHeadDim_, bool kCausal_, int kStages_ = 3, bool kPingpong_ = true,
           bool kKvHeadMajor_ = true, bool kSoftmaxIlp_ = true, bool kQInRegs_ = true,
-          bool kDca_ = false, bool kSparse_ = false>
+          bool kDca_ = false, bool kDcaSegments_ = false, int kCluster_ = 1, bool kSparse_ = false,
+          bool kLazyMax_ = false>
 struct PrefillConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr bool kCausal = kCausal_;
@@ -77,11 +96,25 @@ struct PrefillConfig {
   static constexpr bool kQInRegs = kQInRegs_;
   // Dual chunk attention: Q un-rotated in memory, rotated per key region in registers.
   static constexpr bool kDca = kDca_;
+  // DCA: key visits stepped without divisions (KeyVisitCursor), the query rotation looked at only
+  // when a visit enters another DCA chunk, outside the inner key loop, and the sin/cos of the
+  // first rotation computed while Q is still in flight.
+  static constexpr bool kDcaSegments = kDcaSegments_;
+  // CTAs per cluster (1 or 2). With 2, the two CTAs of a cluster are two work items of the same
+  // KV head (usually two query heads of one query tile) walking the union of their key tiles;
+  // each CTA loads half of every K/V tile and multicasts it to both, so each tile leaves L2 once
+  // per pair. A CTA masks the keys its own rows cannot see.
+  static constexpr int kCluster = kCluster_;
   // Vertical-slash sparse attention (vertical_slash_attention_sm90.cuh): one 64-row block of
   // one query head per CTA, key tiles gathered from the block and column lists of the three DCA
   // parts, split between the two consumer warpgroups (even / odd tiles) whose softmax states
   // are merged at the end; Q un-rotated in memory, rotated per part in registers.
   static constexpr bool kSparse = kSparse_;
+  // Unmasked visits exponentiate against the running max as it stands, without the row max of
+  // the visit (no max reduction, no shuffles, no O rescale); the max is raised only when a
+  // thread's row sum of the visit exceeds kLazyBound (softmax_lazy in Consumer).
+  static constexpr bool kLazyMax = kLazyMax_;
+  static constexpr float kLazyBound = 256.f;
 
   static constexpr int kBlockM = 128;  // query rows per CTA
   static constexpr int kWgRows = 64;   // query rows per consumer warpgroup
@@ -99,8 +132,16 @@ struct PrefillConfig {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head_dim 64 or 128");
   static_assert(kStages >= 2, "at least double buffering");
   static_assert(!kDca || (kCausal && kQInRegs), "DCA rotates the Q fragment in registers");
+  static_assert(!kDcaSegments || kDca, "kDcaSegments is a DCA option");
+  static_assert(kCluster == 1 || kCluster == 2, "clusters of 1 or 2 CTAs (one K/V half each)");
+  static_assert(kCluster == 1 || kKvHeadMajor, "cluster pairs are formed in KV-head-major order");
   static_assert(!kSparse || (kCausal && kQInRegs && !kDca),
                 "sparse rotates the Q fragment in registers and masks by key position");
+  static_assert(!kSparse || kCluster == 1,
+                "sparse CTAs gather their own key tiles (no cluster multicast)");
+  static_assert(!kLazyMax || (kQInRegs && kSoftmaxIlp),
+                "the lazy max recomputes S from the Q fragment in registers");
+  static_assert(!kSparse || !kLazyMax, "the sparse kernel keeps the exact running max");
 
   using Element = cutlass::bfloat16_t;
 
@@ -263,22 +304,39 @@ inline constexpr int kBarPingpongFirst = 1;  // +consumer warpgroup: "your turn 
 inline constexpr int kBarWarpgroupFirst = 3;  // +consumer warpgroup: one warpgroup's threads
 inline constexpr int kBarMerge = 5;           // sparse: both consumer warpgroups (state merge)
 
-// Loads one K or V tile (two 64-row boxes, each possibly in a different cache block).
+// Loads one K or V tile (two 64-row boxes, each possibly in a different cache block). In a
+// 2-CTA cluster, CTA r loads box r and multicasts it to the same buffer (and the same mbarrier)
+// of both CTAs.
 template <class Cfg>
 __device__ __forceinline__ void LoadKvTile(const CUtensorMap* map, uint64_t* bar,
                                            typename Cfg::Element* dst, const int (&blk)[2],
-                                           const int (&row)[2], int kv_head) {
+                                           const int (&row)[2], int kv_head,
+                                           [[maybe_unused]] int cta_rank) {
+  constexpr auto kHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
+    if constexpr (Cfg::kCluster > 1) {
+      if (half != cta_rank) continue;
+    }
 #pragma unroll
     for (int p = 0; p < Cfg::kPanels; ++p) {
-      cute::SM90_TMA_LOAD_4D::copy(
-          map, bar, static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL),
-          dst + p * Cfg::kBlockN * Cfg::kBoxCols + half * Cfg::kBoxRows * Cfg::kBoxCols,
-          p * Cfg::kBoxCols, row[half], kv_head, blk[half]);
+      auto* box = dst + p * Cfg::kBlockN * Cfg::kBoxCols + half * Cfg::kBoxRows * Cfg::kBoxCols;
+      if constexpr (Cfg::kCluster > 1) {
+        cute::SM90_TMA_LOAD_MULTICAST_4D::copy(map, bar, uint16_t((1u << Cfg::kCluster) - 1),
+                                               kHint, box, p * Cfg::kBoxCols, row[half],
+                                               kv_head, blk[half]);
+      } else {
+        cute::SM90_TMA_LOAD_4D::copy(map, bar, kHint, box, p * Cfg::kBoxCols, row[half],
+                                     kv_head, blk[half]);
+      }
     }
   }
 }
+
+// The key-visit order of a configuration (prefill_key_visits.h): the same visits either way.
+template <class Cfg>
+using VisitWalk = std::conditional_t<Cfg::kDcaSegments, KeyVisitCursor<Cfg::kBlockN>,
+                                     KeyVisitWalk<Cfg::kBlockN>>;
 
 // Block ids and in-block rows of the two 64-row halves of key tile t. Table indices are
 // clamped to the entries of [key_begin, key_end); rows outside that range are masked anyway.
@@ -298,7 +356,7 @@ __device__ __forceinline__ void LookupTile(const PrefillParams& p, int t, int (&
 
 template <class Cfg>
 __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
-                         int q_head, int kv_head, KeyTileRange tiles) {
+                         int q_head, int kv_head, KeyTileRange tiles, int cta_rank) {
   using cutlass::arch::ClusterBarrier;
   using cutlass::arch::ClusterTransactionBarrier;
   constexpr int S = Cfg::kStages;
@@ -317,7 +375,7 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
   const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
   const int visits = CountKeyVisits(tiles.begin, tiles.count, Cfg::kBlockN, split);
-  KeyVisitWalk<Cfg::kBlockN> walk(tiles.begin + tiles.count - 1, split);
+  VisitWalk<Cfg> walk(tiles.begin + tiles.count - 1, split);
   int blk[2], row[2], prev_blk[2], prev_row[2];
   LookupTile<Cfg>(p, walk.Current().tile, blk, row);
   for (int i = 0; i < visits; ++i) {
@@ -326,14 +384,14 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], (round & 1) ^ 1);
     ClusterTransactionBarrier::arrive_and_expect_tx(&ss.k_full[stage], Cfg::kTileBytes);
     LoadKvTile<Cfg>(&p.k_map, &ss.k_full[stage], ss.k.data() + stage * Cfg::kTileElems, blk,
-                    row, kv_head);
+                    row, kv_head, cta_rank);
     if (i > 0) {
       const int pstage = (i - 1) % S;
       const int pround = (i - 1) / S;
       if (i - 1 >= S) ClusterBarrier::wait(&ss.v_empty[pstage], (pround & 1) ^ 1);
       ClusterTransactionBarrier::arrive_and_expect_tx(&ss.v_full[pstage], Cfg::kTileBytes);
       LoadKvTile<Cfg>(&p.v_map, &ss.v_full[pstage], ss.v.data() + pstage * Cfg::kTileElems,
-                      prev_blk, prev_row, kv_head);
+                      prev_blk, prev_row, kv_head, cta_rank);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -350,7 +408,7 @@ __device__ void Producer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   if (i >= S) ClusterBarrier::wait(&ss.v_empty[stage], (round & 1) ^ 1);
   ClusterTransactionBarrier::arrive_and_expect_tx(&ss.v_full[stage], Cfg::kTileBytes);
   LoadKvTile<Cfg>(&p.v_map, &ss.v_full[stage], ss.v.data() + stage * Cfg::kTileElems, prev_blk,
-                  prev_row, kv_head);
+                  prev_row, kv_head, cta_rank);
 }
 
 // Issues acc (+)= A * B over all k-blocks as one wgmma batch (not waited for).
@@ -425,9 +483,122 @@ __device__ __forceinline__ void RotateQFragment(TensorQ& tSrQ, const int (&pos)[
   }
 }
 
+// RotateQFragment in two steps (kDcaSegments), so that the sin/cos of the first rotation can be
+// computed before Q has arrived: the angles of the thread's 2 rows x kHeadDim / 8 columns c of the
+// first half (slot (k * 4 + j) * 2 + e: k step k, register j, element e), then the rotation with
+// them; the arithmetic is RotateQFragment's.
+template <class Cfg>
+struct QRotation {
+  static constexpr int kSlots = Cfg::kHeadDim / 32 * 4 * 2;
+  float sine[kSlots];
+  float cosine[kSlots];
+};
+
+template <class Cfg>
+__device__ __forceinline__ void ComputeQRotation(QRotation<Cfg>& rot, const int (&pos)[2],
+                                                 const float* inv_freq, int lane) {
+  constexpr int kHalfSteps = Cfg::kHeadDim / 32;
+#pragma unroll
+  for (int k = 0; k < kHalfSteps; ++k) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float fpos = static_cast<float>(pos[j % 2]);
+      const int col = k * 16 + (j / 2) * 8 + (lane % 4) * 2;
+      const int slot = (k * 4 + j) * 2;
+      RopeSinCos(fpos * inv_freq[col], &rot.sine[slot], &rot.cosine[slot]);
+      RopeSinCos(fpos * inv_freq[col + 1], &rot.sine[slot + 1], &rot.cosine[slot + 1]);
+    }
+  }
+}
+
+template <class Cfg, class TensorQ>
+__device__ __forceinline__ void ApplyQRotation(TensorQ& tSrQ, const QRotation<Cfg>& rot) {
+  auto q32 = cute::recast<uint32_t>(tSrQ);
+  constexpr int kHalfSteps = Cfg::kHeadDim / 32;
+#pragma unroll
+  for (int k = 0; k < kHalfSteps; ++k) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int slot = (k * 4 + j) * 2;
+      const float s0 = rot.sine[slot], c0 = rot.cosine[slot];
+      const float s1 = rot.sine[slot + 1], c1 = rot.cosine[slot + 1];
+      uint32_t first = q32(k * 4 + j);
+      uint32_t second = q32((k + kHalfSteps) * 4 + j);
+      const __nv_bfloat162 x1 = *reinterpret_cast<const __nv_bfloat162*>(&first);
+      const __nv_bfloat162 x2 = *reinterpret_cast<const __nv_bfloat162*>(&second);
+      const float a0 = __low2float(x1), a1 = __high2float(x1);
+      const float b0 = __low2float(x2), b1 = __high2float(x2);
+      __nv_bfloat162 y1 = __floats2bfloat162_rn(a0 * c0 - b0 * s0, a1 * c1 - b1 * s1);
+      __nv_bfloat162 y2 = __floats2bfloat162_rn(b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);
+      q32(k * 4 + j) = *reinterpret_cast<uint32_t*>(&y1);
+      q32((k + kHalfSteps) * 4 + j) = *reinterpret_cast<uint32_t*>(&y2);
+    }
+  }
+}
+
+// d += a * b for one 16 x 8 x 16 block (bf16 in, fp32 accumulation), warp-wide.
+__device__ __forceinline__ void Mma16816(float& d0, float& d1, float& d2, float& d3,
+                                         const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// What RecomputeS assumes of SmemLayoutK: key r + 16 nb sits 16 nb rows of kBoxCols elements
+// after key r, for every column (the 128-byte swizzle pattern repeats every 8 rows).
+template <class Cfg>
+constexpr bool KRowsRepeatEvery16() {
+  constexpr typename Cfg::SmemLayoutK layout{};
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < Cfg::kHeadDim; c += 8) {
+      for (int nb = 1; nb < Cfg::kBlockN / 16; ++nb) {
+        if (int(layout(nb * 16 + r, c, 0)) - int(layout(r, c, 0)) != nb * 16 * Cfg::kBoxCols) {
+          return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// kLazyMax, rare path: S of this warp's 16 query rows against the key tile of one stage,
+// recomputed with warp-level mma.sync from the Q fragment in registers (whose k step k, registers
+// 0-3, is exactly the A fragment of m16n8k16) and K in shared memory (ldmatrix; a K row is a key,
+// so the non-transposed 8 x 8 matrices are the B fragments). The m16n8 accumulator block n is
+// values 4n .. 4n + 3 of the S GEMM's accumulator (rows lane / 4 and lane / 4 + 8, columns
+// 8n + 2 (lane % 4) + {0, 1}), so the result lands where the wgmma would have put it.
+template <class Cfg, class TensorQ, class TensorK, class TensorS>
+__device__ __forceinline__ void RecomputeS(TensorQ& tSrQ, const TensorK& sK, int stage,
+                                           TensorS& tSrS, int lane) {
+  static_assert(KRowsRepeatEvery16<Cfg>(), "K rows 16 apart must be 16 * 128 bytes apart");
+  auto q32 = cute::recast<uint32_t>(tSrQ);
+#pragma unroll
+  for (int i = 0; i < cute::size(tSrS); ++i) tSrS(i) = 0.f;
+  const int matrix = lane / 8;  // ldmatrix.x4: lanes 8m .. 8m + 7 address the rows of matrix m
+#pragma unroll
+  for (int k = 0; k < Cfg::kHeadDim / 16; ++k) {
+    const uint32_t a[4] = {q32(k * 4 + 0), q32(k * 4 + 1), q32(k * 4 + 2), q32(k * 4 + 3)};
+    // Matrices: keys +0..7 dims +0..7 / +8..15, then keys +8..15 likewise; 16 keys further on
+    // is 16 rows of 128 bytes further (KRowsRepeatEvery16).
+    const char* row0 = reinterpret_cast<const char*>(
+        &sK((matrix / 2) * 8 + lane % 8, k * 16 + (matrix % 2) * 8, stage));
+#pragma unroll
+    for (int nb = 0; nb < Cfg::kBlockN / 16; ++nb) {
+      uint32_t b[4];
+      LdMatrixX4(row0 + nb * 16 * 128, b);
+      const int c = 8 * nb;  // accumulator values of blocks 2 nb and 2 nb + 1
+      Mma16816(tSrS(c), tSrS(c + 1), tSrS(c + 2), tSrS(c + 3), a, b[0], b[1]);
+      Mma16816(tSrS(c + 4), tSrS(c + 5), tSrS(c + 6), tSrS(c + 7), a, b[2], b[3]);
+    }
+  }
+  __syncwarp();  // every lane is done with the K stage before lane 0 releases it
+}
+
 template <class Cfg>
 __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m_tile,
-                         int q_head, KeyTileRange tiles, int cwg,
+                         int q_head, KeyTileRange tiles, int cwg, bool writes,
                          const SparseTilePlan& plan = SparseTilePlan{}) {
   using namespace cute;
   using cutlass::arch::ClusterBarrier;
@@ -485,6 +656,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
+  // kLazyMax: the exponent offset -row_max * scale_log2 of the running max, +inf while a row has
+  // seen no key (so the fast path overflows and takes the exact path).
+  [[maybe_unused]] float lazy_nsm[2] = {INFINITY, INFINITY};
   clear(tOrO);
 
   const float sl2 = p.scale_log2;
@@ -551,6 +725,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       corr[r] = Exp2((row_max[r] - m_safe) * sl2);
       row_max[r] = mx[r];
       neg_scaled_max[r] = -m_safe * sl2;
+      if constexpr (Cfg::kLazyMax) lazy_nsm[r] = mx[r] == -INFINITY ? INFINITY : neg_scaled_max[r];
 #pragma unroll
       for (int a = 0; a < kAcc; ++a) sum[r][a] = 0.f;
     }
@@ -566,6 +741,76 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
 #pragma unroll
       for (int a = 1; a < kAcc; ++a) sum[r][0] += sum[r][a];
       row_sum[r] = row_sum[r] * corr[r] + sum[r][0];
+    }
+  };
+
+  // kLazyMax, unmasked visits: p = exp2(s * scale_log2 - running max * scale_log2) with the
+  // running max as it stands: no row max of the visit, no shuffles, no O rescale. Every p of a
+  // thread is at most its row sum, so while all row sums of the visit stay <= kLazyBound, no p
+  // exceeds it and the max need not move (the softmax is exact for any offset; the bound only
+  // keeps P, O and the row sums far from overflow). Otherwise (rare; warp-uniform) the max is
+  // raised to the visit's: from the p themselves when all are finite (p *= 1 / max p), else (an
+  // exponent overflowed, or a row had seen no key) from S recomputed with mma.sync from the K
+  // stage, which the caller releases only after this. Returns whether O must be rescaled by corr.
+  auto softmax_lazy = [&](const KeyVisit& v, int stage, float (&corr)[2]) {
+    if constexpr (!Cfg::kLazyMax) {
+      return false;
+    } else {
+      constexpr int kAcc = 4;
+      float sum[2][kAcc];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int a = 0; a < kAcc; ++a) sum[r][a] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i / 2) % 2;
+        const float e = Exp2(fmaf(tSrS(i), sl2, lazy_nsm[r]));
+        tSrS(i) = e;
+        sum[r][(i / 4) % kAcc] += e;
+      }
+      float ts[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) ts[r] = (sum[r][0] + sum[r][1]) + (sum[r][2] + sum[r][3]);
+      // False for inf and NaN too.
+      const bool small = ts[0] <= Cfg::kLazyBound && ts[1] <= Cfg::kLazyBound;
+      if (__all_sync(0xffffffff, small)) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          row_sum[r] += ts[r];
+          corr[r] = 1.f;
+        }
+        return false;
+      }
+      const bool finite = ts[0] <= FLT_MAX && ts[1] <= FLT_MAX;
+      if (!__all_sync(0xffffffff, finite)) {
+        RecomputeS<Cfg>(tSrQ, sK, stage, tSrS, lane);
+        softmax(cute::false_type{}, v, corr);
+        return true;
+      }
+      float pm[2] = {0.f, 0.f};
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        const int r = (i / 2) % 2;
+        pm[r] = fmaxf(pm[r], tSrS(i));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        pm[r] = fmaxf(pm[r], __shfl_xor_sync(0xffffffff, pm[r], 1));
+        pm[r] = fmaxf(pm[r], __shfl_xor_sync(0xffffffff, pm[r], 2));
+        corr[r] = 1.f;
+        if (pm[r] > 1.f) {
+          corr[r] = __frcp_rn(pm[r]);
+          lazy_nsm[r] -= __log2f(pm[r]);
+          row_max[r] = -lazy_nsm[r] / sl2;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) tSrS(i) *= corr[(i / 2) % 2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) row_sum[r] = (row_sum[r] + ts[r]) * corr[r];
+      return true;
     }
   };
 
@@ -594,8 +839,15 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       }
     }
   };
+  // A stage is free once every consumer warp of every CTA of the cluster is done with it (the
+  // peer's multicast writes into this CTA's buffer too).
   auto release = [&](uint64_t* bar) {
-    if (lane == 0) ClusterBarrier::arrive(bar);
+    if constexpr (Cfg::kCluster > 1) {
+#pragma unroll
+      for (int c = 0; c < Cfg::kCluster; ++c) ClusterBarrier::arrive(bar, c, lane == 0);
+    } else {
+      if (lane == 0) ClusterBarrier::arrive(bar);
+    }
   };
   // Sparse CTAs with a single key tile leave the second warpgroup idle: no pingpong then.
   const int total_visits = [&] {
@@ -670,6 +922,16 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   };
 
+  // DCA (kDcaSegments): the RoPE positions of the thread's rows for the keys of visit v.
+  auto wanted_positions = [&](const KeyVisit& v, int (&want)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      want[r] = v.lo >= dca_reg[r].intra_begin
+                    ? dca_pos[r].intra
+                    : (v.lo >= dca_reg[r].succ_begin ? dca_pos[r].succ : dca_pos[r].inter);
+    }
+  };
+
   // Sparse: the Q fragment rotated for DCA part `part` (0 intra, 1 succ, 2 inter) of the rows.
   auto prepare_q_part = [&](int part) {
     if constexpr (Cfg::kSparse) {
@@ -688,9 +950,10 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   };
   // Sparse visit: its index and DCA part.
   struct SparseVisit {
-    int index;
-    int part;
+    int index = 0;
+    int part = 0;
   };
+  using Visit = std::conditional_t<Cfg::kSparse, SparseVisit, KeyVisit>;
   // Sparse: masks the columns of stage `stage` that hold no key or a key after the row's
   // position (the producer flags the tiles that need it).
   auto sparse_mask = [&](int stage) {
@@ -707,55 +970,69 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       }
     }
   };
-  // S (in tSrS) -> probabilities of visit v from stage `stage`; frees the K stage.
-  auto scores_to_probs = [&](const auto& v, int stage, float(&corr)[2]) {
+  // S (in tSrS) -> probabilities of visit v from stage `stage`; frees the K stage. With
+  // `lazy` (true_type) and kLazyMax, unmasked visits take softmax_lazy, which reads the K stage
+  // on its rare path, so the stage is released after it. Returns false when O certainly needs
+  // no rescale.
+  auto scores_to_probs = [&](const auto& v, int stage, float(&corr)[2], auto lazy) -> bool {
     if constexpr (Cfg::kSparse) {
       sparse_mask(stage);  // reads the stage's keys: before the stage is released
       release(&ss.k_empty[stage]);
       softmax(cute::false_type{}, v, corr);
+      return true;
     } else {
-      release(&ss.k_empty[stage]);
+      constexpr bool kLazy = decltype(lazy)::value && Cfg::kLazyMax;
+      if constexpr (!kLazy) release(&ss.k_empty[stage]);
+      bool maybe = true;
       if (needs_mask(v)) {
         softmax(cute::true_type{}, v, corr);
+      } else if constexpr (kLazy) {
+        maybe = softmax_lazy(v, stage, corr);
       } else {
         softmax(cute::false_type{}, v, corr);
       }
+      if constexpr (kLazy) release(&ss.k_empty[stage]);
+      return maybe;
     }
   };
 
   // The visits of this warpgroup: all of them, or (sparse) every second one starting at cwg.
+  // One online softmax (row_max, row_sum, tOrO) runs over all visits of the warpgroup.
   constexpr int kStep = Cfg::kSparse ? 2 : 1;
   const int first_visit = Cfg::kSparse ? cwg : 0;
   const int my_visits = Cfg::kSparse ? (total_visits - cwg + 1) / 2 : total_visits;
   if (my_visits > 0) {
     if (pingpong && cwg == 1) NamedBarrierArrive(kBarPingpongFirst + 0, 256);
     const int split = Cfg::kDca ? p.chunk_len : 0;  // compile-time 0 for the dense kernel
-    KeyVisitWalk<kN> walk(tiles.begin + tiles.count - 1, split);
-    // Visit `i` (dense and DCA: the next one of the walk).
-    auto visit_at = [&](int i, bool advance) {
-      if constexpr (Cfg::kSparse) {
-        return SparseVisit{i, plan.part_of(i)};
-      } else {
-        if (advance) walk.Advance();
-        return walk.Current();
-      }
-    };
-    auto prepare = [&](const auto& v) {
-      if constexpr (Cfg::kSparse) {
-        prepare_q_part(v.part);
-      } else {
-        prepare_q(v);
-      }
-    };
-    ClusterBarrier::wait(&ss.q_full, 0);
-    if constexpr (!Cfg::kDca && !Cfg::kSparse) load_q();
+    VisitWalk<Cfg> walk(tiles.begin + tiles.count - 1, split);
+    Visit prev;
+    if constexpr (Cfg::kSparse) {
+      ClusterBarrier::wait(&ss.q_full, 0);
+      prev = SparseVisit{first_visit, plan.part_of(first_visit)};
+      prepare_q_part(prev.part);
+    } else if constexpr (Cfg::kDcaSegments) {
+      prev = walk.Current();
+      // The sin/cos of the first rotation do not depend on Q: compute them while it loads.
+      int want[2];
+      wanted_positions(prev, want);
+      QRotation<Cfg> rot;
+      ComputeQRotation<Cfg>(rot, want, p.inv_freq, lane);
+      ClusterBarrier::wait(&ss.q_full, 0);
+      load_q();
+      ApplyQRotation<Cfg>(tSrQ, rot);
+      dca_cur[0] = want[0];
+      dca_cur[1] = want[1];
+    } else {
+      ClusterBarrier::wait(&ss.q_full, 0);
+      if constexpr (!Cfg::kDca) load_q();
+      prev = walk.Current();
+      prepare_q(prev);
+    }
 
     // First visit: S only.
-    auto prev = visit_at(first_visit, false);
     {
       const int i = first_visit;
       const int stage = i % S;
-      prepare(prev);
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
@@ -763,17 +1040,25 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_wait<0>();
       warpgroup_fence_operand(tSrS);
       float corr[2];
-      scores_to_probs(prev, stage, corr);
+      scores_to_probs(prev, stage, corr, cute::false_type{});  // O is still zero
       convert_p();
     }
 
-    for (int j = 1; j < my_visits; ++j) {
-      const int i = first_visit + kStep * j;
-      const int ip = i - kStep;
-      const auto cur = visit_at(i, true);
+    // The running max of most rows stops moving after the first tiles: skip the rescale
+    // when no row of the warp changed (corr is exactly 1 then).
+    auto rescale_o = [&](const float (&corr)[2], bool maybe) {
+      const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
+      if (!Cfg::kSoftmaxIlp || (maybe && __any_sync(0xffffffff, rescale))) {
+#pragma unroll
+        for (int j = 0; j < size(tOrO); ++j) tOrO(j) *= corr[(j / 2) % 2];
+      }
+    };
+
+    // Visit i after visit ip of this warpgroup (Q already right for i): S of visit i with the
+    // PV of visit ip.
+    auto step = [&](int i, int ip, const Visit& cur) {
       const int stage = i % S;
       const int pstage = ip % S;
-      prepare(cur);
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
       wait_v_and_fix(ip, prev);
       pingpong_wait();
@@ -784,20 +1069,64 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       warpgroup_wait<1>();
       warpgroup_fence_operand(tSrS);
       float corr[2];
-      scores_to_probs(cur, stage, corr);
+      const bool maybe_rescale = scores_to_probs(cur, stage, corr, cute::true_type{});
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
       warpgroup_fence_operand(tOrP);
       release(&ss.v_empty[pstage]);
-      // The running max of most rows stops moving after the first tiles: skip the rescale
-      // when no row of the warp changed (corr is exactly 1 then).
-      const bool rescale = corr[0] != 1.f || corr[1] != 1.f;
-      if (!Cfg::kSoftmaxIlp || __any_sync(0xffffffff, rescale)) {
-#pragma unroll
-        for (int j2 = 0; j2 < size(tOrO); ++j2) tOrO(j2) *= corr[(j2 / 2) % 2];
-      }
+      rescale_o(corr, maybe_rescale);
       convert_p();
       prev = cur;
+    };
+
+    if constexpr (Cfg::kSparse) {
+      // Every second visit (the other warpgroup takes the rest); the rotation follows the part.
+      for (int j = 1; j < my_visits; ++j) {
+        const int i = first_visit + kStep * j;
+        const SparseVisit cur{i, plan.part_of(i)};
+        prepare_q_part(cur.part);
+        step(i, i - kStep, cur);
+      }
+    } else if constexpr (Cfg::kDcaSegments) {
+      // Outer loop: one pass per DCA chunk of keys (the only place where a row's rotation can
+      // change); inner loop: the visits inside it, with no rotation code.
+      int i = 1;
+      bool changed = i < total_visits && walk.Advance();
+      while (i < total_visits) {
+        if (changed) prepare_q(walk.Current());
+        do {
+          step(i, i - 1, walk.Current());
+          ++i;
+          changed = i < total_visits && walk.Advance();
+        } while (i < total_visits && !changed);
+      }
+    } else {
+      // Dense and plain DCA: step() written out (the library kernels keep their generated code).
+      for (int i = 1; i < total_visits; ++i) {
+        walk.Advance();
+        const KeyVisit cur = walk.Current();
+        const int stage = i % S;
+        const int pstage = (i - 1) % S;
+        prepare_q(cur);
+        ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
+        wait_v_and_fix(i - 1, prev);
+        pingpong_wait();
+        IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
+        warpgroup_fence_operand(tOrP);
+        IssueGemm(mma_pv, tOrP, tOrV(_, _, _, pstage), tOrO, false);
+        pingpong_pass();
+        warpgroup_wait<1>();
+        warpgroup_fence_operand(tSrS);
+        float corr[2];
+        const bool maybe_rescale = scores_to_probs(cur, stage, corr, cute::true_type{});
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        warpgroup_fence_operand(tOrP);
+        release(&ss.v_empty[pstage]);
+        rescale_o(corr, maybe_rescale);
+        convert_p();
+        prev = cur;
+      }
     }
 
     // Last PV.
@@ -862,6 +1191,12 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     }
   }
 
+  if constexpr (Cfg::kCluster > 1) {
+    // Done with the peer's barriers (the kernel waits for the whole cluster before it exits).
+    // Arriving before the output stores keeps them out of the arrival's release.
+    cute::cluster_arrive();
+  }
+
   // Epilogue: normalize, write O (bf16) and LSE (natural log).
   float inv[2], lse[2];
 #pragma unroll
@@ -871,7 +1206,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     s += __shfl_xor_sync(0xffffffff, s, 2);
     const bool empty = !(s > 0.f);
     inv[r] = empty ? 0.f : 1.f / s;
-    lse[r] = empty ? -INFINITY : row_max[r] * p.scale + logf(s);
+    // kLazyMax: the running max is the offset of the fast path (-lazy_nsm / scale_log2).
+    const float m = Cfg::kLazyMax ? -lazy_nsm[r] * 0.6931471805599453f : row_max[r] * p.scale;
+    lse[r] = empty ? -INFINITY : m + logf(s);
   }
   const int64_t row_stride = int64_t(p.q_heads) * Cfg::kHeadDim;
   __nv_bfloat16* out = p.out + int64_t(q_head) * Cfg::kHeadDim;
@@ -879,13 +1216,13 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   for (int i = 0; i < size(tOrO); i += 2) {
     const int r = (i / 2) % 2;
     const int q_row = wg_row0 + get<0>(tOcO(i));
-    if (q_row < n) {
+    if (writes && q_row < n) {
       const int col = get<1>(tOcO(i));
       *reinterpret_cast<__nv_bfloat162*>(out + q_row * row_stride + col) =
           __floats2bfloat162_rn(tOrO(i) * inv[r], tOrO(i + 1) * inv[r]);
     }
   }
-  if (p.lse != nullptr && tid % 4 == 0) {
+  if (writes && p.lse != nullptr && tid % 4 == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int q_row = wg_row0 + get<0>(tScS(2 * r));
@@ -911,7 +1248,23 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
 
   // Longest rows first (per KV head): with a causal mask the last query tiles see the most keys.
   int m_tile, q_head;
-  if constexpr (Cfg::kKvHeadMajor) {
+  int cta_rank = 0;
+  bool writes = true;
+  KeyTileRange tiles;
+  if constexpr (Cfg::kCluster > 1) {
+    // Two work items of one KV head per cluster (prefill_work_order.h).
+    cta_rank = int(cute::block_rank_in_cluster());
+    const PairedWorkItem w = PairedWorkItemOf(int(blockIdx.x), p.num_m_tiles, p.group);
+    m_tile = w.m_tile;
+    q_head = w.q_head;
+    writes = w.writes;
+    // Both CTAs walk the union of their key tiles (the same first tile when not empty).
+    const KeyTileRange mine =
+        KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+    const KeyTileRange theirs =
+        KeyTilesForQueryTile<Cfg>(w.partner_m_tile, p.num_queries, p.key_begin, p.key_end);
+    tiles = mine.count >= theirs.count ? mine : theirs;
+  } else if constexpr (Cfg::kKvHeadMajor) {
     const int per_kv_head = p.num_m_tiles * p.group;
     const int rest = int(blockIdx.x) % per_kv_head;
     m_tile = p.num_m_tiles - 1 - rest / p.group;
@@ -921,8 +1274,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     q_head = int(blockIdx.x) % p.q_heads;
   }
   const int kv_head = q_head / p.group;
-  const KeyTileRange tiles =
-      KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+  if constexpr (Cfg::kCluster == 1) {
+    tiles = KeyTilesForQueryTile<Cfg>(m_tile, p.num_queries, p.key_begin, p.key_end);
+  }
 
   if (threadIdx.x == 0) {
     ClusterBarrier::init(&ss.q_full, 1);
@@ -930,21 +1284,37 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     for (int s = 0; s < Cfg::kStages; ++s) {
       ClusterBarrier::init(&ss.k_full[s], 1);
       ClusterBarrier::init(&ss.v_full[s], 1);
-      ClusterBarrier::init(&ss.k_empty[s], 8);  // one arrival per consumer warp
-      ClusterBarrier::init(&ss.v_empty[s], 8);
+      // One arrival per consumer warp of every CTA of the cluster.
+      ClusterBarrier::init(&ss.k_empty[s], 8 * Cfg::kCluster);
+      ClusterBarrier::init(&ss.v_empty[s], 8 * Cfg::kCluster);
     }
     cutlass::arch::fence_barrier_init();
   }
-  __syncthreads();
+  if constexpr (Cfg::kCluster > 1) {
+    // The peer's barriers must be initialized before any multicast or remote arrival.
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
     if (warp == 0 && lane == 0 && tiles.count > 0) {
-      detail::Producer<Cfg>(p, ss, m_tile, q_head, kv_head, tiles);
+      detail::Producer<Cfg>(p, ss, m_tile, q_head, kv_head, tiles, cta_rank);
+    }
+    if constexpr (Cfg::kCluster > 1) {
+      __syncwarp();
+      cute::cluster_arrive();
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegs>();
-    detail::Consumer<Cfg>(p, ss, m_tile, q_head, tiles, wg - 1);
+    detail::Consumer<Cfg>(p, ss, m_tile, q_head, tiles, wg - 1, writes);  // arrives too
+  }
+  if constexpr (Cfg::kCluster > 1) {
+    // No CTA may exit while its peer can still arrive on its barriers: every thread of the
+    // cluster arrived after its last remote arrival (release), and waits here (acquire).
+    cute::cluster_wait();
   }
 #endif
 }
@@ -1000,9 +1370,28 @@ cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionArgs& a, cuda
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Cfg::kSmemBytes);
   if (e != cudaSuccess) return e;
-  const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
-  kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  if constexpr (Cfg::kCluster > 1) {
+    const long long grid =
+        PairedGridSize(p.num_m_tiles, p.group, int(a.q_heads / p.group));
+    if (grid > 2147483647) return cudaErrorInvalidValue;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(grid));
+    config.blockDim = dim3(Cfg::kThreads);
+    config.dynamicSmemBytes = Cfg::kSmemBytes;
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = Cfg::kCluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, p);
+  } else {
+    const int64_t grid = int64_t(p.num_m_tiles) * p.q_heads;
+    kernel<<<dim3(unsigned(grid)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(p);
+    return cudaGetLastError();
+  }
 }
 
 }  // namespace mp::cuda::sm90
@@ -1012,7 +1401,10 @@ namespace mp::cuda::internal {
 // Instantiated explicitly in paged_prefill_attention_hd{64,128}.cu.
 template <int kHeadDim, bool kCausal>
 cudaError_t LaunchPagedPrefillSm90(const PagedPrefillAttentionArgs& args, cudaStream_t stream) {
-  return sm90::LaunchPagedPrefillAttention<sm90::PrefillConfig<kHeadDim, kCausal>>(args, stream);
+  using Cfg = sm90::PrefillConfig<kHeadDim, kCausal, 3, true, true, true, true, /*dca=*/false,
+                                  /*dca_segments=*/false, /*cluster=*/1, /*sparse=*/false,
+                                  /*lazy_max=*/true>;
+  return sm90::LaunchPagedPrefillAttention<Cfg>(args, stream);
 }
 
 // Instantiated explicitly in paged_prefill_dca_attention_hd{64,128}.cu.
@@ -1020,7 +1412,8 @@ template <int kHeadDim>
 cudaError_t LaunchPagedPrefillDcaSm90(const PagedPrefillAttentionArgs& args, const DcaParams& dca,
                                       cudaStream_t stream) {
   using Cfg = sm90::PrefillConfig<kHeadDim, /*causal=*/true, 3, true, true, true, true,
-                                  /*dca=*/true>;
+                                  /*dca=*/true, /*dca_segments=*/true, /*cluster=*/1,
+                                  /*sparse=*/false, /*lazy_max=*/true>;
   return sm90::LaunchPagedPrefillAttention<Cfg>(args, stream, &dca);
 }
 

@@ -68,6 +68,47 @@ class KeyVisitWalk {
   bool lower_ = false;
 };
 
+// The visits of KeyVisitWalk in the same order, stepped without a division: the cursor keeps the
+// DCA chunk [seg_lo, seg_lo + split) of the current visit, and Advance() says whether the next
+// visit lies in another DCA chunk (only then can a row's query rotation change). split > 0 and
+// last_tile >= 0.
+template <int kTileKeys>
+class KeyVisitCursor {
+ public:
+  MP_CUDA_HD KeyVisitCursor(int last_tile, int split) : tile_(last_tile), split_(split) {
+    seg_lo_ = (last_tile * kTileKeys + (kTileKeys - 1)) / split * split;
+  }
+
+  MP_CUDA_HD KeyVisit Current() const {
+    KeyVisit v;
+    v.tile = tile_;
+    const int lo = tile_ * kTileKeys;
+    v.lo = lo > seg_lo_ ? lo : seg_lo_;
+    v.hi = lo + kTileKeys;
+    if (v.hi - seg_lo_ > split_) v.hi = seg_lo_ + split_;  // no overflow: v.hi - seg_lo_ > 0
+    return v;
+  }
+
+  // Steps to the next visit; true when it lies in the next lower DCA chunk.
+  MP_CUDA_HD bool Advance() {
+    if (tile_ * kTileKeys < seg_lo_) {  // the lower part of the same tile
+      seg_lo_ -= split_;
+      return true;
+    }
+    --tile_;
+    if (tile_ * kTileKeys + kTileKeys <= seg_lo_) {  // the tile ends where the chunk begins
+      seg_lo_ -= split_;
+      return true;
+    }
+    return false;
+  }
+
+ private:
+  int tile_;
+  int split_;
+  int seg_lo_;
+};
+
 // Number of visits of KeyVisitWalk over the tiles [first_tile, first_tile + num_tiles).
 MP_CUDA_HD inline int CountKeyVisits(int first_tile, int num_tiles, int tile_keys, int split) {
   if (num_tiles <= 0) return 0;

@@ -33,7 +33,8 @@ namespace mp::cuda::sm90 {
 template <int kHeadDim>
 using SparseConfig = PrefillConfig<kHeadDim, /*causal=*/true, /*stages=*/3, /*pingpong=*/true,
                                    /*kv_head_major=*/true, /*softmax_ilp=*/true,
-                                   /*q_in_regs=*/true, /*dca=*/false, /*sparse=*/true>;
+                                   /*q_in_regs=*/true, /*dca=*/false, /*dca_segments=*/false,
+                                   /*cluster=*/1, /*sparse=*/true>;
 
 namespace detail {
 
@@ -223,7 +224,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     detail::SparseProducer<Cfg>(p, ss, m, q_head, kv_head, plan);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegs>();
-    detail::Consumer<Cfg>(p, ss, m, q_head, KeyTileRange{0, plan.total()}, wg - 1, plan);
+    detail::Consumer<Cfg>(p, ss, m, q_head, KeyTileRange{0, plan.total()}, wg - 1,
+                          /*writes=*/true, plan);
   }
 #endif
 }

@@ -438,13 +438,50 @@ TEST_F(CudaBackendTest, KvOpsRejectBadGeometry) {
                   "K cache");
 }
 
+// An attention op of both backends on the same inputs: the fp32 CPU result and the GPU's, with the
+// GPU backend's counters around its call.
+struct AttentionRun {
+  Tensor want, want_lse;  // CPU: out [n, q_heads, head_dim], lse [q_heads, n]
+  Tensor q, out, lse;     // GPU: the device q and the bf16 out, f32 lse
+  CudaBackendStats before, after;
+};
+
+class AttentionOpTest : public CudaBackendTest {
+ protected:
+  // Runs `op(backend, params)` (the backend's Attention or DcaAttention) with `params` on the CPU
+  // backend over q.f32 and the cache's CPU copy, then on the GPU over q.bf16 and its device copy.
+  template <class Params, class Op>
+  void RunOnBothBackends(Params params, const Bf16Input& q, const PagedCache& cache, Op op,
+                         AttentionRun* run) {
+    const int64_t n = q.f32.dim(0), heads = q.f32.dim(1), d = q.f32.dim(2);
+    run->want = Tensor::Host({n, heads, d}, DType::kF32);
+    run->want_lse = Tensor::Host({heads, n}, DType::kF32);
+    params.q = &q.f32;
+    params.kv = CpuView(cache);
+    params.out = &run->want;
+    params.lse = &run->want_lse;
+    MP_ASSERT_OK(op(*cpu_, params));
+
+    run->q = Device(q.bf16);
+    MP_ASSERT_OK_AND_ASSIGN(run->out, gpu_->Allocate({n, heads, d}, DType::kBF16));
+    MP_ASSERT_OK_AND_ASSIGN(run->lse, gpu_->Allocate({heads, n}, DType::kF32));
+    params.q = &run->q;
+    params.kv = GpuView(cache);
+    params.out = &run->out;
+    params.lse = &run->lse;
+    run->before = gpu_->stats();
+    MP_ASSERT_OK(op(*gpu_, params));
+    run->after = gpu_->stats();
+  }
+};
+
 struct AttentionCase {
   int64_t n, q_heads, kv_heads, head_dim, block_size, key_begin, key_end;
   bool causal;
   const char* path;  // which kernel must run: "prefill", "single", "generic"
 };
 
-class CudaAttentionTest : public CudaBackendTest,
+class CudaAttentionTest : public AttentionOpTest,
                           public ::testing::WithParamInterface<AttentionCase> {};
 
 TEST_P(CudaAttentionTest, MatchesCpu) {
@@ -453,32 +490,16 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   PagedCache cache =
       MakeCache(*gpu_, blocks + 2, c.kv_heads, c.block_size, c.head_dim, blocks, 91 + c.n);
   Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 92 + c.key_end);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-
-  Tensor want = Tensor::Host({c.n, c.q_heads, c.head_dim}, DType::kF32);
-  Tensor want_lse = Tensor::Host({c.q_heads, c.n}, DType::kF32);
-  AttentionParams cp;
-  cp.q = &q.f32;
-  cp.kv = CpuView(cache);
-  cp.key_begin = c.key_begin;
-  cp.key_end = c.key_end;
-  cp.causal = c.causal;
-  cp.scale = scale;
-  cp.out = &want;
-  cp.lse = &want_lse;
-  MP_ASSERT_OK(cpu_->Attention(cp));
-
-  Tensor dq = Device(q.bf16);
-  MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu_->Allocate({c.n, c.q_heads, c.head_dim}, DType::kBF16));
-  MP_ASSERT_OK_AND_ASSIGN(Tensor lse, gpu_->Allocate({c.q_heads, c.n}, DType::kF32));
-  AttentionParams gp = cp;
-  gp.q = &dq;
-  gp.kv = GpuView(cache);
-  gp.out = &out;
-  gp.lse = &lse;
-  const CudaBackendStats before = gpu_->stats();
-  MP_ASSERT_OK(gpu_->Attention(gp));
-  const CudaBackendStats after = gpu_->stats();
+  AttentionParams p;
+  p.key_begin = c.key_begin;
+  p.key_end = c.key_end;
+  p.causal = c.causal;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  AttentionRun run;
+  RunOnBothBackends(
+      p, q, cache, [](Backend& b, const AttentionParams& bp) { return b.Attention(bp); }, &run);
+  if (HasFatalFailure()) return;
+  const CudaBackendStats &before = run.before, &after = run.after;
   const std::string path = c.path;
   EXPECT_EQ(after.prefill_attention_calls - before.prefill_attention_calls,
             path == "prefill" ? 1 : 0);
@@ -490,10 +511,10 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   EXPECT_EQ(after.generic_attention_calls - before.generic_attention_calls,
             path == "generic" ? 1 : 0);
 
-  ExpectBf16Close(Host(out), want, 1e-2, 2e-2, "attention out");
-  Tensor got_lse = Host(lse);
-  for (int64_t i = 0; i < want_lse.numel(); ++i) {
-    const float w = want_lse.data_as<float>()[i], g = got_lse.data_as<float>()[i];
+  ExpectBf16Close(Host(run.out), run.want, 1e-2, 2e-2, "attention out");
+  Tensor got_lse = Host(run.lse);
+  for (int64_t i = 0; i < run.want_lse.numel(); ++i) {
+    const float w = run.want_lse.data_as<float>()[i], g = got_lse.data_as<float>()[i];
     if (std::isinf(w)) {
       EXPECT_TRUE(std::isinf(g) && g < 0) << "lse " << i << " is " << g << ", want -inf";
     } else {
@@ -684,7 +705,7 @@ struct DcaCase {
   const char* path;  // "prefill" or "decode"
 };
 
-class CudaDcaAttentionTest : public CudaBackendTest,
+class CudaDcaAttentionTest : public AttentionOpTest,
                              public ::testing::WithParamInterface<DcaCase> {};
 
 TEST_P(CudaDcaAttentionTest, MatchesCpu) {
@@ -695,39 +716,26 @@ TEST_P(CudaDcaAttentionTest, MatchesCpu) {
   PagedCache cache = MakeCache(*gpu_, blocks + 2, c.kv_heads, kBlock, c.head_dim, blocks,
                                301 + c.query_begin);
   Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 302 + c.n);
-  DcaAttentionParams cp;
-  cp.q = &q.f32;
-  cp.kv = CpuView(cache);
-  cp.query_begin = c.query_begin;
-  cp.chunk_size = c.chunk_size;
-  cp.chunk_len = c.chunk_size - c.local_size;
-  cp.rope_theta = 10000.0;
-  cp.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  cp.temperature = c.temperature;
-  Tensor want = Tensor::Host({c.n, c.q_heads, c.head_dim}, DType::kF32);
-  Tensor want_lse = Tensor::Host({c.q_heads, c.n}, DType::kF32);
-  cp.out = &want;
-  cp.lse = &want_lse;
-  MP_ASSERT_OK(cpu_->DcaAttention(cp));
-
-  Tensor dq = Device(q.bf16);
-  MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu_->Allocate({c.n, c.q_heads, c.head_dim}, DType::kBF16));
-  MP_ASSERT_OK_AND_ASSIGN(Tensor lse, gpu_->Allocate({c.q_heads, c.n}, DType::kF32));
-  DcaAttentionParams gp = cp;
-  gp.q = &dq;
-  gp.kv = GpuView(cache);
-  gp.out = &out;
-  gp.lse = &lse;
-  const CudaBackendStats before = gpu_->stats();
-  MP_ASSERT_OK(gpu_->DcaAttention(gp));
-  const CudaBackendStats after = gpu_->stats();
+  DcaAttentionParams p;
+  p.query_begin = c.query_begin;
+  p.chunk_size = c.chunk_size;
+  p.chunk_len = c.chunk_size - c.local_size;
+  p.rope_theta = 10000.0;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.temperature = c.temperature;
+  AttentionRun run;
+  RunOnBothBackends(
+      p, q, cache, [](Backend& b, const DcaAttentionParams& bp) { return b.DcaAttention(bp); },
+      &run);
+  if (HasFatalFailure()) return;
+  const CudaBackendStats &before = run.before, &after = run.after;
   const std::string path = c.path;
   EXPECT_EQ(after.dca_prefill_calls - before.dca_prefill_calls, path == "prefill" ? 1 : 0);
   EXPECT_EQ(after.dca_decode_calls - before.dca_decode_calls, path == "decode" ? 1 : 0);
-  ExpectBf16Close(Host(out), want, 1e-2, 3e-2, "DCA attention out");
-  Tensor got_lse = Host(lse);
-  for (int64_t i = 0; i < want_lse.numel(); ++i) {
-    ASSERT_NEAR(got_lse.data_as<float>()[i], want_lse.data_as<float>()[i], 2e-2) << "lse " << i;
+  ExpectBf16Close(Host(run.out), run.want, 1e-2, 3e-2, "DCA attention out");
+  Tensor got_lse = Host(run.lse);
+  for (int64_t i = 0; i < run.want_lse.numel(); ++i) {
+    ASSERT_NEAR(got_lse.data_as<float>()[i], run.want_lse.data_as<float>()[i], 2e-2) << "lse " << i;
   }
 }
 

@@ -292,6 +292,14 @@ ModelConfig MiniQwen1MConfig() {
   return c;
 }
 
+// Seeded random weights of every layer of `config`, generated on the GPU.
+absl::StatusOr<ModelWeights> DeviceWeights(CudaBackend& gpu, const ModelConfig& config,
+                                           uint64_t seed) {
+  WeightLoadOptions load;
+  load.layers = {0, config.num_hidden_layers};
+  return RandomModelWeightsOnDevice(gpu, config, load, seed);
+}
+
 TEST(CudaEngineTest, QwenShapedModelWithDeviceRandomWeightsMatchesTheCpuEngine) {
   MP_REQUIRE_CUDA_BACKEND(gpu);
   const ModelConfig config = MiniQwen1MConfig();
@@ -316,9 +324,7 @@ TEST(CudaEngineTest, QwenShapedModelWithDeviceRandomWeightsMatchesTheCpuEngine) 
 TEST(CudaEngineTest, ActivationMemoryIsBoundedByTheChunkNotThePrompt) {
   MP_REQUIRE_CUDA_BACKEND(gpu);
   const ModelConfig config = MiniQwen1MConfig();
-  WeightLoadOptions load;
-  load.layers = {0, config.num_hidden_layers};
-  MP_ASSERT_OK_AND_ASSIGN(ModelWeights device, RandomModelWeightsOnDevice(*gpu, config, load, 3));
+  MP_ASSERT_OK_AND_ASSIGN(ModelWeights device, DeviceWeights(*gpu, config, 3));
   MP_ASSERT_OK_AND_ASSIGN(auto engine, Engine::Create(config, device, gpu, {.chunk_size = 128},
                                                       {.block_size = 64, .max_tokens = 4096}));
   CudaMemoryPool& pool = gpu->memory_pool();
@@ -351,9 +357,7 @@ TEST(CudaEngineTest, ActivationMemoryIsBoundedByTheChunkNotThePrompt) {
 TEST(CudaEngineTest, SeededSamplingIsReproducibleAndTinyTopPIsGreedy) {
   MP_REQUIRE_CUDA_BACKEND(gpu);
   const ModelConfig config = MiniQwen1MConfig();
-  WeightLoadOptions load;
-  load.layers = {0, config.num_hidden_layers};
-  MP_ASSERT_OK_AND_ASSIGN(ModelWeights device, RandomModelWeightsOnDevice(*gpu, config, load, 4));
+  MP_ASSERT_OK_AND_ASSIGN(ModelWeights device, DeviceWeights(*gpu, config, 4));
   MP_ASSERT_OK_AND_ASSIGN(auto engine, Engine::Create(config, device, gpu, {.chunk_size = 64}));
   const std::vector<int32_t> prompt = testing::RandomIds(100, config.vocab_size, 2);
   GenerationOptions sampled{.max_new_tokens = 12, .temperature = 1.5f, .top_p = 0.95f, .seed = 7};

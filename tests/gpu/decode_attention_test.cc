@@ -13,15 +13,15 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <random>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/paged_prefill_dca_attention.h"
+#include "tests/gpu/attention_reference.h"
 #include "tests/gpu/kernel_test_util.h"
+#include "tests/gpu/prefill_test_util.h"
 
 namespace mp::cuda {
 namespace {
@@ -29,6 +29,7 @@ namespace {
 using testing::Bf;
 using testing::DeviceBuffer;
 using testing::PagedCache;
+using testing::RandomBf16;
 using Ranges = std::vector<std::pair<int64_t, int64_t>>;
 
 struct DecodeCase {
@@ -53,14 +54,6 @@ std::string Describe(const DecodeCase& c, int splits) {
   return s;
 }
 
-std::vector<__nv_bfloat16> RandomQ(int64_t count, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<__nv_bfloat16> q(static_cast<size_t>(count));
-  for (auto& x : q) x = __float2bfloat16(normal(rng));
-  return q;
-}
-
 struct DecodeResult {
   std::vector<__nv_bfloat16> out;
   std::vector<float> lse;
@@ -78,14 +71,13 @@ void RunDecode(const DecodeCase& c, const PagedCache& cache, const std::vector<_
     key_end.push_back(static_cast<int32_t>(e));
     longest = std::max(longest, e - b);
   }
-  DeviceBuffer<__nv_bfloat16> dq(q.size()), dk(cache.k.size()), dv(cache.v.size());
-  DeviceBuffer<int32_t> tables(cache.tables.size()), kb(key_begin.size()), ke(key_end.size());
+  testing::DevicePagedCache dcache(cache);
+  DeviceBuffer<__nv_bfloat16> dq(q.size());
+  DeviceBuffer<int32_t> kb(key_begin.size()), ke(key_end.size());
   DeviceBuffer<__nv_bfloat16> out(q.size());
   DeviceBuffer<float> lse(num_seqs * c.q_heads);
   MP_CUDA_ASSERT(dq.Upload(q));
-  MP_CUDA_ASSERT(dk.Upload(cache.k));
-  MP_CUDA_ASSERT(dv.Upload(cache.v));
-  MP_CUDA_ASSERT(tables.Upload(cache.tables));
+  MP_CUDA_ASSERT(dcache.Upload());
   MP_CUDA_ASSERT(kb.Upload(key_begin));
   MP_CUDA_ASSERT(ke.Upload(key_end));
   MP_CUDA_ASSERT(out.Poison());
@@ -93,9 +85,9 @@ void RunDecode(const DecodeCase& c, const PagedCache& cache, const std::vector<_
 
   DecodeAttentionArgs a;
   a.q = dq.get();
-  a.k_cache = dk.get();
-  a.v_cache = dv.get();
-  a.block_tables = tables.get();
+  a.k_cache = dcache.k.get();
+  a.v_cache = dcache.v.get();
+  a.block_tables = dcache.tables.get();
   // DCA decode takes keys from 0 (key_begin must be null).
   a.key_begin = c.null_key_begin || c.dca != nullptr ? nullptr : kb.get();
   a.key_end = ke.get();
@@ -176,23 +168,15 @@ void ComputeReference(const DecodeCase& c, const PagedCache& cache,
     }
     (*ref_lse)[row] = testing::MergeParts(outs, lses, d, out);
   };
-  const int64_t threads =
-      std::max<int64_t>(1, std::min<int64_t>(rows, std::thread::hardware_concurrency()));
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      for (int64_t row = t; row < rows; row += threads) work(row);
-    });
-  }
-  for (auto& th : pool) th.join();
+  testing::ForEachRow(rows, work);
 }
 
 void RunCase(const DecodeCase& c) {
   ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   const PagedCache cache =
       testing::MakePagedCache(c.ranges, c.kv_heads, c.head_dim, c.block_size, c.key_std, c.seed);
-  const auto q = RandomQ(static_cast<int64_t>(c.ranges.size()) * c.q_heads * c.head_dim,
-                         c.seed + 1000);
+  const auto q =
+      RandomBf16(static_cast<int64_t>(c.ranges.size()) * c.q_heads * c.head_dim, c.seed + 1000);
   std::vector<double> ref_out, ref_lse;
   ComputeReference(c, cache, q, &ref_out, &ref_lse);
   DecodeResult r;
@@ -307,50 +291,33 @@ TEST(DecodeAttentionTest, DcaDecodeMatchesDcaPrefillOfTheLastToken) {
                        .dca = &kTinyDca};
     const PagedCache cache = testing::MakePagedCache(c.ranges, c.kv_heads, c.head_dim,
                                                      c.block_size, c.key_std, c.seed);
-    const auto q = RandomQ(c.q_heads * c.head_dim, c.seed + 1000);
+    const auto q = RandomBf16(c.q_heads * c.head_dim, c.seed + 1000);
     DecodeResult dec;
     RunDecode(c, cache, q, &dec);
     if (HasFatalFailure()) return;
 
-    DeviceBuffer<__nv_bfloat16> dq(q.size()), dk(cache.k.size()), dv(cache.v.size());
-    DeviceBuffer<int32_t> table(cache.tables.size());
-    DeviceBuffer<__nv_bfloat16> out(q.size());
-    DeviceBuffer<float> lse(c.q_heads);
-    MP_CUDA_ASSERT(dq.Upload(q));
-    MP_CUDA_ASSERT(dk.Upload(cache.k));
-    MP_CUDA_ASSERT(dv.Upload(cache.v));
-    MP_CUDA_ASSERT(table.Upload(cache.tables));
-    PagedPrefillAttentionArgs a;
-    a.q = dq.get();
-    a.k_cache = dk.get();
-    a.v_cache = dv.get();
-    a.block_table = table.get();
-    a.out = out.get();
-    a.lse = lse.get();
-    a.num_queries = 1;
-    a.q_heads = c.q_heads;
-    a.kv_heads = c.kv_heads;
-    a.head_dim = c.head_dim;
-    a.num_blocks = cache.num_blocks;
-    a.block_size = c.block_size;
-    a.key_begin = 0;
-    a.key_end = n;
-    a.causal = true;
-    a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    MP_CUDA_ASSERT(PagedPrefillDcaAttention(a, kTinyDca, nullptr));
-    MP_CUDA_ASSERT(cudaDeviceSynchronize());
-    std::vector<__nv_bfloat16> pre_out;
-    std::vector<float> pre_lse;
-    MP_CUDA_ASSERT(out.Download(&pre_out));
-    MP_CUDA_ASSERT(lse.Download(&pre_lse));
+    // The DCA prefill of the one query at position n - 1.
+    const testing::PrefillCase last{.head_dim = c.head_dim,
+                                    .q_heads = c.q_heads,
+                                    .kv_heads = c.kv_heads,
+                                    .num_queries = 1,
+                                    .key_end = n,
+                                    .block_size = c.block_size,
+                                    .dca = kTinyDca};
+    testing::DevicePagedCache dcache(cache);
+    MP_CUDA_ASSERT(dcache.Upload());
+    testing::PrefillOutputs pre;
+    testing::RunPrefill(testing::DcaPrefillKernel{kTinyDca}, dcache, q, last, &pre);
+    if (HasFatalFailure()) return;
     double err2 = 0, ref2 = 0, worst_lse = 0;
-    for (size_t i = 0; i < pre_out.size(); ++i) {
-      const double x = Bf(dec.out[i]), y = Bf(pre_out[i]);
+    for (size_t i = 0; i < pre.out.size(); ++i) {
+      const double x = Bf(dec.out[i]), y = Bf(pre.out[i]);
       err2 += (x - y) * (x - y);
       ref2 += y * y;
     }
     for (int64_t h = 0; h < c.q_heads; ++h) {
-      worst_lse = std::max(worst_lse, std::fabs(double(dec.lse[h]) - pre_lse[h]));
+      // MaxOrNaN: an lse left at its NaN poison fails the check.
+      worst_lse = testing::MaxOrNaN(worst_lse, std::fabs(double(dec.lse[h]) - pre.lse[h]));
     }
     EXPECT_LE(std::sqrt(err2 / ref2), 1e-2) << "n = " << n;
     EXPECT_LE(worst_lse, 1e-2) << "n = " << n;
@@ -364,7 +331,7 @@ TEST(DecodeAttentionTest, RepeatedRunsAreBitIdentical) {
   const DecodeCase c{.ranges = {{0, 50000}, {3, 7777}}, .seed = 50};
   const PagedCache cache = testing::MakePagedCache(c.ranges, c.kv_heads, c.head_dim,
                                                    c.block_size, c.key_std, c.seed);
-  const auto q = RandomQ(2 * c.q_heads * c.head_dim, 51);
+  const auto q = RandomBf16(2 * c.q_heads * c.head_dim, 51);
   DecodeResult a, b;
   RunDecode(c, cache, q, &a);
   RunDecode(c, cache, q, &b);

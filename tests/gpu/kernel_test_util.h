@@ -1,6 +1,6 @@
 // Helpers shared by the GPU kernel tests (raw kernels, no backend): device buffers, CUDA status
-// assertions, the GPU requirement, bf16 conversion and the comparison of attention outputs with a
-// double-precision reference.
+// assertions, the GPU requirement, bf16 conversion and random bf16 inputs, paged KV caches on the
+// host and the device, and the comparison of attention outputs with a double-precision reference.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -83,6 +83,21 @@ class DeviceBuffer {
 
 inline float Bf(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// The larger of a and b, NaN when either is NaN (std::max(a, NaN) is a, which would let a
+// NaN-poisoned output that was never written pass a "max difference <= tol" check).
+inline double MaxOrNaN(double a, double b) {
+  return std::isnan(a) || std::isnan(b) ? std::numeric_limits<double>::quiet_NaN() : std::max(a, b);
+}
+
+// `count` bf16 values from N(0, 1), deterministic for a seed.
+inline std::vector<__nv_bfloat16> RandomBf16(int64_t count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<__nv_bfloat16> x(static_cast<size_t>(count));
+  for (auto& v : x) v = __float2bfloat16(normal(rng));
+  return x;
+}
+
 // A paged bf16 KV cache [num_blocks, kv_heads, block_size, head_dim] holding random keys and
 // values for the positions [key_begin, key_end) of each sequence, and NaN in every other row.
 // Table entries of blocks that hold none of a sequence's keys point to an all-NaN block, and
@@ -156,6 +171,22 @@ inline PagedCache MakePagedCache(const std::vector<std::pair<int64_t, int64_t>>&
   return c;
 }
 
+// Device copies of a PagedCache's keys, values and block tables.
+struct DevicePagedCache {
+  explicit DevicePagedCache(const PagedCache& c)
+      : host(&c), k(c.k.size()), v(c.v.size()), tables(c.tables.size()) {}
+  cudaError_t Upload() {
+    cudaError_t err = k.Upload(host->k);
+    if (err == cudaSuccess) err = v.Upload(host->v);
+    if (err == cudaSuccess) err = tables.Upload(host->tables);
+    return err;
+  }
+
+  const PagedCache* host;
+  DeviceBuffer<__nv_bfloat16> k, v;  // [num_blocks, kv_heads, block_size, head_dim]
+  DeviceBuffer<int32_t> tables;      // [num_seqs, table_stride]
+};
+
 // Softmax attention of one query (double, from bf16/float inputs) over the keys [lo, hi) of
 // sequence `seq`, KV head `head`: accumulates the normalized output into out[head_dim] and
 // returns the natural-log LSE (-inf and out = 0 when the range is empty).
@@ -207,12 +238,12 @@ inline double MergeParts(const std::vector<std::vector<double>>& outs,
 // Compares attention outputs with a double-precision reference. Row r of `rows` has head_dim
 // outputs at out[r * head_dim] and its LSE at lse[lse_index(r)]. Rows whose reference LSE is
 // -inf (no visible key) must be exactly 0 with LSE -inf. Tolerances: relative Frobenius error
-// <= 1e-2 over all rows, <= 2e-2 for every row, |dlse| <= 1e-2.
+// <= 1e-2 over all rows, <= 2e-2 for every row, |dlse| <= `lse_tolerance` (default 1e-2).
 template <class LseIndex>
 void ExpectAttentionNear(const std::vector<double>& ref_out, const std::vector<double>& ref_lse,
                          const std::vector<__nv_bfloat16>& out, const std::vector<float>& lse,
                          int64_t rows, int64_t head_dim, LseIndex lse_index,
-                         const std::string& what) {
+                         const std::string& what, double lse_tolerance = 1e-2) {
   double err2 = 0, ref2 = 0, worst_row = 0, worst_lse = 0;
   int64_t bad_rows = 0, empty_rows = 0, bad_empty = 0, non_finite = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -255,7 +286,7 @@ void ExpectAttentionNear(const std::vector<double>& ref_out, const std::vector<d
   EXPECT_EQ(bad_empty, 0) << what << ": rows without keys that are not (0, -inf)";
   EXPECT_LE(rel, 1e-2) << what;
   EXPECT_EQ(bad_rows, 0) << what << ": rows with relative error > 2e-2, worst " << worst_row;
-  EXPECT_LE(worst_lse, 1e-2) << what;
+  EXPECT_LE(worst_lse, lse_tolerance) << what;
   std::printf("[ stats    ] %s: rel err %.2e, worst row %.2e, worst |dlse| %.2e, %lld empty rows\n",
               what.c_str(), rel, worst_row, worst_lse, static_cast<long long>(empty_rows));
 }

@@ -1,5 +1,5 @@
-// GPU test of mp::cuda::PagedPrefillAttention against a double-precision reference computed here
-// from the same bf16 inputs. Needs an sm_90 GPU (label gpu).
+// GPU test of mp::cuda::PagedPrefillAttention against the double-precision reference of
+// attention_reference.h, computed from the same bf16 inputs. Needs an sm_90 GPU (label gpu).
 #include "kernels/cuda/paged_prefill_attention.h"
 
 #include <cuda_bf16.h>
@@ -7,285 +7,91 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "tests/gpu/attention_reference.h"
+#include "tests/gpu/kernel_test_util.h"
+#include "tests/gpu/prefill_test_util.h"
 
 namespace mp::cuda {
 namespace {
 
-#define MP_CUDA_ASSERT(expr)                                              \
-  do {                                                                    \
-    const cudaError_t mp_err_ = (expr);                                   \
-    ASSERT_EQ(mp_err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(mp_err_); \
-  } while (0)
+using testing::PagedCache;
+using testing::PrefillOutputs;
+using Case = testing::PrefillCase;
 
-// Device allocation freed on scope exit.
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t count) : count_(count) {
-    void* p = nullptr;
-    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) == cudaSuccess) {
-      ptr_ = static_cast<T*>(p);
-    }
-  }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return ptr_; }
-  cudaError_t Upload(const std::vector<T>& host) {
-    return cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  cudaError_t Download(std::vector<T>* host) const {
-    host->resize(count_);
-    return cudaMemcpy(host->data(), ptr_, count_ * sizeof(T), cudaMemcpyDeviceToHost);
-  }
-
- private:
-  T* ptr_ = nullptr;
-  size_t count_ = 0;
-};
-
-struct Case {
-  int64_t head_dim = 128;
-  int64_t q_heads = 28;
-  int64_t kv_heads = 4;
-  int64_t num_queries = 0;
-  int64_t key_begin = 0;
-  int64_t key_end = 0;
-  int64_t block_size = 64;
-  bool causal = true;
-  int64_t extra_blocks = 3;  // unused cache blocks (filled with NaN) mixed into the pool
-  float key_std = 1.0f;      // larger values make the softmax peakier
-  uint64_t seed = 1;
-};
-
-std::string Describe(const Case& c) {
-  return "hd" + std::to_string(c.head_dim) + " heads " + std::to_string(c.q_heads) + "/" +
-         std::to_string(c.kv_heads) + " n=" + std::to_string(c.num_queries) + " keys [" +
-         std::to_string(c.key_begin) + ", " + std::to_string(c.key_end) + ") block " +
-         std::to_string(c.block_size) + (c.causal ? " causal" : " non-causal");
-}
-
-bool SupportedGpu() {
-  int dev = 0;
-  int major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-    return false;
-  }
-  return major == 9;
-}
-
-// Inputs on the host (bf16 and their exact float values) and the device.
+// Inputs on the host: the queries and the cache of sequence 0, and the reference results
+// (double): out [n, q_heads, d], lse [q_heads, n].
 struct Problem {
   Case c;
-  int64_t num_blocks = 0;
-  float scale = 0;
-  std::vector<__nv_bfloat16> q, k_cache, v_cache;
-  std::vector<int32_t> block_table;
-  // Reference results (double): out [n, q_heads, d], lse [q_heads, n].
+  std::vector<__nv_bfloat16> q;
+  PagedCache cache;
   std::vector<double> ref_out, ref_lse;
 };
 
 Problem MakeProblem(const Case& c) {
   Problem p;
   p.c = c;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   std::mt19937_64 rng(c.seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t d = c.head_dim;
   const int64_t needed = std::max<int64_t>(1, (c.key_end + c.block_size - 1) / c.block_size);
-  p.num_blocks = needed + c.extra_blocks;
+  PagedCache& cache = p.cache;
+  cache.kv_heads = c.kv_heads;
+  cache.head_dim = d;
+  cache.block_size = c.block_size;
+  cache.num_blocks = needed + c.extra_blocks;
+  cache.table_stride = needed;
 
   p.q.resize(c.num_queries * c.q_heads * d);
   for (auto& x : p.q) x = __float2bfloat16(normal(rng));
 
   // Shuffled block table over a pool with unused blocks.
-  std::vector<int32_t> perm(p.num_blocks);
+  std::vector<int32_t> perm(cache.num_blocks);
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
-  p.block_table.assign(perm.begin(), perm.begin() + needed);
+  cache.tables.assign(perm.begin(), perm.begin() + needed);
 
   // Every cache row starts as NaN; only keys [key_begin, key_end) get real values, so any read
   // of another row that reaches the result shows up as NaN.
   const __nv_bfloat16 nan = __float2bfloat16(std::numeric_limits<float>::quiet_NaN());
-  const size_t cache_elems = p.num_blocks * c.kv_heads * c.block_size * d;
-  p.k_cache.assign(cache_elems, nan);
-  p.v_cache.assign(cache_elems, nan);
+  const size_t cache_elems = cache.num_blocks * c.kv_heads * c.block_size * d;
+  cache.k.assign(cache_elems, nan);
+  cache.v.assign(cache_elems, nan);
   for (int64_t pos = c.key_begin; pos < c.key_end; ++pos) {
-    const int64_t blk = p.block_table[pos / c.block_size];
-    const int64_t row = pos % c.block_size;
     for (int64_t h = 0; h < c.kv_heads; ++h) {
-      const size_t off = ((blk * c.kv_heads + h) * c.block_size + row) * d;
+      const size_t off = cache.Offset(0, pos, h);
       for (int64_t i = 0; i < d; ++i) {
-        p.k_cache[off + i] = __float2bfloat16(c.key_std * normal(rng));
-        p.v_cache[off + i] = __float2bfloat16(normal(rng));
+        cache.k[off + i] = __float2bfloat16(c.key_std * normal(rng));
+        cache.v[off + i] = __float2bfloat16(normal(rng));
       }
     }
   }
   return p;
 }
 
-// Double-precision attention over the bf16 inputs, threads over query heads.
-void ComputeReference(Problem* p) {
-  const Case& c = p->c;
-  const int64_t d = c.head_dim, n = c.num_queries, group = c.q_heads / c.kv_heads;
-  p->ref_out.assign(n * c.q_heads * d, 0.0);
-  p->ref_lse.assign(c.q_heads * n, -std::numeric_limits<double>::infinity());
-  auto key_row = [&](const std::vector<__nv_bfloat16>& cache, int64_t pos, int64_t h) {
-    const int64_t blk = p->block_table[pos / c.block_size];
-    return &cache[((blk * c.kv_heads + h) * c.block_size + pos % c.block_size) * d];
-  };
-  auto work = [&](int64_t h) {
-    const int64_t kvh = h / group;
-    std::vector<double> logits, q(d), o(d);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t hi =
-          c.causal ? std::min(c.key_end, c.key_end - n + i + 1) : c.key_end;
-      if (hi <= c.key_begin) continue;  // no visible key: out 0, lse -inf
-      for (int64_t x = 0; x < d; ++x) {
-        q[x] = __bfloat162float(p->q[(i * c.q_heads + h) * d + x]);
-      }
-      logits.resize(hi - c.key_begin);
-      double mx = -std::numeric_limits<double>::infinity();
-      for (int64_t j = c.key_begin; j < hi; ++j) {
-        const __nv_bfloat16* k = key_row(p->k_cache, j, kvh);
-        double dot = 0;
-        for (int64_t x = 0; x < d; ++x) dot += q[x] * __bfloat162float(k[x]);
-        logits[j - c.key_begin] = dot * p->scale;
-        mx = std::max(mx, logits[j - c.key_begin]);
-      }
-      double sum = 0;
-      std::fill(o.begin(), o.end(), 0.0);
-      for (int64_t j = c.key_begin; j < hi; ++j) {
-        const double w = std::exp(logits[j - c.key_begin] - mx);
-        sum += w;
-        const __nv_bfloat16* v = key_row(p->v_cache, j, kvh);
-        for (int64_t x = 0; x < d; ++x) o[x] += w * __bfloat162float(v[x]);
-      }
-      for (int64_t x = 0; x < d; ++x) p->ref_out[(i * c.q_heads + h) * d + x] = o[x] / sum;
-      p->ref_lse[h * n + i] = mx + std::log(sum);
-    }
-  };
-  const int64_t threads =
-      std::max<int64_t>(1, std::min<int64_t>(c.q_heads, std::thread::hardware_concurrency()));
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      for (int64_t h = t; h < c.q_heads; h += threads) work(h);
-    });
-  }
-  for (auto& th : pool) th.join();
-}
-
-struct GpuResult {
-  std::vector<__nv_bfloat16> out;
-  std::vector<float> lse;
-};
-
 // Runs the kernel with NaN-poisoned outputs.
-void RunGpu(const Problem& p, GpuResult* result) {
-  const Case& c = p.c;
-  DeviceBuffer<__nv_bfloat16> q(p.q.size()), k(p.k_cache.size()), v(p.v_cache.size());
-  DeviceBuffer<int32_t> table(p.block_table.size());
-  DeviceBuffer<__nv_bfloat16> out(p.q.size());
-  DeviceBuffer<float> lse(c.q_heads * c.num_queries);
-  ASSERT_NE(q.get(), nullptr);
-  ASSERT_NE(k.get(), nullptr);
-  ASSERT_NE(v.get(), nullptr);
-  MP_CUDA_ASSERT(q.Upload(p.q));
-  MP_CUDA_ASSERT(k.Upload(p.k_cache));
-  MP_CUDA_ASSERT(v.Upload(p.v_cache));
-  MP_CUDA_ASSERT(table.Upload(p.block_table));
-  MP_CUDA_ASSERT(cudaMemset(out.get(), 0xFF, p.q.size() * sizeof(__nv_bfloat16)));
-  MP_CUDA_ASSERT(cudaMemset(lse.get(), 0xFF, c.q_heads * c.num_queries * sizeof(float)));
-
-  PagedPrefillAttentionArgs a;
-  a.q = q.get();
-  a.k_cache = k.get();
-  a.v_cache = v.get();
-  a.block_table = table.get();
-  a.out = out.get();
-  a.lse = lse.get();
-  a.num_queries = c.num_queries;
-  a.q_heads = c.q_heads;
-  a.kv_heads = c.kv_heads;
-  a.head_dim = c.head_dim;
-  a.num_blocks = p.num_blocks;
-  a.block_size = c.block_size;
-  a.key_begin = c.key_begin;
-  a.key_end = c.key_end;
-  a.causal = c.causal;
-  a.scale = p.scale;
-  ASSERT_EQ(PagedPrefillAttentionUnsupported(a), "");
-  MP_CUDA_ASSERT(PagedPrefillAttention(a, nullptr));
-  MP_CUDA_ASSERT(cudaDeviceSynchronize());
-  MP_CUDA_ASSERT(out.Download(&result->out));
-  MP_CUDA_ASSERT(lse.Download(&result->lse));
-}
-
-void CheckAgainstReference(const Problem& p, const GpuResult& r) {
-  const Case& c = p.c;
-  const int64_t d = c.head_dim, n = c.num_queries;
-  double err2 = 0, ref2 = 0, worst_row = 0, worst_lse = 0;
-  int64_t bad_rows = 0, empty_rows = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t h = 0; h < c.q_heads; ++h) {
-      const double ref_lse = p.ref_lse[h * n + i];
-      const float got_lse = r.lse[h * n + i];
-      const size_t off = (i * c.q_heads + h) * d;
-      if (std::isinf(ref_lse)) {  // row with no visible key: exactly 0 and -inf
-        ++empty_rows;
-        bool zero = true;
-        for (int64_t x = 0; x < d; ++x) zero &= __bfloat162float(r.out[off + x]) == 0.0f;
-        EXPECT_TRUE(zero) << "row " << i << " head " << h << " has no keys but out != 0";
-        EXPECT_TRUE(std::isinf(got_lse) && got_lse < 0)
-            << "row " << i << " head " << h << " lse " << got_lse << ", want -inf";
-        continue;
-      }
-      ASSERT_TRUE(std::isfinite(got_lse)) << "row " << i << " head " << h << " lse " << got_lse;
-      worst_lse = std::max(worst_lse, std::fabs(got_lse - ref_lse));
-      double row_err2 = 0, row_ref2 = 0;
-      for (int64_t x = 0; x < d; ++x) {
-        const double got = __bfloat162float(r.out[off + x]);
-        ASSERT_TRUE(std::isfinite(got)) << "row " << i << " head " << h << " col " << x;
-        const double want = p.ref_out[off + x];
-        row_err2 += (got - want) * (got - want);
-        row_ref2 += want * want;
-      }
-      err2 += row_err2;
-      ref2 += row_ref2;
-      const double row_rel = std::sqrt(row_err2 / std::max(row_ref2, 1e-30));
-      worst_row = std::max(worst_row, row_rel);
-      if (row_rel > 2e-2) ++bad_rows;
-    }
-  }
-  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
-  EXPECT_LE(rel, 1e-2) << Describe(c);
-  EXPECT_EQ(bad_rows, 0) << Describe(c) << ": rows with relative error > 2e-2, worst "
-                         << worst_row;
-  EXPECT_LE(worst_lse, 1e-2) << Describe(c);
-  std::printf("[ stats    ] %s: rel err %.2e, worst row %.2e, worst |dlse| %.2e, %lld empty rows\n",
-              Describe(c).c_str(), rel, worst_row, worst_lse,
-              static_cast<long long>(empty_rows));
+void RunGpu(const Problem& p, PrefillOutputs* result) {
+  testing::DevicePagedCache cache(p.cache);
+  MP_CUDA_ASSERT(cache.Upload());
+  testing::RunPrefill(testing::PlainPrefillKernel{}, cache, p.q, p.c, result);
 }
 
 void RunCase(const Case& c) {
-  if (!SupportedGpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   Problem p = MakeProblem(c);
-  ComputeReference(&p);
-  GpuResult r;
+  testing::PlainReference(testing::MakeReferenceProblem(c, p.cache, p.q), c.causal, &p.ref_out,
+                          &p.ref_lse);
+  PrefillOutputs r;
   RunGpu(p, &r);
   if (::testing::Test::HasFatalFailure()) return;
-  CheckAgainstReference(p, r);
+  testing::ExpectPrefillNear(p.ref_out, p.ref_lse, r, c, testing::Describe(c, false));
 }
 
 TEST(PagedPrefillAttentionTest, Gqa28x4CausalSquareHd128) {
@@ -367,11 +173,11 @@ TEST(PagedPrefillAttentionTest, SanitizerSmallCausal) {
 }
 
 TEST(PagedPrefillAttentionTest, RepeatedRunsAreBitIdentical) {
-  if (!SupportedGpu()) GTEST_SKIP() << "needs an sm_90 GPU";
+  ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   Case c{.head_dim = 128, .q_heads = 28, .kv_heads = 4, .num_queries = 512, .key_begin = 0,
          .key_end = 1536, .block_size = 64, .causal = true, .seed = 26};
   Problem p = MakeProblem(c);
-  GpuResult a, b;
+  PrefillOutputs a, b;
   RunGpu(p, &a);
   RunGpu(p, &b);
   if (HasFatalFailure()) return;

@@ -183,8 +183,12 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // The embedded model through a text prompt: the cluster's chat template, tokenization, greedy
-// tokens and streamed text equal the single-process engine's.
-TEST(ClusterParitySmolLM2Test, TextPromptMatchesTheEngine) {
+// tokens and streamed text equal the single-process engine's, with the 30 layers split over 2,
+// 4 and 8 worker processes.
+class ClusterParitySmolLM2Test : public ::testing::TestWithParam<int> {};
+
+TEST_P(ClusterParitySmolLM2Test, TextPromptMatchesTheEngine) {
+  const int stages = GetParam();
   const char* env = std::getenv("MILLIPEDE_SMOLLM2_DIR");
   ASSERT_NE(env, nullptr) << "MILLIPEDE_SMOLLM2_DIR must name the converted SmolLM2 directory "
                              "(scripts/fetch_default_model.sh prints it)";
@@ -222,11 +226,26 @@ TEST(ClusterParitySmolLM2Test, TextPromptMatchesTheEngine) {
 
   ClusterOptions options;
   options.model_dir = dir;
-  options.stages = 2;
+  options.stages = stages;
   options.coordinator_args = {"--chunk-mode", "fixed", "--max-chunk",   "32",
                               "--kv-tokens",  "2048",  "--max-context", "2048"};
   MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Cluster> cluster, Cluster::Start(options));
-  MP_ASSERT_OK(cluster->WaitReady(2, absl::Seconds(120)));
+  MP_ASSERT_OK(cluster->WaitReady(stages, absl::Seconds(120)));
+  // Every stage holds a slice: the layer assignment covers the 30 layers in order.
+  MP_ASSERT_OK_AND_ASSIGN(v1::ListWorkersResponse workers, cluster->ListWorkers());
+  ASSERT_EQ(workers.workers_size(), stages);
+  std::vector<std::pair<uint32_t, uint32_t>> slices;
+  for (const v1::WorkerInfo& w : workers.workers()) {
+    slices.push_back({w.layers().begin(), w.layers().end()});
+  }
+  std::sort(slices.begin(), slices.end());
+  uint32_t next = 0;
+  for (const auto& [begin, end] : slices) {
+    EXPECT_EQ(begin, next);
+    EXPECT_GT(end, begin);
+    next = end;
+  }
+  EXPECT_EQ(next, static_cast<uint32_t>(config.num_hidden_layers));
   v1::GenerateRequest request;
   request.set_text(question);
   request.set_max_new_tokens(kNewTokens);
@@ -242,6 +261,11 @@ TEST(ClusterParitySmolLM2Test, TextPromptMatchesTheEngine) {
   }
   EXPECT_EQ(streamed, expected_text);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stages, ClusterParitySmolLM2Test, ::testing::Values(2, 4, 8),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return absl::StrCat(info.param, "stages");
+                         });
 
 }  // namespace
 }  // namespace mp::testing

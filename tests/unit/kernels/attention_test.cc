@@ -69,14 +69,8 @@ struct PagedSequence {
   }
 
   PagedKvView View() const {
-    PagedKvView view;
-    view.k = k_cache.data();
-    view.v = v_cache.data();
-    view.block_table = block_table.data();
-    view.block_size = block_size;
-    view.kv_heads = kv_heads;
-    view.head_dim = head_dim;
-    return view;
+    // {k, v, block_table, block_size, kv_heads, head_dim}
+    return {k_cache.data(), v_cache.data(), block_table.data(), block_size, kv_heads, head_dim};
   }
 };
 

@@ -12,6 +12,7 @@
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/decode_attention_plan.h"
 #include "kernels/cuda/prefill_key_visits.h"
+#include "kernels/cuda/prefill_work_order.h"
 
 namespace mp::cuda {
 namespace {
@@ -103,6 +104,79 @@ TEST(KeyVisitWalkTest, CoversEveryKeyOncePerDcaChunk) {
     }
   }
   CheckWalk(7000, 900, 253952);  // crosses 253952 * 4 = 1015808 = tile 7936
+}
+
+// KeyVisitCursor steps through the visits of KeyVisitWalk, and Advance() reports exactly the
+// steps into another DCA chunk.
+void CheckCursor(int first_tile, int num_tiles, int split) {
+  constexpr int kTile = 128;
+  const int visits = CountKeyVisits(first_tile, num_tiles, kTile, split);
+  KeyVisitWalk<kTile> walk(first_tile + num_tiles - 1, split);
+  KeyVisitCursor<kTile> cursor(first_tile + num_tiles - 1, split);
+  int changes = 0;
+  for (int i = 0; i < visits; ++i) {
+    const KeyVisit w = walk.Current(), c = cursor.Current();
+    ASSERT_EQ(c.tile, w.tile) << "visit " << i << " split " << split;
+    ASSERT_EQ(c.lo, w.lo) << "visit " << i << " split " << split;
+    ASSERT_EQ(c.hi, w.hi) << "visit " << i << " split " << split;
+    if (i + 1 == visits) break;
+    walk.Advance();
+    const bool changed = cursor.Advance();
+    const int chunk_before = w.lo / split, chunk_after = walk.Current().lo / split;
+    ASSERT_EQ(changed, chunk_after != chunk_before) << "visit " << i << " split " << split;
+    changes += changed;
+  }
+  // Chunks spanned by the tiles, minus one.
+  const int lo = first_tile * kTile, hi = (first_tile + num_tiles) * kTile;
+  EXPECT_EQ(changes, (hi - 1) / split - lo / split);
+}
+
+TEST(KeyVisitCursorTest, SameVisitsAsTheWalkWithoutDivisions) {
+  for (int split : {64, 128, 192, 256, 320, 384, 1024, 253952}) {
+    for (int first : {0, 1, 3, 17}) {
+      for (int count : {1, 2, 5, 33}) CheckCursor(first, count, split);
+    }
+  }
+  CheckCursor(0, 8448, 253952);  // the 1M-key bench shape: chunks 0..4
+  CheckCursor(7000, 900, 253952);
+  CheckCursor(16000000, 700, 1 << 30);  // near the int32 position limit
+}
+
+// 2-CTA clusters: every (query tile, query head) is written by exactly one CTA, the two CTAs of
+// a cluster share a KV head and know each other's query tile, and the longest rows come first.
+TEST(PairedWorkOrderTest, EveryItemOnceAndPairsShareAKvHead) {
+  for (int m_tiles : {1, 2, 3, 4, 256}) {
+    for (int group : {1, 2, 3, 7}) {
+      for (int kv_heads : {1, 3, 4}) {
+        const long long grid = PairedGridSize(m_tiles, group, kv_heads);
+        ASSERT_EQ(grid % 2, 0);
+        std::vector<int> written(static_cast<size_t>(m_tiles) * group * kv_heads, 0);
+        for (int cta = 0; cta < grid; cta += 2) {
+          const PairedWorkItem a = PairedWorkItemOf(cta, m_tiles, group);
+          const PairedWorkItem b = PairedWorkItemOf(cta + 1, m_tiles, group);
+          ASSERT_EQ(a.q_head / group, b.q_head / group) << "cluster " << cta / 2;
+          ASSERT_EQ(a.partner_m_tile, b.m_tile);
+          ASSERT_EQ(b.partner_m_tile, a.m_tile);
+          ASSERT_TRUE(a.writes) << "the first CTA of a cluster always has its own item";
+          ASSERT_GE(a.m_tile, b.m_tile) << "items in descending query-tile order";
+          for (const PairedWorkItem& w : {a, b}) {
+            ASSERT_GE(w.m_tile, 0);
+            ASSERT_LT(w.m_tile, m_tiles);
+            ASSERT_GE(w.q_head, 0);
+            ASSERT_LT(w.q_head, group * kv_heads);
+            if (w.writes) ++written[static_cast<size_t>(w.q_head) * m_tiles + w.m_tile];
+          }
+          if (!b.writes) {
+            EXPECT_EQ(b.m_tile, a.m_tile);
+            EXPECT_EQ(b.q_head, a.q_head);
+          }
+        }
+        for (int x : written) ASSERT_EQ(x, 1) << m_tiles << " tiles, group " << group;
+        // Clusters of the first KV head start with the last query tile.
+        EXPECT_EQ(PairedWorkItemOf(0, m_tiles, group).m_tile, m_tiles - 1);
+      }
+    }
+  }
 }
 
 TEST(KeyVisitWalkTest, AlignedChunksVisitEachTileOnce) {

@@ -108,14 +108,8 @@ struct DcaSequence {
   }
 
   PagedKvView View() const {
-    PagedKvView view;
-    view.k = k_cache.data();
-    view.v = v_cache.data();
-    view.block_table = block_table.data();
-    view.block_size = block_size;
-    view.kv_heads = kv_heads;
-    view.head_dim = d;
-    return view;
+    // {k, v, block_table, block_size, kv_heads, head_dim}
+    return {k_cache.data(), v_cache.data(), block_table.data(), block_size, kv_heads, d};
   }
 
   std::vector<float> rotated_k;  // [len, kv_heads, d], rotated by j mod C

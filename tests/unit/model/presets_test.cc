@@ -7,26 +7,13 @@
 
 #include "common/status_matchers.h"
 #include "model/config.h"
+#include "tests/unit/model/test_util.h"
 
 namespace mp {
 namespace {
 
 void ExpectSameArchitecture(const ModelConfig& a, const ModelConfig& b) {
-  EXPECT_EQ(a.architecture, b.architecture);
-  EXPECT_EQ(a.vocab_size, b.vocab_size);
-  EXPECT_EQ(a.hidden_size, b.hidden_size);
-  EXPECT_EQ(a.intermediate_size, b.intermediate_size);
-  EXPECT_EQ(a.num_hidden_layers, b.num_hidden_layers);
-  EXPECT_EQ(a.num_attention_heads, b.num_attention_heads);
-  EXPECT_EQ(a.num_key_value_heads, b.num_key_value_heads);
-  EXPECT_EQ(a.head_dim, b.head_dim);
-  EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
-  EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
-  EXPECT_EQ(a.rope_theta, b.rope_theta);
-  EXPECT_EQ(a.attention_bias, b.attention_bias);
-  EXPECT_EQ(a.tie_word_embeddings, b.tie_word_embeddings);
-  EXPECT_EQ(a.eos_token_ids, b.eos_token_ids);
-  EXPECT_EQ(a.bos_token_id, b.bos_token_id);
+  testing::ExpectSameShapeAndTokens(a, b);
   ASSERT_TRUE(a.dual_chunk.has_value());
   ASSERT_TRUE(b.dual_chunk.has_value());
   EXPECT_EQ(a.dual_chunk->chunk_size, b.dual_chunk->chunk_size);

@@ -1,5 +1,5 @@
-// Helpers shared by the model tests: scratch directories, raw file bytes, tensor comparison and
-// small model configs.
+// Helpers shared by the model tests: scratch directories, raw file bytes, tensor comparison, config
+// comparison and small model configs.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -90,6 +90,26 @@ inline Tensor RandomBytesTensor(std::vector<int64_t> shape, DType dtype, std::mt
   auto* p = static_cast<unsigned char*>(t.data());
   for (size_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(rng());
   return t;
+}
+
+// Expects a and b to agree on the architecture, the shapes, the norm epsilon, RoPE theta, the
+// bias and tying flags and the special tokens.
+inline void ExpectSameShapeAndTokens(const ModelConfig& a, const ModelConfig& b) {
+  EXPECT_EQ(a.architecture, b.architecture);
+  EXPECT_EQ(a.vocab_size, b.vocab_size);
+  EXPECT_EQ(a.hidden_size, b.hidden_size);
+  EXPECT_EQ(a.intermediate_size, b.intermediate_size);
+  EXPECT_EQ(a.num_hidden_layers, b.num_hidden_layers);
+  EXPECT_EQ(a.num_attention_heads, b.num_attention_heads);
+  EXPECT_EQ(a.num_key_value_heads, b.num_key_value_heads);
+  EXPECT_EQ(a.head_dim, b.head_dim);
+  EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
+  EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
+  EXPECT_EQ(a.rope_theta, b.rope_theta);
+  EXPECT_EQ(a.attention_bias, b.attention_bias);
+  EXPECT_EQ(a.tie_word_embeddings, b.tie_word_embeddings);
+  EXPECT_EQ(a.eos_token_ids, b.eos_token_ids);
+  EXPECT_EQ(a.bos_token_id, b.bos_token_id);
 }
 
 // A small Qwen2-shaped config (bias, untied head, DCA block).

@@ -44,8 +44,44 @@ void ExpectNear(const Tensor& actual, const std::vector<double>& expected, doubl
   }
 }
 
+// The softmax of `logits` (over the keys first, first + 1, ...) in double: adds
+// sum_j p_j v[j, kh] to out[hd] (v: [len, kv_heads, hd]) and returns the LSE.
+double SoftmaxOverValues(const std::vector<double>& logits, int64_t first, const Tensor& v,
+                         int64_t kv_heads, int64_t kh, int64_t hd, double* out) {
+  double m = -INFINITY;
+  for (double x : logits) m = std::max(m, x);
+  double sum = 0;
+  for (double x : logits) sum += std::exp(x - m);
+  for (size_t j = 0; j < logits.size(); ++j) {
+    const double pj = std::exp(logits[j] - m) / sum;
+    const int64_t key = first + static_cast<int64_t>(j);
+    for (int64_t e = 0; e < hd; ++e) {
+      out[e] += pj * v.data_as<float>()[(key * kv_heads + kh) * hd + e];
+    }
+  }
+  return m + std::log(sum);
+}
+
 class CpuBackendTest : public ::testing::Test {
  protected:
+  // A zeroed paged K/V cache [num_blocks, kv_heads, bs, hd] of the backend under `table`.
+  void MakeKvCache(int64_t num_blocks, int64_t kv_heads, int64_t bs, int64_t hd,
+                   const std::vector<int32_t>& table, KvLayerView* kv) {
+    MP_ASSERT_OK_AND_ASSIGN(Tensor kc,
+                            backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor vc,
+                            backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
+    *kv = KvLayerView{kc, vc, I32(table), bs};
+  }
+
+  // Random q [n, q_heads, hd] (from rng_) and zeroed out [n, q_heads, hd] and lse [q_heads, n].
+  void MakeAttentionIo(int64_t n, int64_t q_heads, int64_t hd, Tensor* q, Tensor* out,
+                       Tensor* lse) {
+    *q = RandomF32({n, q_heads, hd}, rng_);
+    MP_ASSERT_OK_AND_ASSIGN(*out, backend_->Allocate({n, q_heads, hd}, DType::kF32));
+    MP_ASSERT_OK_AND_ASSIGN(*lse, backend_->Allocate({q_heads, n}, DType::kF32));
+  }
+
   std::unique_ptr<Backend> backend_ = NewCpuBackend();
   std::mt19937_64 rng_{1234};
 };
@@ -284,11 +320,9 @@ TEST_F(CpuBackendTest, SiluMulAndAddMatchReference) {
 TEST_F(CpuBackendTest, PagedAttentionMatchesDenseReference) {
   const int64_t kv_heads = 2, q_heads = 6, hd = 8, bs = 4, num_blocks = 9, len = 23;
   const std::vector<int32_t> table = {7, 2, 8, 0, 5, 1};  // 6 blocks cover 24 tokens
-  MP_ASSERT_OK_AND_ASSIGN(Tensor kc,
-                          backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
-  MP_ASSERT_OK_AND_ASSIGN(Tensor vc,
-                          backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
-  KvLayerView kv{kc, vc, I32(table), bs};
+  KvLayerView kv;
+  MakeKvCache(num_blocks, kv_heads, bs, hd, table, &kv);
+  ASSERT_FALSE(HasFatalFailure());
   Tensor k = RandomF32({len, kv_heads, hd}, rng_);
   Tensor v = RandomF32({len, kv_heads, hd}, rng_);
   MP_ASSERT_OK(backend_->WriteKv(k.Slice(0, 9), v.Slice(0, 9), 0, kv));
@@ -297,7 +331,7 @@ TEST_F(CpuBackendTest, PagedAttentionMatchesDenseReference) {
   for (int64_t t = 0; t < len; ++t) {
     for (int64_t h = 0; h < kv_heads; ++h) {
       const float* cached =
-          kc.data_as<float>() + ((table[t / bs] * kv_heads + h) * bs + t % bs) * hd;
+          kv.k.data_as<float>() + ((table[t / bs] * kv_heads + h) * bs + t % bs) * hd;
       ASSERT_EQ(std::memcmp(cached, k.data_as<float>() + (t * kv_heads + h) * hd, hd * 4), 0);
     }
   }
@@ -305,9 +339,9 @@ TEST_F(CpuBackendTest, PagedAttentionMatchesDenseReference) {
   for (const auto& [n, key_begin, causal] : std::vector<std::tuple<int64_t, int64_t, bool>>{
            {5, 0, true}, {1, 0, true}, {4, 6, false}, {23, 3, true}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << n << " key_begin=" << key_begin);
-    Tensor q = RandomF32({n, q_heads, hd}, rng_);
-    MP_ASSERT_OK_AND_ASSIGN(Tensor out, backend_->Allocate({n, q_heads, hd}, DType::kF32));
-    MP_ASSERT_OK_AND_ASSIGN(Tensor lse, backend_->Allocate({q_heads, n}, DType::kF32));
+    Tensor q, out, lse;
+    MakeAttentionIo(n, q_heads, hd, &q, &out, &lse);
+    ASSERT_FALSE(HasFatalFailure());
     AttentionParams p;
     p.q = &q;
     p.kv = kv;
@@ -324,7 +358,6 @@ TEST_F(CpuBackendTest, PagedAttentionMatchesDenseReference) {
         const int64_t kh = h / (q_heads / kv_heads);
         const int64_t last = causal ? len - n + i : len - 1;
         std::vector<double> s;
-        double m = -INFINITY;
         for (int64_t j = key_begin; j <= last; ++j) {
           double d = 0;
           for (int64_t e = 0; e < hd; ++e) {
@@ -332,18 +365,9 @@ TEST_F(CpuBackendTest, PagedAttentionMatchesDenseReference) {
                  k.data_as<float>()[(j * kv_heads + kh) * hd + e];
           }
           s.push_back(0.3 * d);
-          m = std::max(m, s.back());
         }
-        double sum = 0;
-        for (double x : s) sum += std::exp(x - m);
-        expected_lse[h * n + i] = m + std::log(sum);
-        for (int64_t j = key_begin; j <= last; ++j) {
-          const double pj = std::exp(s[j - key_begin] - m) / sum;
-          for (int64_t e = 0; e < hd; ++e) {
-            expected[(i * q_heads + h) * hd + e] +=
-                pj * v.data_as<float>()[(j * kv_heads + kh) * hd + e];
-          }
-        }
+        expected_lse[h * n + i] =
+            SoftmaxOverValues(s, key_begin, v, kv_heads, kh, hd, &expected[(i * q_heads + h) * hd]);
       }
     }
     ExpectNear(out, expected, 1e-5);
@@ -411,11 +435,9 @@ TEST_F(CpuBackendTest, DcaAttentionMatchesTheRelativeDistanceReference) {
   const float scale = 0.35f, m = 1.1f;
   const int64_t num_blocks = 8;
   const std::vector<int32_t> table = {5, 0, 7, 2, 6, 1, 3};  // 7 blocks cover 28 tokens
-  MP_ASSERT_OK_AND_ASSIGN(Tensor kc,
-                          backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
-  MP_ASSERT_OK_AND_ASSIGN(Tensor vc,
-                          backend_->Allocate({num_blocks, kv_heads, bs, hd}, DType::kF32));
-  KvLayerView kv{kc, vc, I32(table), bs};
+  KvLayerView kv;
+  MakeKvCache(num_blocks, kv_heads, bs, hd, table, &kv);
+  ASSERT_FALSE(HasFatalFailure());
   Tensor k = RandomF32({len, kv_heads, hd}, rng_);
   Tensor v = RandomF32({len, kv_heads, hd}, rng_);
   Tensor k_rot = Tensor::Host({len, kv_heads, hd}, DType::kF32);
@@ -433,9 +455,9 @@ TEST_F(CpuBackendTest, DcaAttentionMatchesTheRelativeDistanceReference) {
   for (const auto& [query_begin, n] :
        std::vector<std::pair<int64_t, int64_t>>{{0, len}, {5, 14}, {26, 1}, {16, 1}}) {
     SCOPED_TRACE(::testing::Message() << "query_begin=" << query_begin << " n=" << n);
-    Tensor q = RandomF32({n, q_heads, hd}, rng_);
-    MP_ASSERT_OK_AND_ASSIGN(Tensor out, backend_->Allocate({n, q_heads, hd}, DType::kF32));
-    MP_ASSERT_OK_AND_ASSIGN(Tensor lse, backend_->Allocate({q_heads, n}, DType::kF32));
+    Tensor q, out, lse;
+    MakeAttentionIo(n, q_heads, hd, &q, &out, &lse);
+    ASSERT_FALSE(HasFatalFailure());
     DcaAttentionParams p;
     p.q = &q;
     p.kv = kv;
@@ -466,17 +488,8 @@ TEST_F(CpuBackendTest, DcaAttentionMatchesTheRelativeDistanceReference) {
           }
           s.push_back(double{scale} * m * m * d);
         }
-        const double mx = *std::max_element(s.begin(), s.end());
-        double sum = 0;
-        for (double x : s) sum += std::exp(x - mx);
-        expected_lse[h * n + i] = mx + std::log(sum);
-        for (int64_t j = 0; j <= pos; ++j) {
-          const double pj = std::exp(s[j] - mx) / sum;
-          for (int64_t e = 0; e < hd; ++e) {
-            expected[(i * q_heads + h) * hd + e] +=
-                pj * v.data_as<float>()[(j * kv_heads + kh) * hd + e];
-          }
-        }
+        expected_lse[h * n + i] =
+            SoftmaxOverValues(s, 0, v, kv_heads, kh, hd, &expected[(i * q_heads + h) * hd]);
       }
     }
     ExpectNear(out, expected, 1e-5);

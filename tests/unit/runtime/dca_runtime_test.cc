@@ -15,19 +15,24 @@
 #include "common/status_matchers.h"
 #include "runtime/engine.h"
 #include "runtime/stage_executor.h"
+#include "tests/unit/runtime/executor_test_util.h"
 #include "tests/unit/runtime/tiny_model.h"
 
 namespace mp {
 namespace {
 
 using ::absl::StatusCode;
+using testing::ExecutorOptions;
+using testing::ExpectRowsNear;
 using testing::HostIds;
 using testing::RandomIds;
 using testing::ReferenceLogits;
 using testing::RowRelativeError;
+using testing::RunPrompt;
 using testing::TinyConfig;
 using testing::TinyModelSpec;
 using testing::TinyWeights;
+using testing::ToVector;
 
 // chunk_size 80, local_size 16: C = 64 (a multiple of 64, as the runtime requires), S = 80.
 // L0 = 96, so the temperature is active beyond 96 tokens.
@@ -42,48 +47,6 @@ ModelConfig DcaConfig(TinyModelSpec spec, int64_t l0 = kL0) {
   d.original_max_position_embeddings = l0;
   c.dual_chunk = d;
   return c;
-}
-
-StageExecutorOptions Options(int64_t max_tokens = 1024, int64_t block_size = kBlock) {
-  StageExecutorOptions o;
-  o.kv_cache.block_size = block_size;
-  o.kv_cache.max_tokens = max_tokens;
-  return o;
-}
-
-std::vector<float> ToVector(Backend& backend, const Tensor& t) {
-  absl::StatusOr<Tensor> host = backend.ToHostF32(t);
-  EXPECT_TRUE(host.ok()) << host.status();
-  if (!host.ok()) return {};
-  return std::vector<float>(host->data_as<float>(), host->data_as<float>() + host->numel());
-}
-
-// All-row logits of `ids` run through `chain` in chunks of `chunk`, every chunk told the
-// request's prompt length `prompt_len`.
-absl::StatusOr<std::vector<float>> RunPrompt(const std::vector<StageExecutor*>& chain, uint64_t seq,
-                                             const std::vector<int32_t>& ids, int64_t chunk,
-                                             int64_t prompt_len) {
-  std::vector<float> logits;
-  for (int64_t s = 0; s < static_cast<int64_t>(ids.size()); s += chunk) {
-    const int64_t n = std::min<int64_t>(chunk, static_cast<int64_t>(ids.size()) - s);
-    Tensor x = HostIds(std::span<const int32_t>(ids).subspan(s, n));
-    for (StageExecutor* ex : chain) {
-      MP_ASSIGN_OR_RETURN(x, ex->RunChunk(seq, s, x, LogitsMode::kAllRows, prompt_len));
-    }
-    std::vector<float> rows = ToVector(chain.back()->backend(), x);
-    logits.insert(logits.end(), rows.begin(), rows.end());
-  }
-  return logits;
-}
-
-template <typename T>
-void ExpectRowsNear(const std::vector<float>& got, const std::vector<T>& want, int64_t vocab,
-                    double tol, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t r = 0; r < got.size() / vocab; ++r) {
-    ASSERT_LE(RowRelativeError(&got[r * vocab], &want[r * vocab], vocab), tol)
-        << what << ": row " << r;
-  }
 }
 
 // The K and V rows [0, len) of `seq` in layer `layer` of `ex`'s cache, in sequence order.
@@ -137,8 +100,8 @@ TEST_P(DcaExecutorReferenceTest, AllRowLogitsMatchTheReferenceForEveryChunking) 
   EXPECT_GT(past_c, 1e-3) << "the test should exercise DCA";
 
   for (int64_t chunk : {L, int64_t{1}, int64_t{7}, kC - 1, kC, kC + 1}) {
-    MP_ASSERT_OK_AND_ASSIGN(auto ex,
-                            StageExecutor::Create(config, weights, NewCpuBackend(), Options()));
+    MP_ASSERT_OK_AND_ASSIGN(
+        auto ex, StageExecutor::Create(config, weights, NewCpuBackend(), ExecutorOptions()));
     MP_ASSERT_OK_AND_ASSIGN(std::vector<float> got, RunPrompt({ex.get()}, 1, ids, chunk, L));
     ExpectRowsNear(got, want, vocab, 1e-4, "chunk " + std::to_string(chunk));
   }
@@ -169,11 +132,8 @@ class DcaExecutorTest : public ::testing::Test {
   std::shared_ptr<Backend> backend_ = NewCpuBackend();
 
   std::unique_ptr<StageExecutor> Make(LayerRange layers = {0, 3},
-                                      StageExecutorOptions options = Options()) {
-    absl::StatusOr<std::unique_ptr<StageExecutor>> ex = StageExecutor::Create(
-        config_, testing::SliceWeights(weights_, config_, layers), backend_, options);
-    EXPECT_TRUE(ex.ok()) << ex.status();
-    return ex.ok() ? *std::move(ex) : nullptr;
+                                      StageExecutorOptions options = ExecutorOptions()) {
+    return testing::MakeExecutor(config_, weights_, backend_, layers, options);
   }
 };
 
@@ -238,8 +198,8 @@ TEST_F(DcaExecutorTest, BelowTheChunkLengthDcaIsPlainRope) {
   // DCA, in prefill and in decode.
   ModelConfig plain_config = config_;
   plain_config.dual_chunk.reset();
-  MP_ASSERT_OK_AND_ASSIGN(auto plain,
-                          StageExecutor::Create(plain_config, weights_, backend_, Options()));
+  MP_ASSERT_OK_AND_ASSIGN(
+      auto plain, StageExecutor::Create(plain_config, weights_, backend_, ExecutorOptions()));
   auto dca = Make();
   const std::vector<int32_t> ids = RandomIds(kC, config_.vocab_size, 80);
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> want, RunPrompt({plain.get()}, 1, ids, 20, kC));
@@ -267,9 +227,9 @@ TEST_F(DcaExecutorTest, TemperatureBelowTheChunkLength) {
 TEST_F(DcaExecutorTest, RejectsBadSettings) {
   ModelConfig c = config_;
   c.dual_chunk->local_size = 32;  // C = 48: not a multiple of 64
-  MP_EXPECT_ERROR(StageExecutor::Create(c, weights_, backend_, Options()),
+  MP_EXPECT_ERROR(StageExecutor::Create(c, weights_, backend_, ExecutorOptions()),
                   StatusCode::kInvalidArgument, "gives chunk length 48, which must be a multiple");
-  MP_EXPECT_ERROR(StageExecutor::Create(config_, weights_, backend_, Options(1024, 48)),
+  MP_EXPECT_ERROR(StageExecutor::Create(config_, weights_, backend_, ExecutorOptions(1024, 48)),
                   StatusCode::kInvalidArgument,
                   "block_size 48 must divide the dual chunk attention chunk length 64");
   auto ex = Make();
@@ -320,7 +280,7 @@ TEST(DcaEngineTest, ChunkSizeAndLayerSplitDoNotChangeTheResult) {
   for (LayerRange range : {LayerRange{0, 1}, LayerRange{1, 2}}) {
     MP_ASSERT_OK_AND_ASSIGN(
         auto ex, StageExecutor::Create(config, testing::SliceWeights(weights, config, range),
-                                       backend, Options()));
+                                       backend, ExecutorOptions()));
     chain.push_back(std::move(ex));
   }
   MP_ASSERT_OK_AND_ASSIGN(auto split, Engine::Create(std::move(chain), {.chunk_size = 5}));

@@ -10,59 +10,24 @@
 
 #include "common/status.h"
 #include "common/status_matchers.h"
+#include "tests/unit/runtime/executor_test_util.h"
 #include "tests/unit/runtime/tiny_model.h"
 
 namespace mp {
 namespace {
 
 using ::absl::StatusCode;
+using testing::ExecutorOptions;
+using testing::ExpectRowsNear;
 using testing::HostIds;
 using testing::RandomIds;
 using testing::ReferenceLogits;
 using testing::RowRelativeError;
+using testing::RunPrompt;
 using testing::TinyConfig;
 using testing::TinyModelSpec;
 using testing::TinyWeights;
-
-StageExecutorOptions Options(int64_t max_tokens = 1024, int64_t block_size = 16) {
-  StageExecutorOptions o;
-  o.kv_cache.block_size = block_size;
-  o.kv_cache.max_tokens = max_tokens;
-  return o;
-}
-
-std::vector<float> ToVector(Backend& backend, const Tensor& t) {
-  absl::StatusOr<Tensor> host = backend.ToHostF32(t);
-  EXPECT_TRUE(host.ok()) << host.status();
-  if (!host.ok()) return {};
-  return std::vector<float>(host->data_as<float>(), host->data_as<float>() + host->numel());
-}
-
-// Runs `ids` through a chain of executors in chunks of `chunk` tokens, starting at position
-// `start`, and returns the all-row logits [ids.size(), vocab].
-absl::StatusOr<std::vector<float>> RunPrompt(const std::vector<StageExecutor*>& chain, uint64_t seq,
-                                             const std::vector<int32_t>& ids, int64_t chunk,
-                                             int64_t start = 0) {
-  std::vector<float> logits;
-  for (int64_t s = 0; s < static_cast<int64_t>(ids.size()); s += chunk) {
-    const int64_t n = std::min<int64_t>(chunk, static_cast<int64_t>(ids.size()) - s);
-    Tensor x = HostIds(std::span<const int32_t>(ids).subspan(s, n));
-    for (StageExecutor* ex : chain) {
-      MP_ASSIGN_OR_RETURN(x, ex->RunChunk(seq, start + s, x, LogitsMode::kAllRows));
-    }
-    std::vector<float> rows = ToVector(chain.back()->backend(), x);
-    logits.insert(logits.end(), rows.begin(), rows.end());
-  }
-  return logits;
-}
-
-void ExpectRowsClose(const std::vector<float>& a, const std::vector<float>& b, int64_t vocab,
-                     double tol) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t r = 0; r < a.size() / vocab; ++r) {
-    ASSERT_LE(RowRelativeError(&a[r * vocab], &b[r * vocab], vocab), tol) << "row " << r;
-  }
-}
+using testing::ToVector;
 
 struct ModelCase {
   std::string name;
@@ -74,8 +39,8 @@ class ExecutorReferenceTest : public ::testing::TestWithParam<ModelCase> {};
 TEST_P(ExecutorReferenceTest, AllRowLogitsMatchTheReference) {
   const ModelConfig config = TinyConfig(GetParam().spec);
   const ModelWeights weights = TinyWeights(config, 11);
-  MP_ASSERT_OK_AND_ASSIGN(auto ex,
-                          StageExecutor::Create(config, weights, NewCpuBackend(), Options()));
+  MP_ASSERT_OK_AND_ASSIGN(
+      auto ex, StageExecutor::Create(config, weights, NewCpuBackend(), ExecutorOptions()));
   EXPECT_TRUE(ex->is_first());
   EXPECT_TRUE(ex->is_last());
   const std::vector<int32_t> ids = RandomIds(37, config.vocab_size, 5);
@@ -109,11 +74,8 @@ class StageExecutorTest : public ::testing::Test {
   std::shared_ptr<Backend> backend_ = NewCpuBackend();
 
   std::unique_ptr<StageExecutor> Make(LayerRange layers = {0, 3},
-                                      StageExecutorOptions options = Options()) {
-    absl::StatusOr<std::unique_ptr<StageExecutor>> ex = StageExecutor::Create(
-        config_, testing::SliceWeights(weights_, config_, layers), backend_, options);
-    EXPECT_TRUE(ex.ok()) << ex.status();
-    return ex.ok() ? *std::move(ex) : nullptr;
+                                      StageExecutorOptions options = ExecutorOptions()) {
+    return testing::MakeExecutor(config_, weights_, backend_, layers, options);
   }
 };
 
@@ -125,7 +87,7 @@ TEST_F(StageExecutorTest, ChunkSizeDoesNotChangeLogits) {
     SCOPED_TRACE(::testing::Message() << "chunk " << chunk);
     auto ex = Make();
     MP_ASSERT_OK_AND_ASSIGN(std::vector<float> chunked, RunPrompt({ex.get()}, 1, ids, chunk));
-    ExpectRowsClose(chunked, whole, config_.vocab_size, 1e-5);
+    ExpectRowsNear(chunked, whole, config_.vocab_size, 1e-5);
     EXPECT_EQ(ex->kv_cache().Length(1), 100);
   }
 }
@@ -144,12 +106,12 @@ TEST_F(StageExecutorTest, LayerSlicesEqualOneExecutor) {
     EXPECT_TRUE(second->is_last());
     MP_ASSERT_OK_AND_ASSIGN(std::vector<float> split,
                             RunPrompt({first.get(), second.get()}, 1, ids, 16));
-    ExpectRowsClose(split, whole, config_.vocab_size, 1e-6);
+    ExpectRowsNear(split, whole, config_.vocab_size, 1e-6);
   }
   auto a = Make({0, 1}), b = Make({1, 2}), c = Make({2, 3});
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> three,
                           RunPrompt({a.get(), b.get(), c.get()}, 1, ids, 16));
-  ExpectRowsClose(three, whole, config_.vocab_size, 1e-6);
+  ExpectRowsNear(three, whole, config_.vocab_size, 1e-6);
 }
 
 TEST_F(StageExecutorTest, HiddenStatesOfAFirstStageHaveTheModelWidth) {
@@ -166,7 +128,7 @@ TEST_F(StageExecutorTest, InterleavedSequencesEqualEachAlone) {
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> want_a, RunPrompt({alone_a.get()}, 1, a, 50));
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> want_b, RunPrompt({alone_b.get()}, 1, b, 41));
 
-  auto ex = Make({0, 3}, Options(128, 8));
+  auto ex = Make({0, 3}, ExecutorOptions(128, 8));
   std::vector<float> got_a, got_b;
   const int64_t chunk = 6;
   for (int64_t s = 0; s < 50; s += chunk) {
@@ -182,8 +144,8 @@ TEST_F(StageExecutorTest, InterleavedSequencesEqualEachAlone) {
       got->insert(got->end(), rows.begin(), rows.end());
     }
   }
-  ExpectRowsClose(got_a, want_a, config_.vocab_size, 1e-5);
-  ExpectRowsClose(got_b, want_b, config_.vocab_size, 1e-5);
+  ExpectRowsNear(got_a, want_a, config_.vocab_size, 1e-5);
+  ExpectRowsNear(got_b, want_b, config_.vocab_size, 1e-5);
   MP_ASSERT_OK(ex->Release(100));
   MP_ASSERT_OK(ex->Release(200));
   EXPECT_EQ(ex->kv_cache().stats().blocks_in_use, 0);
@@ -200,7 +162,7 @@ TEST_F(StageExecutorTest, DecodeStepEqualsLastRowOfPrefill) {
   MP_ASSERT_OK(ex->RunChunk(1, 0, HostIds(std::span(ids).first(29)), LogitsMode::kNone).status());
   MP_ASSERT_OK_AND_ASSIGN(Tensor step, ex->RunChunk(1, 29, HostIds(std::span(ids).last(1))));
   ASSERT_EQ(step.shape(), (std::vector<int64_t>{1, config_.vocab_size}));
-  ExpectRowsClose(ToVector(*backend_, step), want, config_.vocab_size, 1e-5);
+  ExpectRowsNear(ToVector(*backend_, step), want, config_.vocab_size, 1e-5);
 }
 
 TEST_F(StageExecutorTest, LogitsModes) {
@@ -213,8 +175,8 @@ TEST_F(StageExecutorTest, LogitsModes) {
   auto last_ex = Make();
   MP_ASSERT_OK_AND_ASSIGN(Tensor last, last_ex->RunChunk(1, 0, HostIds(ids)));
   const std::vector<float> last_row = ToVector(*backend_, last);
-  ExpectRowsClose(last_row, std::vector<float>(all_rows.end() - config_.vocab_size, all_rows.end()),
-                  config_.vocab_size, 1e-6);
+  ExpectRowsNear(last_row, std::vector<float>(all_rows.end() - config_.vocab_size, all_rows.end()),
+                 config_.vocab_size, 1e-6);
 
   auto none_ex = Make();
   MP_ASSERT_OK_AND_ASSIGN(Tensor none, none_ex->RunChunk(1, 0, HostIds(ids), LogitsMode::kNone));
@@ -223,7 +185,7 @@ TEST_F(StageExecutorTest, LogitsModes) {
 }
 
 TEST_F(StageExecutorTest, ScratchIsBoundedByTheChunkNotTheSequence) {
-  auto ex = Make({0, 3}, Options(2048));
+  auto ex = Make({0, 3}, ExecutorOptions(2048));
   const std::vector<int32_t> ids = RandomIds(700, config_.vocab_size, 4);
   MP_ASSERT_OK(ex->RunChunk(1, 0, HostIds(std::span(ids).first(7)), LogitsMode::kAllRows).status());
   const int64_t after_one_chunk = ex->scratch_bytes();
@@ -241,9 +203,10 @@ TEST_F(StageExecutorTest, ScratchIsBoundedByTheChunkNotTheSequence) {
 
 TEST_F(StageExecutorTest, Bf16WeightsGiveTheSameLogitsAsTheirF32Values) {
   const ModelWeights exact = TinyWeights(config_, 5, /*bf16_exact=*/true);
-  MP_ASSERT_OK_AND_ASSIGN(auto f32, StageExecutor::Create(config_, exact, backend_, Options()));
-  MP_ASSERT_OK_AND_ASSIGN(
-      auto bf16, StageExecutor::Create(config_, testing::ToBf16(exact), backend_, Options()));
+  MP_ASSERT_OK_AND_ASSIGN(auto f32,
+                          StageExecutor::Create(config_, exact, backend_, ExecutorOptions()));
+  MP_ASSERT_OK_AND_ASSIGN(auto bf16, StageExecutor::Create(config_, testing::ToBf16(exact),
+                                                           backend_, ExecutorOptions()));
   const std::vector<int32_t> ids = RandomIds(20, config_.vocab_size, 6);
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> a, RunPrompt({f32.get()}, 1, ids, 20));
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> b, RunPrompt({bf16.get()}, 1, ids, 20));
@@ -286,7 +249,7 @@ TEST_F(StageExecutorTest, RejectsBadChunks) {
 }
 
 TEST_F(StageExecutorTest, FullCacheIsResourceExhausted) {
-  auto ex = Make({0, 3}, Options(32, 16));
+  auto ex = Make({0, 3}, ExecutorOptions(32, 16));
   const std::vector<int32_t> ids = RandomIds(40, config_.vocab_size, 3);
   MP_ASSERT_OK(ex->RunChunk(1, 0, HostIds(std::span(ids).first(30))).status());
   MP_EXPECT_ERROR(ex->RunChunk(1, 30, HostIds(std::span(ids).subspan(30, 10))),
@@ -297,7 +260,7 @@ TEST_F(StageExecutorTest, FullCacheIsResourceExhausted) {
 
 TEST_F(StageExecutorTest, CreateNamesMissingOrMisshapenWeights) {
   auto create = [&](const ModelWeights& w) {
-    return StageExecutor::Create(config_, w, backend_, Options());
+    return StageExecutor::Create(config_, w, backend_, ExecutorOptions());
   };
   ModelWeights w = weights_;
   w.layer[1].q_proj = Tensor();
@@ -329,11 +292,11 @@ TEST_F(StageExecutorTest, CreateNamesMissingOrMisshapenWeights) {
   w = weights_;
   w.layers = {0, 4};
   MP_EXPECT_ERROR(create(w), StatusCode::kInvalidArgument, "layer range [0, 4)");
-  MP_EXPECT_ERROR(StageExecutor::Create(config_, weights_, nullptr, Options()),
+  MP_EXPECT_ERROR(StageExecutor::Create(config_, weights_, nullptr, ExecutorOptions()),
                   StatusCode::kInvalidArgument, "no backend");
   ModelConfig odd = config_;
   odd.num_key_value_heads = 3;
-  MP_EXPECT_ERROR(StageExecutor::Create(odd, weights_, backend_, Options()),
+  MP_EXPECT_ERROR(StageExecutor::Create(odd, weights_, backend_, ExecutorOptions()),
                   StatusCode::kInvalidArgument, "multiple of num_key_value_heads");
 }
 
@@ -346,22 +309,23 @@ TEST_F(StageExecutorTest, TiedHeadOnALaterStageUsesTheEmbedding) {
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> whole, RunPrompt({whole_ex.get()}, 1, ids, 12));
   ModelWeights tail = testing::SliceWeights(weights_, config_, {1, 3});
   tail.lm_head = Tensor();  // tied: the head comes from the embedding
-  MP_ASSERT_OK_AND_ASSIGN(auto second, StageExecutor::Create(config_, tail, backend_, Options()));
+  MP_ASSERT_OK_AND_ASSIGN(auto second,
+                          StageExecutor::Create(config_, tail, backend_, ExecutorOptions()));
   auto first = Make({0, 1});
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> split,
                           RunPrompt({first.get(), second.get()}, 1, ids, 5));
-  ExpectRowsClose(split, whole, config_.vocab_size, 1e-5);
+  ExpectRowsNear(split, whole, config_.vocab_size, 1e-5);
 }
 
 TEST_F(StageExecutorTest, MlpRowBlocksBoundTheIntermediateAndKeepTheResult) {
   const std::vector<int32_t> ids = RandomIds(100, config_.vocab_size, 12);
   auto whole_ex = Make();
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> whole, RunPrompt({whole_ex.get()}, 1, ids, 50));
-  StageExecutorOptions o = Options();
+  StageExecutorOptions o = ExecutorOptions();
   o.mlp_block_rows = 7;  // 50-row chunks: blocks of 7, 7, ..., 1
   auto blocked = Make({0, 3}, o);
   MP_ASSERT_OK_AND_ASSIGN(std::vector<float> rows, RunPrompt({blocked.get()}, 1, ids, 50));
-  ExpectRowsClose(rows, whole, config_.vocab_size, 1e-5);
+  ExpectRowsNear(rows, whole, config_.vocab_size, 1e-5);
   // The [rows, 2 * inter] and [rows, inter] buffers shrink from 50 rows to 7.
   const int64_t saved = (50 - 7) * 3 * config_.intermediate_size * 4;
   EXPECT_EQ(whole_ex->scratch_bytes() - blocked->scratch_bytes(), saved);
