@@ -95,6 +95,7 @@ TEST(ClusterNetnsTest, StagesInTwoNetworkNamespacesOverUcxTcp) {
   options.coordinator_args = {"--ucx-transports", "tcp", "--chunk-mode", "fixed",
                               "--max-chunk",      "32"};
   options.worker_listen = {net.here_ip() + ":0", net.there_ip() + ":0"};
+  options.ucx_net_devices = "";  // each worker's own, from its environment below
   options.worker_prefix = {
       {"env", "UCX_NET_DEVICES=" + net.here()},
       {"ip", "netns", "exec", net.ns(), "env", "UCX_NET_DEVICES=" + net.there()}};

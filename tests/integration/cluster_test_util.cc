@@ -173,6 +173,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
                            std::to_string(options.stages), "--listen", options.coordinator_listen,
                            "--metrics-listen", "127.0.0.1:0", "--health-interval", "0.5",
                            "--rebuild-wait", "1"});
+  if (!options.ucx_net_devices.empty()) {
+    argv.insert(argv.end(), {"--ucx-net-devices", options.ucx_net_devices});
+  }
   argv.insert(argv.end(), options.coordinator_args.begin(), options.coordinator_args.end());
   absl::StatusOr<Process> coordinator = Process::Start(argv, c->dir_.path() + "/coordinator.log");
   if (!coordinator.ok()) return coordinator.status();
@@ -307,6 +310,15 @@ GenerateResult RunGenerate(v1::Coordinator::Stub& stub, const v1::GenerateReques
   out.status = reader->Finish();
   out.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   return out;
+}
+
+bool CancelRequest(v1::Coordinator::Stub& stub, const std::string& request_id) {
+  grpc::ClientContext context;
+  SetTimeout(context, absl::Seconds(30));
+  v1::CancelRequest request;
+  request.set_request_id(request_id);
+  v1::CancelResponse response;
+  return stub.Cancel(&context, request, &response).ok() && response.cancelled();
 }
 
 v1::GenerateRequest TokenRequest(const std::vector<int32_t>& ids, int max_new_tokens) {
