@@ -41,6 +41,9 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
       pipeline_ready(AddGauge(r, n::kPipelineReady, "1 when a pipeline takes requests")),
       pipeline_rebuilds(
           AddCounter(r, n::kPipelineRebuilds, "Pipelines built (the first one included)")),
+      pipeline_stalls(AddCounter(r, n::kPipelineStalls,
+                                 "Pipelines broken because their oldest step made no progress "
+                                 "within its bound")),
       kv_budget_total(Budget(r).Add({{"kind", "total"}})),
       kv_budget_free(Budget(r).Add({{"kind", "free"}})),
       rejected_(
