@@ -47,6 +47,9 @@ void RegisterWorkerCommand(CLI::App& app, int* exit_code) {
                   "seconds running requests get to finish on SIGTERM");
   cmd->add_option("--inject-receive-delay-ms", f->inject_receive_delay_ms,
                   "testing: every activation receive takes at least this long (fault injection)");
+  cmd->add_option("--inject-drop-request", o.inject_drop_request,
+                  "testing: the activations of this request id never arrive here (fault "
+                  "injection; 0: none)");
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;

@@ -3,8 +3,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status.h"
-#include "kvtransfer/fault_injecting_transport.h"
 #include "kvtransfer/transport_factory.h"
 
 namespace mp {
@@ -80,14 +80,12 @@ absl::Status ActivationLinks::Init() {
   t.cuda_device = options_.cuda_device;
   if (options_.upstream) {
     MP_ASSIGN_OR_RETURN(up_, kvtransfer::NewTransport(options_.kind, t));
-    if (options_.inject_receive_delay > absl::ZeroDuration()) {
+    if (!options_.inject_receive_faults.empty()) {
       auto wrapped = std::make_unique<kvtransfer::FaultInjectingTransport>(std::move(up_));
-      kvtransfer::FaultRule rule;
-      rule.action = kvtransfer::FaultAction::kDelay;
-      rule.direction = kvtransfer::TransferDirection::kRecv;
-      rule.count = 0;  // every receive
-      rule.delay = options_.inject_receive_delay;
-      MP_RETURN_IF_ERROR(wrapped->AddRule(rule));
+      for (kvtransfer::FaultRule rule : options_.inject_receive_faults) {
+        rule.direction = kvtransfer::TransferDirection::kRecv;
+        MP_RETURN_IF_ERROR(wrapped->AddRule(rule));
+      }
       up_ = std::move(wrapped);
     }
     MP_ASSIGN_OR_RETURN(recv_, NewBuffer(*up_, /*need_device=*/true));
@@ -129,19 +127,34 @@ absl::Status ActivationLinks::Connect(const std::string& previous, const std::st
 }
 
 absl::Status ActivationLinks::Await(kvtransfer::Transport& t, TransferHandle handle,
-                                    const AbortCheck& aborted, const char* what) {
-  const absl::Time end = absl::Now() + options_.timeout;
+                                    const AbortCheck& aborted, const std::string& what) {
+  const absl::Time start = absl::Now();
+  const absl::Time end = start + options_.timeout;
+  absl::Duration warn_after = options_.slow_wait;
   while (true) {
     const absl::Time now = absl::Now();
     absl::Status s = t.Wait(handle, std::min(end, now + absl::Milliseconds(50)));
-    if (!absl::IsDeadlineExceeded(s)) return s;
+    if (!absl::IsDeadlineExceeded(s)) {
+      if (!s.ok()) return Annotate(s, what);
+      return s;
+    }
     if (aborted && aborted()) {
       t.Cancel(handle);
       return absl::AbortedError(absl::StrCat(what, " abandoned: the pipeline is stopping"));
     }
-    if (absl::Now() >= end) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(what, " did not finish within ", absl::FormatDuration(options_.timeout)));
+    const absl::Time later = absl::Now();
+    if (later >= end) {
+      MP_LOG(Warning) << what << " gave up after " << absl::FormatDuration(options_.timeout) << " ("
+                      << t.kind() << ")";
+      return absl::DeadlineExceededError(absl::StrCat(what, " did not finish within ",
+                                                      absl::FormatDuration(options_.timeout),
+                                                      " (--activation-timeout)"));
+    }
+    if (warn_after > absl::ZeroDuration() && later - start >= warn_after) {
+      MP_LOG(Warning) << "still " << what << " after " << absl::FormatDuration(later - start)
+                      << " (" << t.kind() << "; gives up after "
+                      << absl::FormatDuration(options_.timeout) << ")";
+      warn_after *= 2;
     }
   }
 }
@@ -159,7 +172,9 @@ absl::StatusOr<Tensor> ActivationLinks::Receive(uint64_t request, uint32_t chunk
   TransferBatch batch;
   batch.ops.push_back(TransferOp::Recv(kPrevious, Tag(request, chunk), addr, bytes));
   MP_ASSIGN_OR_RETURN(TransferHandle handle, up_->Submit(std::move(batch)));
-  absl::Status s = Await(*up_, handle, aborted, "receiving activations from the previous stage");
+  absl::Status s = Await(*up_, handle, aborted,
+                         absl::StrCat("receiving the activations of request ", request, " chunk ",
+                                      chunk, " from the previous stage"));
   up_->Release(handle);
   if (!s.ok()) return s;
   Tensor out = recv_.device.Slice(0, rows);
@@ -186,7 +201,10 @@ absl::Status ActivationLinks::Send(uint64_t request, uint32_t chunk, const Tenso
   Slot& slot = slots_[next_slot_];
   next_slot_ = (next_slot_ + 1) % slots_.size();
   if (slot.handle.valid()) {
-    absl::Status prev = Await(*down_, slot.handle, aborted, "an earlier send to the next stage");
+    absl::Status prev = Await(*down_, slot.handle, aborted,
+                              absl::StrCat("waiting for an earlier send to the next stage (before "
+                                           "request ",
+                                           request, " chunk ", chunk, ")"));
     down_->Release(slot.handle);
     slot.handle = {};
     if (!prev.ok()) return prev;

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kvtransfer/fault_injecting_transport.h"
 #include "kvtransfer/transport.h"
 #include "kvtransfer/transport_options.h"
 #include "runtime/backend.h"
@@ -43,9 +44,11 @@ struct ActivationLinkOptions {
   int cuda_device = 0;  // device ordinal of a CUDA backend
   // A receive or a wait for a send slot fails with DEADLINE_EXCEEDED after this long.
   absl::Duration timeout = absl::Seconds(600);
-  // Tests: every receive completes no earlier than this after it is posted (the transport is
-  // wrapped in kvtransfer's FaultInjectingTransport), which makes each step that long at least.
-  absl::Duration inject_receive_delay = absl::ZeroDuration();
+  // A wait this long is logged as a warning (and again each time it doubles).
+  absl::Duration slow_wait = absl::Seconds(10);
+  // Tests: faults injected into the upstream transport (it is then wrapped in kvtransfer's
+  // FaultInjectingTransport), e.g. every receive delayed, or a request's receives dropped.
+  std::vector<kvtransfer::FaultRule> inject_receive_faults;
 };
 
 struct TransferTiming {
@@ -94,9 +97,10 @@ class ActivationLinks {
   absl::Status Init();
   // A registered buffer; with staging, a host buffer plus (when `need_device`) a device one.
   absl::StatusOr<Slot> NewBuffer(kvtransfer::Transport& transport, bool need_device);
-  // Waits for `handle` on `transport` until it ends, `aborted` says so, or the timeout.
+  // Waits for `handle` on `transport` until it ends, `aborted` says so, or the timeout. `what`
+  // names the transfer in warnings and errors.
   absl::Status Await(kvtransfer::Transport& transport, kvtransfer::TransferHandle handle,
-                     const AbortCheck& aborted, const char* what);
+                     const AbortCheck& aborted, const std::string& what);
   size_t RowBytes() const;
 
   const ActivationLinkOptions options_;

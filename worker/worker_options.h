@@ -24,6 +24,9 @@ struct WorkerOptions {
   absl::Duration drain_timeout = absl::Seconds(30);
   // Tests: delay every activation receive by this much (see ActivationLinkOptions).
   absl::Duration inject_receive_delay = absl::ZeroDuration();
+  // Tests: the activations of this request (the coordinator's numeric id) never arrive: their
+  // receives are dropped (a lost transfer). 0: none.
+  uint64_t inject_drop_request = 0;
 };
 
 }  // namespace mp
