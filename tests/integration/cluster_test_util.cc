@@ -15,6 +15,7 @@
 #include <random>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -335,6 +336,16 @@ std::vector<int32_t> RandomIds(int n, int vocab, uint64_t seed) {
   std::vector<int32_t> ids(n);
   for (int32_t& id : ids) id = dist(rng);
   return ids;
+}
+
+std::vector<std::string> UcxLinkLanes(const std::string& log) {
+  std::vector<std::string> lanes;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    if (!absl::StrContains(line, "ucx: link to peer")) continue;
+    const size_t over = line.rfind(" over ");
+    if (over != absl::string_view::npos) lanes.emplace_back(line.substr(over + 6));
+  }
+  return lanes;
 }
 
 // ---- /metrics -------------------------------------------------------------------------------

@@ -141,6 +141,9 @@ bool CancelRequest(millipede::v1::Coordinator::Stub& stub, const std::string& re
 millipede::v1::GenerateRequest TokenRequest(const std::vector<int32_t>& ids, int max_new_tokens);
 std::vector<int32_t> RandomIds(int n, int vocab, uint64_t seed);
 
+// The lanes of every UCX link a process log reports ("tcp/lo", ...), in log order.
+std::vector<std::string> UcxLinkLanes(const std::string& log);
+
 // HTTP GET of http://<address><path>; the body.
 absl::StatusOr<std::string> HttpGet(const std::string& address, const std::string& path);
 // The value of the series `series` (name plus labels exactly as exported, e.g.
