@@ -1,5 +1,7 @@
 #include "worker/activation_links.h"
 
+#include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +29,19 @@ TransferTag Tag(uint64_t request, uint32_t chunk) {
   tag.chunk_index = chunk;
   tag.kind = TransferKind::kActivations;
   return tag;
+}
+
+// The link probe's tag: request 0 (the coordinator numbers requests from 1), kind "other".
+TransferTag ProbeTag() {
+  TransferTag tag;
+  tag.kind = TransferKind::kOther;
+  return tag;
+}
+
+// The probe's bytes.
+void FillProbe(void* dst, size_t bytes) {
+  auto* b = static_cast<uint8_t*>(dst);
+  for (size_t i = 0; i < bytes; ++i) b[i] = static_cast<uint8_t>(i * 131 + 17);
 }
 
 }  // namespace
@@ -122,6 +137,70 @@ absl::Status ActivationLinks::Connect(const std::string& previous, const std::st
     if (next.empty())
       return absl::InvalidArgumentError("ConnectPeers: this stage needs its next stage");
     MP_RETURN_IF_ERROR(Annotate(down_->Connect(kNext, next), "connecting the next stage"));
+  }
+  // Send first: a middle stage's probe to the next stage must not wait for its own input.
+  if (options_.downstream) MP_RETURN_IF_ERROR(SendProbe());
+  if (options_.upstream) MP_RETURN_IF_ERROR(ReceiveProbe());
+  return absl::OkStatus();
+}
+
+absl::Status ActivationLinks::SendProbe() {
+  // A send slot like any other: the next Send() on it waits for the probe, CheckSends()
+  // reports its failure.
+  Slot& slot = slots_[next_slot_];
+  next_slot_ = (next_slot_ + 1) % slots_.size();
+  const size_t bytes = RowBytes();
+  if (staging_) {
+    FillProbe(slot.host.data(), bytes);
+  } else {
+    Tensor pattern = Tensor::Host({1, options_.hidden}, backend_->compute_dtype());
+    FillProbe(pattern.data(), bytes);
+    Tensor to = slot.device.Slice(0, 1);
+    MP_RETURN_IF_ERROR(backend_->CopyFromHost(pattern, to));
+    MP_RETURN_IF_ERROR(backend_->Synchronize());
+  }
+  void* addr = staging_ ? slot.host.data() : slot.device.data();
+  TransferBatch batch;
+  batch.ops.push_back(TransferOp::Send(kNext, ProbeTag(), addr, bytes));
+  absl::StatusOr<TransferHandle> handle = down_->Submit(std::move(batch));
+  if (!handle.ok()) return Annotate(handle.status(), "sending the link probe to the next stage");
+  slot.handle = *handle;
+  return absl::OkStatus();
+}
+
+absl::Status ActivationLinks::ReceiveProbe() {
+  const size_t bytes = RowBytes();
+  void* addr = staging_ ? recv_.host.data() : recv_.device.data();
+  TransferBatch batch;
+  batch.ops.push_back(TransferOp::Recv(kPrevious, ProbeTag(), addr, bytes));
+  absl::StatusOr<TransferHandle> handle = up_->Submit(std::move(batch));
+  if (!handle.ok()) {
+    return Annotate(handle.status(), "receiving the link probe from the previous stage");
+  }
+  absl::Status s = up_->Wait(*handle, absl::Now() + options_.connect_timeout);
+  up_->Release(*handle);
+  if (absl::IsDeadlineExceeded(s)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the link probe from the previous stage did not arrive within ",
+        absl::FormatDuration(options_.connect_timeout), " (", up_->kind(),
+        ", --connect-timeout): the link between the stages carries nothing (is the network path "
+        "between them down?)"));
+  }
+  if (!s.ok()) return Annotate(s, "receiving the link probe from the previous stage");
+  Tensor got = Tensor::Host({1, options_.hidden}, backend_->compute_dtype());
+  if (staging_) {
+    std::memcpy(got.data(), recv_.host.data(), bytes);
+  } else {
+    Tensor from = recv_.device.Slice(0, 1);
+    MP_RETURN_IF_ERROR(backend_->CopyToHost(from, got));
+    MP_RETURN_IF_ERROR(backend_->Synchronize());
+  }
+  Tensor want = Tensor::Host({1, options_.hidden}, backend_->compute_dtype());
+  FillProbe(want.data(), bytes);
+  if (std::memcmp(got.data(), want.data(), bytes) != 0) {
+    return absl::DataLossError(absl::StrCat("the link probe from the previous stage arrived (",
+                                            bytes, " bytes, ", up_->kind(),
+                                            ") with other bytes than were sent"));
   }
   return absl::OkStatus();
 }

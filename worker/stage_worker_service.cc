@@ -146,10 +146,19 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   link.send_buffers = options_.send_buffers;
   link.cuda_device = DeviceOrdinal(loaded_.device);
   link.timeout = options_.activation_timeout;
-  // Test faults; the first matching rule wins.
+  link.connect_timeout = options_.connect_timeout;
+  // Test faults; the first matching rule wins. The activation faults leave the link probe alone.
+  if (!first && probes_dropped_ < options_.inject_drop_link_probes) {
+    ++probes_dropped_;
+    kvtransfer::FaultRule drop;
+    drop.action = kvtransfer::FaultAction::kDrop;
+    drop.kind = kvtransfer::TransferKind::kOther;
+    link.inject_receive_faults.push_back(drop);
+  }
   if (options_.inject_drop_request != 0) {
     kvtransfer::FaultRule drop;
     drop.action = kvtransfer::FaultAction::kDrop;
+    drop.kind = kvtransfer::TransferKind::kActivations;
     drop.request_id = options_.inject_drop_request;
     drop.count = 0;  // all of the request's receives
     link.inject_receive_faults.push_back(drop);
@@ -157,6 +166,7 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   if (options_.inject_receive_delay > absl::ZeroDuration()) {
     kvtransfer::FaultRule delay;
     delay.action = kvtransfer::FaultAction::kDelay;
+    delay.kind = kvtransfer::TransferKind::kActivations;
     delay.count = 0;  // every receive
     delay.delay = options_.inject_receive_delay;
     link.inject_receive_faults.push_back(delay);

@@ -7,14 +7,21 @@
 // network interface vanished would lose them): the stall watchdog fails that request with
 // UNAVAILABLE naming the stage and the chunk within its bound, every stage frees the request's
 // KV, and the rebuilt pipeline serves the next request with the tokens transformers computed.
+//
+// A link that carries nothing when the pipeline is built (stage 1 drops the first link probe):
+// the coordinator never reports that pipeline ready; it builds another one on fresh links, and
+// once it reports ready the cluster serves the request with the tokens transformers computed.
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <atomic>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "common/status_matchers.h"
 #include "model/safetensors.h"
@@ -180,6 +187,68 @@ TEST(ClusterFaultTest, StalledTransferFailsItsRequestNamingStageAndChunkAndFrees
   EXPECT_EQ(MetricValue(metrics, "millipede_requests_failed_total{code=\"unavailable\"}"), 1.0)
       << metrics;
   EXPECT_EQ(MetricValue(metrics, "millipede_requests_completed_total"), 1.0) << metrics;
+}
+
+TEST(ClusterFaultTest, APipelineWhoseLinkCarriesNothingIsNeverReportedReady) {
+  const std::string dir = TestdataDir() + "/tiny_llama";
+  ClusterOptions options;
+  options.model_dir = dir;
+  options.stages = 2;
+  options.coordinator_args = {"--chunk-mode",     "fixed", "--max-chunk", "32",
+                              "--ucx-transports", "tcp"};
+  // Stage 1 (the only stage with a previous one) never sees the first pipeline's link probe.
+  options.worker_args = {"--inject-drop-link-probes", "1", "--connect-timeout", "1"};
+  MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Cluster> cluster, Cluster::Start(options));
+  // Every pipeline epoch the coordinator says is ready, watched from the start.
+  std::set<uint64_t> ready_epochs;
+  std::atomic<bool> done{false};
+  std::thread watch([&] {
+    while (!done.load()) {
+      absl::StatusOr<v1::ListWorkersResponse> list = cluster->ListWorkers();
+      if (list.ok() && list->ready()) ready_epochs.insert(list->pipeline_epoch());
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  });
+  absl::Status ready = cluster->WaitReady(2, absl::Seconds(60));
+  done = true;
+  watch.join();
+  MP_ASSERT_OK(ready);
+
+  // The first pipeline failed at ConnectPeers on stage 1, saying why.
+  const std::string log = cluster->coordinator().Log();
+  uint64_t failed = 0;
+  std::string why;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    const size_t at = line.find("pipeline epoch ");
+    const size_t end = line.find(" failed: ");
+    if (at == absl::string_view::npos || end == absl::string_view::npos || end < at) continue;
+    ASSERT_TRUE(absl::SimpleAtoi(line.substr(at + 15, end - at - 15), &failed)) << line;
+    why = std::string(line.substr(end));
+    break;
+  }
+  ASSERT_NE(failed, 0u) << "no pipeline build failed:\n" << cluster->Logs();
+  for (const char* part : {"ConnectPeers on stage 1", "link probe from the previous stage",
+                           "did not arrive within 1s"}) {
+    EXPECT_TRUE(absl::StrContains(why, part)) << "'" << why << "' lacks '" << part << "'";
+  }
+  EXPECT_FALSE(ready_epochs.contains(failed)) << "the broken pipeline was reported ready";
+  MP_ASSERT_OK_AND_ASSIGN(v1::ListWorkersResponse list, cluster->ListWorkers());
+  EXPECT_NE(list.pipeline_epoch(), failed);
+
+  // Ready means serving: the first request after it gets the tokens transformers computed.
+  MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SafetensorsFile> expected,
+                          SafetensorsFile::Open(dir + "/expected.safetensors"));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor ids, expected->Get("input_ids"));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor greedy, expected->Get("greedy_ids"));
+  const std::vector<int32_t> prompt(ids.data_as<int32_t>(), ids.data_as<int32_t>() + ids.numel());
+  const std::vector<int32_t> want(greedy.data_as<int32_t>(),
+                                  greedy.data_as<int32_t>() + greedy.numel());
+  GenerateCall call;
+  call.timeout = absl::Seconds(30);
+  GenerateResult result =
+      RunGenerate(cluster->stub(), TokenRequest(prompt, static_cast<int>(want.size())), call);
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message() << "\n" << cluster->Logs();
+  EXPECT_EQ(result.tokens, want);
 }
 
 }  // namespace
