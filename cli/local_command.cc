@@ -141,9 +141,11 @@ absl::Status Run(const LocalFlags& f) {
   std::shared_ptr<grpc::Channel> channel = MakeChannel(address);
   const absl::Time end = absl::Now() + absl::Seconds(f.startup_timeout);
   while (true) {
-    absl::StatusOr<bool> ready = CheckHealth(channel, "millipede.v1.Coordinator", absl::Seconds(1));
+    // Waiting for the channel: the coordinator may not listen yet on the first checks.
+    absl::StatusOr<bool> ready = CheckHealth(channel, "millipede.v1.Coordinator", absl::Seconds(1),
+                                             /*wait_for_ready=*/true);
     if (ready.ok() && *ready) break;
-    const int sig = WaitForSignal(absl::Milliseconds(200));
+    const int sig = WaitForSignal(absl::Milliseconds(50));
     absl::Status reaped = supervisor.Reap();
     if (sig == SIGINT || sig == SIGTERM || !reaped.ok() || absl::Now() > end) {
       supervisor.StopAll(grace);
