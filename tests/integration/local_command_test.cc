@@ -50,7 +50,8 @@ TEST(LocalCommandTest, SupervisesRestartsAndStopsCleanly) {
           {MillipedeBin(), "local", "--model", TestdataDir() + "/tiny_llama", "--stages", "2",
            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--ucx-transports", "tcp",
            "--drain-timeout", "3", "--coordinator-arg=--rebuild-wait=30",
-           "--coordinator-arg=--max-chunk=64", "--coordinator-arg=--min-chunk=64"},
+           "--coordinator-arg=--health-interval=0.5", "--coordinator-arg=--max-chunk=64",
+           "--coordinator-arg=--min-chunk=64"},
           dir + "/local.log"));
   MP_ASSERT_OK_AND_ASSIGN(std::string address, local.WaitForToken("ready at ", absl::Seconds(60)));
   MP_ASSERT_OK_AND_ASSIGN(std::string coordinator_pid_text,
