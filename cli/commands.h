@@ -12,5 +12,6 @@ void RegisterCoordinatorCommand(CLI::App& app, int* exit_code);
 void RegisterWorkerCommand(CLI::App& app, int* exit_code);
 void RegisterLocalCommand(CLI::App& app, int* exit_code);
 void RegisterGenerateCommand(CLI::App& app, int* exit_code);
+void RegisterRefineSparsityCommand(CLI::App& app, int* exit_code);
 
 }  // namespace mp::cli

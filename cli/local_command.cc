@@ -22,6 +22,7 @@
 #include "cli/commands.h"
 #include "cli/config_args.h"
 #include "cli/local_supervisor.h"
+#include "cli/sparse_flags.h"
 #include "common/grpc_channel.h"
 #include "common/grpc_health_client.h"
 #include "common/signals.h"
@@ -52,6 +53,7 @@ struct LocalFlags {
   int max_restarts = 5;
   std::vector<std::string> coordinator_args;
   std::vector<std::string> worker_args;
+  SparseFlags sparse;
 };
 
 absl::StatusOr<std::string> SelfPath() {
@@ -75,6 +77,7 @@ absl::StatusOr<std::string> ResolveListen(const std::string& listen) {
 
 absl::Status Run(const LocalFlags& f) {
   if (f.stages < 1) return absl::InvalidArgumentError("--stages must be at least 1");
+  MP_RETURN_IF_ERROR(ToSparsePrefillRequest(f.sparse).status());
   if (f.model_dir.empty() == f.model_preset.empty()) {
     return absl::InvalidArgumentError("give one of --model DIR and --model-preset");
   }
@@ -125,6 +128,8 @@ absl::Status Run(const LocalFlags& f) {
                                   "--drain-timeout",
                                   std::to_string(f.drain_timeout)};
     if (f.device != "cpu") w.insert(w.end(), {"--device", absl::StrCat("cuda:", i)});
+    const std::vector<std::string> sparse = SparseFlagArgs(f.sparse);
+    w.insert(w.end(), sparse.begin(), sparse.end());
     w.insert(w.end(), f.worker_args.begin(), f.worker_args.end());
     supervisor.Add({absl::StrCat("worker ", i), w});
   }
@@ -210,6 +215,7 @@ void RegisterLocalCommand(CLI::App& app, int* exit_code) {
       ->allow_extra_args(false);
   cmd->add_option("--worker-arg", f->worker_args, "extra argument for every worker (repeatable)")
       ->allow_extra_args(false);
+  AddSparseFlags(cmd, &f->sparse);
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   mp::cli::RegisterWorkerCommand(app, &exit_code);
   mp::cli::RegisterLocalCommand(app, &exit_code);
   mp::cli::RegisterGenerateCommand(app, &exit_code);
+  mp::cli::RegisterRefineSparsityCommand(app, &exit_code);
   app.parse_complete_callback([&] {
     mp::LogLevel level;
     if (log_option->count() > 0 && mp::ParseLogLevel(log_level, &level)) mp::SetLogLevel(level);

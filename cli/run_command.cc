@@ -18,6 +18,7 @@
 #include "absl/strings/strip.h"
 #include "cli/commands.h"
 #include "cli/dca_flags.h"
+#include "cli/sparse_flags.h"
 #include "common/status.h"
 #include "model/chat_template.h"
 #include "model/config.h"
@@ -52,6 +53,7 @@ struct RunFlags {
   float top_p = 1.0f;
   uint64_t seed = 0;
   DcaFlags dca;
+  SparseFlags sparse;
 };
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -142,6 +144,13 @@ absl::Status Run(const RunFlags& flags) {
     MP_ASSIGN_OR_RETURN(config, LoadModelPreset(flags.preset));
   }
   MP_RETURN_IF_ERROR(ApplyDcaFlags(flags.dca, &config));
+  MP_ASSIGN_OR_RETURN(const SparsePrefillRequest sparse_request,
+                      ToSparsePrefillRequest(flags.sparse));
+  absl::StatusOr<std::shared_ptr<const SparsePrefillSettings>> sparse =
+      ResolveSparsePrefillRequest(sparse_request, flags.model_dir, config);
+  if (!sparse.ok()) {
+    return Annotate(sparse.status(), "--sparse-config / --sparse-threshold / --sparse-last-q");
+  }
 
   // The prompt: token ids as given, or text through the chat template and the tokenizer.
   std::unique_ptr<Tokenizer> tokenizer;
@@ -189,8 +198,13 @@ absl::Status Run(const RunFlags& flags) {
   // KV for this one request (the engine checks it against the maximum context).
   KvCacheOptions kv;
   kv.max_tokens = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(flags.max_new_tokens, 1);
+  if (*sparse != nullptr && !flags.quiet) {
+    std::fprintf(stderr, "sparse prefill: prompts longer than %lld tokens (last_q %lld)\n",
+                 static_cast<long long>((*sparse)->threshold),
+                 static_cast<long long>((*sparse)->last_q));
+  }
   MP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                      Engine::Create(config, weights, backend, options, kv));
+                      Engine::Create(config, weights, backend, options, kv, *sparse));
   weights = ModelWeights();  // the executor holds what it needs
 
   GenerationOptions gen;
@@ -274,6 +288,7 @@ void RegisterRunCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--device", flags->device, "cpu, cuda or cuda:N");
   cmd->add_flag("--quiet", flags->quiet, "no progress or timing lines on stderr");
   AddDcaFlags(cmd, &flags->dca);
+  AddSparseFlags(cmd, &flags->sparse);
   cmd->callback([flags, ids, random_weights, exit_code] {
     flags->prompt_ids_given = ids->count() > 0;
     flags->random_weights = random_weights->count() > 0;

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/config_args.h"
+#include "cli/sparse_flags.h"
 #include "common/signals.h"
 #include "worker/worker_server.h"
 
@@ -17,6 +18,7 @@ struct WorkerFlags {
   double connect_timeout = 30;
   double drain_timeout = 30;
   double inject_receive_delay_ms = 0;
+  SparseFlags sparse;
 };
 
 }  // namespace
@@ -58,9 +60,17 @@ void RegisterWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--inject-drop-link-probes", o.inject_drop_link_probes,
                   "testing: the link probes of the first N pipelines built never arrive here "
                   "(fault injection)");
+  AddSparseFlags(cmd, &f->sparse);
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;
+    absl::StatusOr<SparsePrefillRequest> sparse = ToSparsePrefillRequest(f->sparse);
+    if (!sparse.ok()) {
+      std::fprintf(stderr, "millipede worker: %s\n", sparse.status().ToString().c_str());
+      *exit_code = 2;
+      return;
+    }
+    f->options.sparse = *std::move(sparse);
     f->options.activation_timeout = absl::Seconds(f->activation_timeout);
     f->options.connect_timeout = absl::Seconds(f->connect_timeout);
     f->options.drain_timeout = absl::Seconds(f->drain_timeout);

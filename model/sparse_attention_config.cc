@@ -301,4 +301,27 @@ absl::StatusOr<SparsePrefillSettings> LoadSparsePrefillSettings(
   return ResolveSparsePrefillSettings(model, std::move(heads), overrides);
 }
 
+absl::StatusOr<std::shared_ptr<const SparsePrefillSettings>> ResolveSparsePrefillRequest(
+    const SparsePrefillRequest& request, const std::string& model_dir, const ModelConfig& model) {
+  SparsePrefillOverrides overrides = request.overrides;
+  absl::StatusOr<SparsePrefillSettings> settings;
+  if (!request.file.empty()) {
+    if (overrides.enabled.has_value() && !*overrides.enabled) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sparse prefill is both turned off and given the config ", request.file));
+    }
+    overrides.enabled = true;
+    MP_ASSIGN_OR_RETURN(SparseAttentionConfig heads,
+                        LoadSparseAttentionConfig(request.file, model));
+    settings = ResolveSparsePrefillSettings(model, std::move(heads), overrides);
+  } else if (!model_dir.empty()) {
+    settings = LoadSparsePrefillSettings(model_dir, model, overrides);
+  } else {
+    settings = ResolveSparsePrefillSettings(model, std::nullopt, overrides);
+  }
+  if (!settings.ok()) return settings.status();
+  if (!settings->enabled) return std::shared_ptr<const SparsePrefillSettings>();
+  return std::make_shared<const SparsePrefillSettings>(*std::move(settings));
+}
+
 }  // namespace mp

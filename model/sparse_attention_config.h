@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -110,5 +111,21 @@ absl::StatusOr<SparsePrefillSettings> ResolveSparsePrefillSettings(
 absl::StatusOr<SparsePrefillSettings> LoadSparsePrefillSettings(
     const std::string& model_dir, const ModelConfig& model,
     const SparsePrefillOverrides& overrides = {});
+
+// What a command line asks for (`millipede run --sparse-config ...`, cli/sparse_flags.h).
+struct SparsePrefillRequest {
+  // A config file, or a directory holding sparse_attention_config.json: sparse prefill on with
+  // it (with or without DCA). Empty: the model directory's file decides, as in
+  // LoadSparsePrefillSettings.
+  std::string file;
+  SparsePrefillOverrides overrides;
+};
+
+// The settings of `request` for `model` (DCA already applied) whose files are in `model_dir`
+// (may be empty: no default file). Null when sparse prefill is off. Errors as in
+// LoadSparseAttentionConfig / ResolveSparsePrefillSettings; INVALID_ARGUMENT when a file is
+// given together with overrides.enabled == false.
+absl::StatusOr<std::shared_ptr<const SparsePrefillSettings>> ResolveSparsePrefillRequest(
+    const SparsePrefillRequest& request, const std::string& model_dir, const ModelConfig& model);
 
 }  // namespace mp

@@ -31,7 +31,48 @@ absl::Status CheckOptions(const RefinementOptions& o) {
   if (o.max_rounds < 0) {
     return absl::InvalidArgumentError(absl::StrCat("max rounds must be >= 0, got ", o.max_rounds));
   }
+  if (o.steps_per_pass < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps per pass must be >= 1, got ", o.steps_per_pass));
+  }
   return absl::OkStatus();
+}
+
+// One call of a ModelRecallFn, with its result checked against the shape of `sets`.
+absl::StatusOr<ModelRecall> MeasureAll(const ModelRecallFn& measure, const BudgetSets& sets) {
+  absl::StatusOr<ModelRecall> r = measure(sets);
+  if (!r.ok()) return Annotate(r.status(), "measuring recall");
+  if (r->size() != sets.size()) {
+    return absl::InternalError(absl::StrCat("the recall measurement returned ", r->size(),
+                                            " layers, expected ", sets.size()));
+  }
+  for (size_t l = 0; l < sets.size(); ++l) {
+    if ((*r)[l].size() != sets[l].size()) {
+      return absl::InternalError(absl::StrCat("recall of layer ", l, " has ", (*r)[l].size(),
+                                              " budget sets, expected ", sets[l].size()));
+    }
+    for (size_t s = 0; s < sets[l].size(); ++s) {
+      if ((*r)[l][s].size() != sets[l][s].size()) {
+        return absl::InternalError(absl::StrCat("recall of layer ", l, " set ", s, " has ",
+                                                (*r)[l][s].size(), " heads, expected ",
+                                                sets[l][s].size()));
+      }
+    }
+  }
+  return r;
+}
+
+// `c` raised by `steps` steps (both budgets, each capped; never lowered).
+SparseHeadConfig Raised(const SparseHeadConfig& c, int64_t steps, const RefinementOptions& o) {
+  SparseHeadConfig r = c;
+  r.vertical_size =
+      std::max(c.vertical_size, std::min(c.vertical_size + steps * o.step, o.max_vertical));
+  r.slash_size = std::max(c.slash_size, std::min(c.slash_size + steps * o.step, o.max_slash));
+  return r;
+}
+
+bool AtCaps(const SparseHeadConfig& c, const RefinementOptions& o) {
+  return c.vertical_size >= o.max_vertical && c.slash_size >= o.max_slash;
 }
 
 absl::StatusOr<std::vector<HeadRecall>> Measure(const LayerRecallFn& measure, int64_t layer,
@@ -43,6 +84,32 @@ absl::StatusOr<std::vector<HeadRecall>> Measure(const LayerRecallFn& measure, in
                                             " heads, expected ", heads.size()));
   }
   return r;
+}
+
+absl::Status CheckCandidates(int64_t num_layers, int64_t num_heads,
+                             const std::vector<std::pair<int64_t, int64_t>>& candidates) {
+  if (num_layers <= 0 || num_heads <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model shape must be positive, got ", num_layers,
+                                                   " layers and ", num_heads, " heads"));
+  }
+  if (candidates.empty()) return absl::InvalidArgumentError("no candidate budgets to search");
+  for (const auto& [v, s] : candidates) {
+    if (v <= 0 || s <= 0 || v > kMaxSparseBudget || s > kMaxSparseBudget) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("candidate budgets must be positive, got (", v, ", ", s, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Cheapest first (by the keys each query row keeps); the stable sort keeps the given order
+// among equal costs.
+void SortByCost(std::vector<std::pair<int64_t, int64_t>>& candidates) {
+  auto cost = [](const std::pair<int64_t, int64_t>& c) {
+    return SparseHeadConfig{c.first, c.second, 0.0}.effective_vertical_size() + c.second;
+  };
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [&](const auto& a, const auto& b) { return cost(a) < cost(b); });
 }
 
 }  // namespace
@@ -108,25 +175,8 @@ absl::StatusOr<SparseAttentionConfig> SearchInitialSparseAttentionConfig(
     int64_t num_layers, int64_t num_heads, const LayerRecallFn& measure,
     const RefinementOptions& options, std::vector<std::pair<int64_t, int64_t>> candidates) {
   MP_RETURN_IF_ERROR(CheckOptions(options));
-  if (num_layers <= 0 || num_heads <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model shape must be positive, got ",
-                                                   num_layers, " layers and ", num_heads,
-                                                   " heads"));
-  }
-  if (candidates.empty()) return absl::InvalidArgumentError("no candidate budgets to search");
-  for (const auto& [v, s] : candidates) {
-    if (v <= 0 || s <= 0 || v > kMaxSparseBudget || s > kMaxSparseBudget) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("candidate budgets must be positive, got (", v, ", ", s, ")"));
-    }
-  }
-  // Cheapest first (by the keys each query row keeps); the stable sort keeps the given order
-  // among equal costs.
-  auto cost = [](const std::pair<int64_t, int64_t>& c) {
-    return SparseHeadConfig{c.first, c.second, 0.0}.effective_vertical_size() + c.second;
-  };
-  std::stable_sort(candidates.begin(), candidates.end(),
-                   [&](const auto& a, const auto& b) { return cost(a) < cost(b); });
+  MP_RETURN_IF_ERROR(CheckCandidates(num_layers, num_heads, candidates));
+  SortByCost(candidates);
   SparseAttentionConfig config;
   config.layers.resize(static_cast<size_t>(num_layers));
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -153,6 +203,153 @@ absl::StatusOr<SparseAttentionConfig> SearchInitialSparseAttentionConfig(
     config.layers[l] = std::move(chosen);
   }
   return config;
+}
+
+absl::StatusOr<RefinementResult> RefineSparseAttentionConfigJointly(
+    const SparseAttentionConfig& initial, const ModelRecallFn& measure,
+    const RefinementOptions& options, const std::vector<std::vector<HeadRecall>>* initial_recall) {
+  MP_RETURN_IF_ERROR(CheckOptions(options));
+  const int64_t layers = initial.num_layers(), heads = initial.num_heads();
+  if (layers == 0 || heads == 0) {
+    return absl::InvalidArgumentError("the sparse attention config to refine is empty");
+  }
+  RefinementResult result;
+  result.config = initial;
+  std::vector<std::vector<HeadRecall>> recall;  // [layer][head] at the current budgets
+  if (initial_recall != nullptr) {
+    if (static_cast<int64_t>(initial_recall->size()) != layers) {
+      return absl::InvalidArgumentError(absl::StrCat("initial recall has ", initial_recall->size(),
+                                                     " layers, expected ", layers));
+    }
+    for (int64_t l = 0; l < layers; ++l) {
+      if (static_cast<int64_t>((*initial_recall)[l].size()) != heads) {
+        return absl::InvalidArgumentError(absl::StrCat("initial recall of layer ", l, " has ",
+                                                       (*initial_recall)[l].size(),
+                                                       " heads, expected ", heads));
+      }
+    }
+    recall = *initial_recall;
+  } else {
+    BudgetSets sets(static_cast<size_t>(layers));
+    for (int64_t l = 0; l < layers; ++l) sets[l] = {initial.layers[l]};
+    MP_ASSIGN_OR_RETURN(ModelRecall r, MeasureAll(measure, sets));
+    for (int64_t l = 0; l < layers; ++l) recall.push_back(std::move(r[l][0]));
+  }
+  auto summarize = [&](int64_t l, double* mean, double* worst) {
+    double sum = 0.0;
+    *worst = std::numeric_limits<double>::infinity();
+    for (const HeadRecall& r : recall[l]) {
+      const double x = Aggregate(r, options.aggregate);
+      sum += x;
+      *worst = std::min(*worst, x);
+    }
+    *mean = sum / static_cast<double>(heads);
+  };
+  result.layers.resize(static_cast<size_t>(layers));
+  for (int64_t l = 0; l < layers; ++l) {
+    summarize(l, &result.layers[l].recall_before, &result.layers[l].min_head_before);
+  }
+  std::vector<std::vector<int64_t>> steps(static_cast<size_t>(layers),
+                                          std::vector<int64_t>(static_cast<size_t>(heads), 0));
+  auto needs_more = [&](int64_t l, int64_t h) {
+    const SparseHeadConfig& c = result.config.layers[l][h];
+    return Aggregate(recall[l][h], options.aggregate) < options.target_recall &&
+           steps[l][h] < options.max_rounds && !AtCaps(c, options);
+  };
+  while (true) {
+    // Levels 1..k above the current budgets for the heads that need more, per layer; the
+    // other heads of a measured layer keep their budgets in every set.
+    BudgetSets sets(static_cast<size_t>(layers));
+    std::vector<int64_t> levels(static_cast<size_t>(layers), 0);
+    bool any = false;
+    for (int64_t l = 0; l < layers; ++l) {
+      int64_t k = 0;
+      for (int64_t h = 0; h < heads; ++h) {
+        if (needs_more(l, h)) {
+          k = std::max(k, std::min(options.steps_per_pass, options.max_rounds - steps[l][h]));
+        }
+      }
+      levels[l] = k;
+      for (int64_t j = 1; j <= k; ++j) {
+        std::vector<SparseHeadConfig> set = result.config.layers[l];
+        for (int64_t h = 0; h < heads; ++h) {
+          if (needs_more(l, h)) {
+            set[h] = Raised(set[h], std::min(j, options.max_rounds - steps[l][h]), options);
+          }
+        }
+        sets[l].push_back(std::move(set));
+      }
+      any = any || k > 0;
+    }
+    if (!any) break;
+    MP_ASSIGN_OR_RETURN(ModelRecall r, MeasureAll(measure, sets));
+    for (int64_t l = 0; l < layers; ++l) {
+      if (levels[l] == 0) continue;
+      ++result.layers[l].rounds;
+      for (int64_t h = 0; h < heads; ++h) {
+        if (!needs_more(l, h)) continue;
+        const int64_t k = std::min(levels[l], options.max_rounds - steps[l][h]);
+        int64_t take = k;  // the first level that reaches the target, else the last
+        for (int64_t j = 1; j <= k; ++j) {
+          if (Aggregate(r[l][j - 1][h], options.aggregate) >= options.target_recall) {
+            take = j;
+            break;
+          }
+        }
+        result.config.layers[l][h] = sets[l][take - 1][h];
+        recall[l][h] = r[l][take - 1][h];
+        steps[l][h] += take;
+      }
+    }
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    LayerRefinement& report = result.layers[l];
+    summarize(l, &report.recall_after, &report.min_head_after);
+    for (int64_t h = 0; h < heads; ++h) {
+      SparseHeadConfig& c = result.config.layers[l][h];
+      c.score = Aggregate(recall[l][h], options.aggregate);
+      const SparseHeadConfig& was = initial.layers[l][h];
+      report.heads_raised += c.vertical_size != was.vertical_size || c.slash_size != was.slash_size;
+      report.heads_below_target += c.score < options.target_recall;
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<SearchResult> SearchInitialSparseAttentionConfigJointly(
+    int64_t num_layers, int64_t num_heads, const ModelRecallFn& measure,
+    const RefinementOptions& options, std::vector<std::pair<int64_t, int64_t>> candidates) {
+  MP_RETURN_IF_ERROR(CheckOptions(options));
+  MP_RETURN_IF_ERROR(CheckCandidates(num_layers, num_heads, candidates));
+  SortByCost(candidates);
+  BudgetSets sets(static_cast<size_t>(num_layers));
+  for (int64_t l = 0; l < num_layers; ++l) {
+    for (const auto& [v, s] : candidates) {
+      sets[l].push_back(std::vector<SparseHeadConfig>(static_cast<size_t>(num_heads), {v, s, 0.0}));
+    }
+  }
+  MP_ASSIGN_OR_RETURN(ModelRecall r, MeasureAll(measure, sets));
+  SearchResult result;
+  result.config.layers.resize(static_cast<size_t>(num_layers));
+  result.recall.resize(static_cast<size_t>(num_layers));
+  for (int64_t l = 0; l < num_layers; ++l) {
+    for (int64_t h = 0; h < num_heads; ++h) {
+      // The cheapest candidate that reaches the target, else the best (the first of equals).
+      size_t pick = 0;
+      for (size_t c = 0; c < candidates.size(); ++c) {
+        const double x = Aggregate(r[l][c][h], options.aggregate);
+        if (x >= options.target_recall) {
+          pick = c;
+          break;
+        }
+        if (x > Aggregate(r[l][pick][h], options.aggregate)) pick = c;
+      }
+      const double x = Aggregate(r[l][pick][h], options.aggregate);
+      result.config.layers[l].push_back({candidates[pick].first, candidates[pick].second, x});
+      result.recall[l].push_back(r[l][pick][h]);
+    }
+  }
+  return result;
 }
 
 }  // namespace mp

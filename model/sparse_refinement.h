@@ -32,6 +32,14 @@ using LayerRecallFn =
     std::function<absl::StatusOr<std::vector<HeadRecall>>(int64_t layer,
                                                           const std::vector<SparseHeadConfig>&)>;
 
+// The measurement of every layer at once (one calibration pass measures all layers, since each
+// layer's recall is taken on the dense residual stream): `sets[l]` lists budget sets of layer l
+// (each a per-head config; an empty list: layer l is not measured), and the result holds, per
+// layer, one HeadRecall per head for each of its sets, in order: result[l][set][head].
+using BudgetSets = std::vector<std::vector<std::vector<SparseHeadConfig>>>;  // [layer][set][head]
+using ModelRecall = std::vector<std::vector<std::vector<HeadRecall>>>;       // [layer][set][head]
+using ModelRecallFn = std::function<absl::StatusOr<ModelRecall>(const BudgetSets& sets)>;
+
 enum class RecallAggregate { kMean, kP05 };
 
 struct RefinementOptions {
@@ -40,7 +48,10 @@ struct RefinementOptions {
   int64_t step = 2048;  // added to both budgets per round (the increment of Qwen's files)
   int64_t max_vertical = 1 << 20;  // caps on the budgets (e.g. the calibration length)
   int64_t max_slash = 1 << 20;
-  int64_t max_rounds = 64;  // per layer
+  int64_t max_rounds = 64;  // per layer: raises of one step at most
+  // RefineSparseAttentionConfigJointly: budget levels (steps above the current budgets) measured
+  // per pass, >= 1. More levels cost more sparse evaluations per pass but fewer passes.
+  int64_t steps_per_pass = 1;
 };
 
 struct LayerRefinement {
@@ -50,7 +61,7 @@ struct LayerRefinement {
   double min_head_after = 0.0;
   int64_t heads_raised = 0;
   int64_t heads_below_target = 0;  // after refinement (at the caps or out of rounds)
-  int64_t rounds = 0;              // measurements after the first
+  int64_t rounds = 0;              // measurements of this layer after the first
 };
 
 struct RefinementResult {
@@ -64,6 +75,18 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfig(const SparseAttenti
                                                              const LayerRecallFn& measure,
                                                              const RefinementOptions& options);
 
+// The same refinement with a measurement of all layers per call: each pass measures, for every
+// head still below the target, the next `steps_per_pass` levels (+step, +2 step, ... both
+// budgets, capped), and every such head takes the first level that reaches the target (else
+// the last). A head's recall depends only on its own budgets, so the result equals
+// RefineSparseAttentionConfig's (per head: the fewest steps that reach the target, within the
+// caps and max_rounds steps); a pass costs one calibration run instead of one per layer and
+// round. `initial_recall` ([layer][head], e.g. from the search) replaces the first measurement.
+absl::StatusOr<RefinementResult> RefineSparseAttentionConfigJointly(
+    const SparseAttentionConfig& initial, const ModelRecallFn& measure,
+    const RefinementOptions& options,
+    const std::vector<std::vector<HeadRecall>>* initial_recall = nullptr);
+
 // MInference's base candidates (vertical, slash), as in §3.2.
 std::vector<std::pair<int64_t, int64_t>> BaseSparseCandidates();
 
@@ -71,6 +94,17 @@ std::vector<std::pair<int64_t, int64_t>> BaseSparseCandidates();
 // num_layers x num_heads, with scores = the measured aggregated recall.
 absl::StatusOr<SparseAttentionConfig> SearchInitialSparseAttentionConfig(
     int64_t num_layers, int64_t num_heads, const LayerRecallFn& measure,
+    const RefinementOptions& options,
+    std::vector<std::pair<int64_t, int64_t>> candidates = BaseSparseCandidates());
+
+struct SearchResult {
+  SparseAttentionConfig config;                 // scores = the aggregated recall of the choice
+  std::vector<std::vector<HeadRecall>> recall;  // [layer][head] of the choice
+};
+
+// SearchInitialSparseAttentionConfig with one measurement of all candidates in all layers.
+absl::StatusOr<SearchResult> SearchInitialSparseAttentionConfigJointly(
+    int64_t num_layers, int64_t num_heads, const ModelRecallFn& measure,
     const RefinementOptions& options,
     std::vector<std::pair<int64_t, int64_t>> candidates = BaseSparseCandidates());
 

@@ -79,11 +79,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   return engine;
 }
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config,
-                                                       const ModelWeights& weights,
-                                                       std::shared_ptr<Backend> backend,
-                                                       const EngineOptions& options,
-                                                       KvCacheOptions kv_cache) {
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
+    const ModelConfig& config, const ModelWeights& weights, std::shared_ptr<Backend> backend,
+    const EngineOptions& options, KvCacheOptions kv_cache,
+    std::shared_ptr<const SparsePrefillSettings> sparse) {
   if (weights.layers.begin != 0 || weights.layers.end != config.num_hidden_layers) {
     return absl::InvalidArgumentError(
         absl::StrCat("engine: the weights hold layers [", weights.layers.begin, ", ",
@@ -95,6 +94,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config
   }
   StageExecutorOptions ex_options;
   ex_options.kv_cache = kv_cache;
+  ex_options.sparse = std::move(sparse);
   MP_ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> executor,
                       StageExecutor::Create(config, weights, std::move(backend), ex_options));
   std::vector<std::unique_ptr<StageExecutor>> executors;

@@ -78,12 +78,12 @@ class Engine {
       std::vector<std::unique_ptr<StageExecutor>> executors, const EngineOptions& options);
   // One executor over all of `weights` (which must hold every layer, the embedding and the head)
   // with a KV cache of `kv_cache` options; a kv_cache budget of 0 tokens and 0 bytes means room
-  // for one request of the maximum context.
-  static absl::StatusOr<std::unique_ptr<Engine>> Create(const ModelConfig& config,
-                                                        const ModelWeights& weights,
-                                                        std::shared_ptr<Backend> backend,
-                                                        const EngineOptions& options,
-                                                        KvCacheOptions kv_cache = {});
+  // for one request of the maximum context. `sparse`: the executor's sparse prefill settings
+  // (StageExecutorOptions::sparse), null for dense prefill.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      const ModelConfig& config, const ModelWeights& weights, std::shared_ptr<Backend> backend,
+      const EngineOptions& options, KvCacheOptions kv_cache = {},
+      std::shared_ptr<const SparsePrefillSettings> sparse = nullptr);
 
   // Validation errors (all INVALID_ARGUMENT): an empty prompt; a token id outside
   // [0, vocab_size) (naming its position and value); prompt length + max_new_tokens above the

@@ -138,6 +138,21 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
                        options.sparse->last_q));
     }
   }
+  if (options.recall_probe != nullptr) {
+    const SparseRecallProbe& probe = *options.recall_probe;
+    if (options.sparse != nullptr) {
+      return absl::InvalidArgumentError(
+          "stage executor: the recall probe measures against the dense prefill; sparse prefill "
+          "settings must not be given with it");
+    }
+    if (probe.num_layers() != config.num_hidden_layers ||
+        probe.q_heads() != config.num_attention_heads) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage executor: the recall probe has ", probe.num_layers(), " layers x ",
+                       probe.q_heads(), " heads, the model ", config.num_hidden_layers, " x ",
+                       config.num_attention_heads));
+    }
+  }
   auto ex = std::unique_ptr<StageExecutor>(new StageExecutor());
   ex->config_ = config;
   ex->options_ = options;
@@ -227,6 +242,11 @@ absl::Status StageExecutor::EnsureScratch(int64_t rows) {
   MP_ASSIGN_OR_RETURN(s.gate_up, b.Allocate({mlp_rows, 2 * config_.intermediate_size}, dt));
   MP_ASSIGN_OR_RETURN(s.act, b.Allocate({mlp_rows, config_.intermediate_size}, dt));
   s.positions = Tensor::Host({rows}, DType::kI32);
+  if (options_.recall_probe != nullptr) {
+    MP_ASSIGN_OR_RETURN(s.lse_dense, b.Allocate({config_.num_attention_heads * rows}, DType::kF32));
+    MP_ASSIGN_OR_RETURN(s.lse_sparse,
+                        b.Allocate({config_.num_attention_heads * rows}, DType::kF32));
+  }
   s.logits = std::move(scratch_.logits);  // sized on its own: see RunChunk
   scratch_ = std::move(s);
   return absl::OkStatus();
@@ -236,7 +256,8 @@ int64_t StageExecutor::scratch_bytes() const {
   int64_t total = 0;
   for (const Tensor* t :
        {&scratch_.x, &scratch_.h, &scratch_.q, &scratch_.k, &scratch_.v, &scratch_.attn,
-        &scratch_.proj, &scratch_.gate_up, &scratch_.act, &scratch_.logits, &scratch_.positions}) {
+        &scratch_.proj, &scratch_.gate_up, &scratch_.act, &scratch_.logits, &scratch_.positions,
+        &scratch_.lse_dense, &scratch_.lse_sparse}) {
     if (t->defined()) total += static_cast<int64_t>(t->nbytes());
   }
   return total;
@@ -320,21 +341,28 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
     for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(start + i);
   }
 
+  // The YaRN m of the sparse op: the DCA temperature (also where DCA itself is a no-op), 1
+  // without DCA.
+  auto sparse_m = [&] {
+    if (!config_.dual_chunk.has_value()) return 1.0f;
+    return static_cast<float>(cpu::YarnTemperature(
+        std::max(prompt_len, end), config_.dual_chunk->original_max_position_embeddings));
+  };
+  const bool prompt_chunk = prompt_len > 0 && start < prompt_len;
   // Sparse prefill (§3.3): prompt chunks of a prompt longer than the threshold; never decode.
   float sparse_temperature = 0.0f;
-  if (options_.sparse != nullptr && !sparse_budgets_.empty() && prompt_len > 0 &&
-      start < prompt_len && options_.sparse->UseSparsePrefill(prompt_len)) {
-    sparse_temperature = 1.0f;
-    if (config_.dual_chunk.has_value()) {
-      sparse_temperature = static_cast<float>(cpu::YarnTemperature(
-          std::max(prompt_len, end), config_.dual_chunk->original_max_position_embeddings));
-    }
+  if (options_.sparse != nullptr && !sparse_budgets_.empty() && prompt_chunk &&
+      options_.sparse->UseSparsePrefill(prompt_len)) {
+    sparse_temperature = sparse_m();
   }
+  // Recall instrumentation: every prompt chunk (the caller chooses the prompts).
+  const float probe_temperature =
+      options_.recall_probe != nullptr && prompt_chunk ? sparse_m() : 0.0f;
 
   for (int64_t i = 0; i < static_cast<int64_t>(layer_weights_.size()); ++i) {
     const int64_t layer = layers_.begin + i;
     absl::Status status = RunLayer(layer_weights_[i], layer, seq, start, n, positions,
-                                   dca_temperature, sparse_temperature);
+                                   dca_temperature, sparse_temperature, probe_temperature);
     if (!status.ok()) return Annotate(status, absl::StrCat("layer ", layer));
   }
   MP_RETURN_IF_ERROR(kv_cache_->SetLength(seq, end));
@@ -354,9 +382,30 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
   return out;
 }
 
+VerticalSlashAttentionParams StageExecutor::SparseParams(const Tensor& q3, const KvLayerView& kv,
+                                                         int64_t start, float temperature,
+                                                         Tensor& out) const {
+  VerticalSlashAttentionParams params;
+  params.q = &q3;
+  params.kv = kv;
+  params.query_begin = start;
+  if (config_.dual_chunk.has_value()) {
+    params.chunk_size = config_.dual_chunk->chunk_size;
+    params.chunk_len = config_.dual_chunk->chunk_len();
+  }
+  params.rope_theta = config_.rope_theta;
+  params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)));
+  params.temperature = temperature;
+  params.last_q =
+      options_.sparse != nullptr ? options_.sparse->last_q : options_.recall_probe->last_q();
+  params.out = &out;
+  return params;
+}
+
 absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64_t seq,
                                      int64_t start, int64_t n, const Tensor& positions,
-                                     float dca_temperature, float sparse_temperature) {
+                                     float dca_temperature, float sparse_temperature,
+                                     float probe_temperature) {
   Backend& b = *backend_;
   const int64_t heads = config_.num_attention_heads;
   const int64_t kv_heads = config_.num_key_value_heads;
@@ -385,22 +434,29 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
   MP_RETURN_IF_ERROR(b.Rope(k3, positions, config_.rope_theta));
   MP_ASSIGN_OR_RETURN(KvLayerView kv, kv_cache_->LayerView(seq, layer_index));
   MP_RETURN_IF_ERROR(b.WriteKv(k3, v3, start, kv));
+  // Recall probe: the sparse op once per budget set, before the dense attention (which rotates
+  // Q in place on the plain path); attn3 is scratch until the dense result overwrites it.
+  const std::vector<std::vector<int64_t>>* probe_sets = nullptr;
+  std::vector<Tensor> probe_lse;  // per set: host [heads, n]
+  Tensor dense_lse;               // [heads, n] on the backend
+  if (probe_temperature > 0.0f && !options_.recall_probe->budget_sets(layer_index).empty()) {
+    probe_sets = &options_.recall_probe->budget_sets(layer_index);
+    Tensor sparse_lse = scratch_.lse_sparse.Slice(0, heads * n).Reshape({heads, n});
+    for (const std::vector<int64_t>& budgets : *probe_sets) {
+      VerticalSlashAttentionParams params = SparseParams(q3, kv, start, probe_temperature, attn3);
+      params.budgets = budgets;
+      params.lse = &sparse_lse;
+      MP_RETURN_IF_ERROR(Annotate(b.VerticalSlashAttention(params), "recall probe"));
+      MP_ASSIGN_OR_RETURN(Tensor host, b.ToHostF32(sparse_lse));
+      probe_lse.push_back(std::move(host));
+    }
+    dense_lse = scratch_.lse_dense.Slice(0, heads * n).Reshape({heads, n});
+  }
+  Tensor* lse = probe_sets != nullptr ? &dense_lse : nullptr;
   if (sparse_temperature > 0.0f) {
     // Q stays un-rotated: the sparse op rotates it per region and for the selection.
-    VerticalSlashAttentionParams params;
-    params.q = &q3;
-    params.kv = kv;
-    params.query_begin = start;
-    if (config_.dual_chunk.has_value()) {
-      params.chunk_size = config_.dual_chunk->chunk_size;
-      params.chunk_len = config_.dual_chunk->chunk_len();
-    }
-    params.rope_theta = config_.rope_theta;
-    params.scale = scale;
-    params.temperature = sparse_temperature;
-    params.last_q = options_.sparse->last_q;
+    VerticalSlashAttentionParams params = SparseParams(q3, kv, start, sparse_temperature, attn3);
     params.budgets = sparse_budgets_[layer_index - layers_.begin];
-    params.out = &attn3;
     MP_RETURN_IF_ERROR(b.VerticalSlashAttention(params));
   } else if (dca_temperature > 0.0f) {
     // Q stays un-rotated: the DCA op rotates it per key region.
@@ -414,6 +470,7 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
     params.scale = scale;
     params.temperature = dca_temperature;
     params.out = &attn3;
+    params.lse = lse;
     MP_RETURN_IF_ERROR(b.DcaAttention(params));
   } else {
     MP_RETURN_IF_ERROR(b.Rope(q3, positions, config_.rope_theta));
@@ -425,7 +482,16 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
     params.causal = true;
     params.scale = scale;
     params.out = &attn3;
+    params.lse = lse;
     MP_RETURN_IF_ERROR(b.Attention(params));
+  }
+  if (probe_sets != nullptr) {
+    MP_ASSIGN_OR_RETURN(Tensor dense_host, b.ToHostF32(dense_lse));
+    for (size_t set = 0; set < probe_sets->size(); ++set) {
+      MP_RETURN_IF_ERROR(options_.recall_probe->Record(layer_index, static_cast<int64_t>(set),
+                                                       start, n, dense_host.data_as<float>(),
+                                                       probe_lse[set].data_as<float>()));
+    }
   }
   MP_RETURN_IF_ERROR(b.Linear(attn, w.o_proj, bias(w.o_bias), proj));
   MP_RETURN_IF_ERROR(b.Add(x, proj));

@@ -37,6 +37,13 @@
 // temperature when the model has DCA, and Q left un-rotated; decode chunks (start >= prompt_len)
 // and prompts at or below the threshold are exactly the dense path.
 //
+// Recall instrumentation (options.recall_probe, runtime/sparse_recall_probe.h; the measurement of
+// the sparsity refinement): every prompt chunk of a layer that has budget sets in the probe also
+// runs Backend::VerticalSlashAttention once per set, as the sparse gate would with those budgets
+// (same queries, cache, DCA constants and temperature), and hands the per-query
+// exp(lse_sparse - lse_dense) to the probe; the layer's output stays the dense one. Without a
+// probe this costs one pointer test per chunk.
+//
 // Not thread-safe: one thread runs an executor.
 #pragma once
 
@@ -51,6 +58,7 @@
 #include "model/weights.h"
 #include "runtime/backend.h"
 #include "runtime/kv_cache.h"
+#include "runtime/sparse_recall_probe.h"
 #include "runtime/tensor.h"
 
 namespace mp {
@@ -71,6 +79,9 @@ struct StageExecutorOptions {
   // Sparse prefill settings (model/sparse_attention_config.h), or null for dense prefill. The
   // head config must match the model's layers and attention heads.
   std::shared_ptr<const SparsePrefillSettings> sparse;
+  // Recall instrumentation (see the file comment), or null. Only with dense prefill: `sparse`
+  // must then be null. The probe's layer and head counts must be the model's.
+  std::shared_ptr<SparseRecallProbe> recall_probe;
 };
 
 class StageExecutor {
@@ -135,6 +146,8 @@ class StageExecutor {
     Tensor act;        // [rows, inter]
     Tensor logits;     // [rows, vocab] (last stage only)
     Tensor positions;  // [rows] i32, host
+    Tensor lse_dense;  // [heads * rows] f32 (recall probe only)
+    Tensor lse_sparse;  // [heads * rows] f32 (recall probe only)
   };
 
   StageExecutor() = default;
@@ -144,9 +157,13 @@ class StageExecutor {
   // `positions` are the RoPE positions of K (p mod C with DCA) and, on the dense path, of Q.
   // `dca_temperature` > 0 selects Backend::DcaAttention with that YaRN m; 0 the dense path.
   // `sparse_temperature` > 0 selects Backend::VerticalSlashAttention (with that YaRN m) instead.
+  // `probe_temperature` > 0 runs the recall probe's budget sets (with that YaRN m).
   absl::Status RunLayer(const Layer& layer, int64_t layer_index, uint64_t seq, int64_t start,
                         int64_t n, const Tensor& positions, float dca_temperature,
-                        float sparse_temperature = 0.0f);
+                        float sparse_temperature, float probe_temperature);
+  // The parameters of Backend::VerticalSlashAttention for this chunk (budgets and lse unset).
+  VerticalSlashAttentionParams SparseParams(const Tensor& q3, const KvLayerView& kv, int64_t start,
+                                            float temperature, Tensor& out) const;
 
   ModelConfig config_;
   StageExecutorOptions options_;

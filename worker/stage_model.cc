@@ -28,7 +28,10 @@ absl::StatusOr<ModelConfig> LoadSourceConfig(const millipede::v1::ModelSource& s
 absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStageExecutor(
     const millipede::v1::ModelSource& source, const std::string& model_dir_override,
     const ModelConfig& config, LayerRange layers, std::shared_ptr<Backend> backend,
-    const KvCacheOptions& kv) {
+    const KvCacheOptions& kv, const SparsePrefillRequest& sparse) {
+  absl::StatusOr<std::shared_ptr<const SparsePrefillSettings>> settings =
+      ResolveSparsePrefillRequest(sparse, ModelDir(source, model_dir_override), config);
+  if (!settings.ok()) return Annotate(settings.status(), "sparse prefill");
   WeightLoadOptions load;
   load.layers = layers;
   load.embedding = layers.begin == 0;
@@ -51,6 +54,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStageExecutor(
   // On a GPU the MLP runs in row blocks so a long chunk's [rows, 2 * inter] intermediate stays
   // bounded (the same setting as the single-GPU TTFT bench).
   if (backend->device() != DeviceKind::kCpu) options.mlp_block_rows = 8192;
+  options.sparse = *std::move(settings);
   return StageExecutor::Create(config, weights, std::move(backend), options);
 }
 

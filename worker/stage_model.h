@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "millipede/v1/worker.pb.h"
 #include "model/config.h"
+#include "model/sparse_attention_config.h"
 #include "model/weights.h"
 #include "runtime/backend.h"
 #include "runtime/kv_cache.h"
@@ -21,10 +22,11 @@ absl::StatusOr<ModelConfig> LoadSourceConfig(const millipede::v1::ModelSource& s
                                              const std::string& model_dir_override);
 
 // Weights of `layers` (safetensors, or seeded random values when source.random_weights) on
-// `backend`, with a KV cache of `kv`.
+// `backend`, with a KV cache of `kv` and the sparse prefill settings of `sparse` (resolved
+// against the model directory: ResolveSparsePrefillRequest).
 absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStageExecutor(
     const millipede::v1::ModelSource& source, const std::string& model_dir_override,
     const ModelConfig& config, LayerRange layers, std::shared_ptr<Backend> backend,
-    const KvCacheOptions& kv);
+    const KvCacheOptions& kv, const SparsePrefillRequest& sparse = {});
 
 }  // namespace mp

@@ -106,9 +106,9 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
     kv.block_size = block;
     kv.max_tokens = static_cast<int64_t>(r.kv_tokens());
     const LayerRange layers{r.layers().begin(), r.layers().end()};
-    MP_ASSIGN_OR_RETURN(
-        std::unique_ptr<StageExecutor> executor,
-        LoadStageExecutor(r.model(), options_.model_dir, config, layers, backend, kv));
+    MP_ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> executor,
+                        LoadStageExecutor(r.model(), options_.model_dir, config, layers, backend,
+                                          kv, options_.sparse));
     loaded_.key = key;
     loaded_.backend = backend;
     loaded_.executor = std::move(executor);

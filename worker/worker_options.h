@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "model/sparse_attention_config.h"
 
 namespace mp {
 
@@ -32,6 +33,9 @@ struct WorkerOptions {
   // Tests: the link probes of the first this many pipeline epochs never arrive here (a link
   // that carries nothing when the pipeline is built).
   int inject_drop_link_probes = 0;
+  // Vertical-slash sparse prefill (--sparse-config, --sparse-threshold, --sparse-last-q,
+  // --no-sparse; cli/sparse_flags.h): by default the model directory's file, vLLM semantics.
+  SparsePrefillRequest sparse;
 };
 
 }  // namespace mp

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -29,6 +30,31 @@ struct Synthetic {
       for (size_t h = 0; h < heads.size(); ++h) {
         const double r = Model(tau[layer][h], heads[h]);
         out.push_back({r, r * r});  // p05 below the mean
+      }
+      return out;
+    };
+  }
+};
+
+// The same closed-form model as one measurement of all layers and budget sets.
+struct SyntheticModel {
+  std::vector<std::vector<double>> tau;  // [layer][head]
+  int64_t calls = 0;
+  int64_t evaluations = 0;  // sparse evaluations: sets summed over layers and calls
+  ModelRecallFn Fn() {
+    return [this](const BudgetSets& sets) -> absl::StatusOr<ModelRecall> {
+      ++calls;
+      ModelRecall out(sets.size());
+      for (size_t l = 0; l < sets.size(); ++l) {
+        for (const std::vector<SparseHeadConfig>& set : sets[l]) {
+          ++evaluations;
+          std::vector<HeadRecall> heads;
+          for (size_t h = 0; h < set.size(); ++h) {
+            const double r = Model(tau[l][h], set[h]);
+            heads.push_back({r, r * r});
+          }
+          out[l].push_back(std::move(heads));
+        }
       }
       return out;
     };
@@ -132,6 +158,106 @@ TEST(SparseRefinementTest, ReportsBadOptionsAndMeasurementErrors) {
       -> absl::StatusOr<std::vector<HeadRecall>> { return std::vector<HeadRecall>{}; };
   EXPECT_STATUS(RefineSparseAttentionConfig(c, short_result, o), absl::StatusCode::kInternal,
                 "0 heads, expected 1");
+}
+
+// One pass per `steps_per_pass` steps over all layers gives exactly the per-layer refinement.
+TEST(SparseRefinementTest, JointRefinementEqualsThePerLayerOne) {
+  const std::vector<std::vector<double>> tau = {
+      {1000, 5000, 20000, 200000}, {300, 8000, 25000, 1e7}, {2500, 2600, 40000, 7000}};
+  for (const RecallAggregate aggregate : {RecallAggregate::kMean, RecallAggregate::kP05}) {
+    for (const int64_t max_rounds : {int64_t{64}, int64_t{3}}) {
+      for (const int64_t steps_per_pass : {int64_t{1}, int64_t{2}, int64_t{5}}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "aggregate " << static_cast<int>(aggregate) << " max_rounds " << max_rounds
+                     << " steps_per_pass " << steps_per_pass);
+        RefinementOptions o;
+        o.aggregate = aggregate;
+        o.max_vertical = 40000;
+        o.max_slash = 45000;
+        o.max_rounds = max_rounds;
+        o.steps_per_pass = steps_per_pass;
+        const SparseAttentionConfig initial = Uniform(3, 4, 1000, 6096);
+        Synthetic per_layer;
+        per_layer.tau = tau;
+        MP_ASSERT_OK_AND_ASSIGN(RefinementResult want,
+                                RefineSparseAttentionConfig(initial, per_layer.Fn(), o));
+        SyntheticModel joint;
+        joint.tau = tau;
+        MP_ASSERT_OK_AND_ASSIGN(RefinementResult got,
+                                RefineSparseAttentionConfigJointly(initial, joint.Fn(), o));
+        EXPECT_EQ(got.config, want.config);
+        ASSERT_EQ(got.layers.size(), want.layers.size());
+        int64_t most_rounds = 0;
+        for (size_t l = 0; l < want.layers.size(); ++l) {
+          EXPECT_DOUBLE_EQ(got.layers[l].recall_before, want.layers[l].recall_before);
+          EXPECT_DOUBLE_EQ(got.layers[l].recall_after, want.layers[l].recall_after);
+          EXPECT_DOUBLE_EQ(got.layers[l].min_head_before, want.layers[l].min_head_before);
+          EXPECT_DOUBLE_EQ(got.layers[l].min_head_after, want.layers[l].min_head_after);
+          EXPECT_EQ(got.layers[l].heads_raised, want.layers[l].heads_raised);
+          EXPECT_EQ(got.layers[l].heads_below_target, want.layers[l].heads_below_target);
+          // A pass covers steps_per_pass steps.
+          EXPECT_EQ(got.layers[l].rounds,
+                    (want.layers[l].rounds + steps_per_pass - 1) / steps_per_pass);
+          most_rounds = std::max(most_rounds, want.layers[l].rounds);
+        }
+        // One measurement for the start, then one per pass for all layers together.
+        EXPECT_EQ(joint.calls, 1 + (most_rounds + steps_per_pass - 1) / steps_per_pass);
+      }
+    }
+  }
+}
+
+TEST(SparseRefinementTest, JointRefinementTakesTheInitialRecallAndChecksShapes) {
+  SyntheticModel m;
+  m.tau = {{1000, 30000}};
+  RefinementOptions o;
+  const SparseAttentionConfig initial = Uniform(1, 2, 1000, 6096);
+  const std::vector<std::vector<HeadRecall>> known = {{{0.99, 0.98}, {0.5, 0.25}}};
+  MP_ASSERT_OK_AND_ASSIGN(RefinementResult r,
+                          RefineSparseAttentionConfigJointly(initial, m.Fn(), o, &known));
+  EXPECT_DOUBLE_EQ(r.layers[0].recall_before, (0.99 + 0.5) / 2);
+  EXPECT_EQ(r.config.layers[0][0], (SparseHeadConfig{1000, 6096, 0.99})) << "not measured again";
+  EXPECT_GT(r.config.layers[0][1].slash_size, 6096);
+  const std::vector<std::vector<HeadRecall>> wrong = {{{0.99, 0.98}}};
+  EXPECT_STATUS(RefineSparseAttentionConfigJointly(initial, m.Fn(), o, &wrong),
+                absl::StatusCode::kInvalidArgument, "1 heads, expected 2");
+  ModelRecallFn short_result = [](const BudgetSets&) -> absl::StatusOr<ModelRecall> {
+    return ModelRecall{{}};
+  };
+  EXPECT_STATUS(RefineSparseAttentionConfigJointly(initial, short_result, o),
+                absl::StatusCode::kInternal, "0 budget sets, expected 1");
+  ModelRecallFn failing = [](const BudgetSets&) -> absl::StatusOr<ModelRecall> {
+    return absl::UnavailableError("no GPU");
+  };
+  EXPECT_STATUS(RefineSparseAttentionConfigJointly(initial, failing, o),
+                absl::StatusCode::kUnavailable, "measuring recall", "no GPU");
+  o.steps_per_pass = 0;
+  EXPECT_STATUS(RefineSparseAttentionConfigJointly(initial, m.Fn(), o),
+                absl::StatusCode::kInvalidArgument, "steps per pass");
+}
+
+TEST(SparseSearchTest, JointSearchEqualsThePerLayerOneInOneMeasurement) {
+  const std::vector<std::vector<double>> tau = {{100, 290, 303, 350, 1000, 2000, 1e6},
+                                                {5000, 120, 700, 280, 310, 1e5, 260}};
+  Synthetic per_layer;
+  per_layer.tau = tau;
+  SyntheticModel joint;
+  joint.tau = tau;
+  RefinementOptions o;
+  MP_ASSERT_OK_AND_ASSIGN(SparseAttentionConfig want,
+                          SearchInitialSparseAttentionConfig(2, 7, per_layer.Fn(), o));
+  MP_ASSERT_OK_AND_ASSIGN(SearchResult got,
+                          SearchInitialSparseAttentionConfigJointly(2, 7, joint.Fn(), o));
+  EXPECT_EQ(got.config, want);
+  EXPECT_EQ(joint.calls, 1);
+  EXPECT_EQ(joint.evaluations, 2 * 6);
+  for (int64_t l = 0; l < 2; ++l) {
+    for (int64_t h = 0; h < 7; ++h) {
+      EXPECT_DOUBLE_EQ(got.recall[l][h].mean, Model(tau[l][h], got.config.layers[l][h]));
+    }
+  }
+  EXPECT_STATUS(SearchInitialSparseAttentionConfigJointly(2, 7, joint.Fn(), o, {}),
+                absl::StatusCode::kInvalidArgument, "no candidate");
 }
 
 TEST(SparseSearchTest, PicksTheCheapestCandidateThatReachesTheTarget) {
