@@ -21,6 +21,7 @@ struct CoordinatorFlags {
   double health_interval = 1;
   double drain_timeout = 10;
   double step_timeout = 1800;
+  double stall_timeout = 30;
 };
 
 absl::Status Check(CoordinatorFlags& f) {
@@ -30,9 +31,15 @@ absl::Status Check(CoordinatorFlags& f) {
   f.options.health_interval = absl::Seconds(f.health_interval);
   f.options.drain_timeout = absl::Seconds(f.drain_timeout);
   f.options.step_timeout = absl::Seconds(f.step_timeout);
-  if (f.request_timeout <= 0 || f.health_interval <= 0 || f.step_timeout <= 0) {
+  f.options.stall.timeout = absl::Seconds(f.stall_timeout);
+  if (f.request_timeout <= 0 || f.health_interval <= 0 || f.step_timeout <= 0 ||
+      f.stall_timeout <= 0) {
     return absl::InvalidArgumentError(
-        "--request-timeout, --health-interval and --step-timeout must be positive");
+        "--request-timeout, --health-interval, --step-timeout and --stall-timeout must be "
+        "positive");
+  }
+  if (f.options.stall.factor < 0) {
+    return absl::InvalidArgumentError("--stall-factor must be >= 0");
   }
   return absl::OkStatus();
 }
@@ -85,7 +92,13 @@ void RegisterCoordinatorCommand(CLI::App& app, int* exit_code) {
                   "seconds to wait for lost workers before rebuilding with fewer stages");
   cmd->add_option("--health-interval", f->health_interval, "seconds between worker checks");
   cmd->add_option("--health-failures", o.health_failures, "failed checks before a worker is DOWN");
-  cmd->add_option("--step-timeout", f->step_timeout, "seconds one step may take on a stage");
+  cmd->add_option("--step-timeout", f->step_timeout,
+                  "seconds one step's call may take on a stage, queueing included (hard cap)");
+  cmd->add_option("--stall-timeout", f->stall_timeout,
+                  "seconds the oldest step may go without progress on a stage, plus "
+                  "--stall-factor times its compute time, before the pipeline is rebuilt");
+  cmd->add_option("--stall-factor", o.stall.factor,
+                  "multiple of a step's compute time added to --stall-timeout");
   cmd->add_option("--drain-timeout", f->drain_timeout,
                   "seconds running requests get to finish on SIGTERM");
   cmd->add_option("--max-message-bytes", o.max_message_bytes, "gRPC message limit");

@@ -1,6 +1,12 @@
 // millipede local: a whole cluster on this machine — the coordinator and N workers as child
 // processes on loopback, supervised (restarted when they exit) and stopped cleanly on Ctrl-C /
 // SIGTERM. Prints the coordinator's address once the pipeline is ready.
+//
+// The stages talk over loopback only (UCX_NET_DEVICES=lo unless --ucx-net-devices says
+// otherwise): left to itself UCX spreads a link over every network interface that exists when a
+// stage starts, and an interface that goes away later (a container's or a test's veth) takes the
+// link's TCP connection with it without an error — the pipeline would wait for activations that
+// can never arrive.
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,6 +42,7 @@ struct LocalFlags {
   std::string device = "cpu";
   std::string transport = "ucx";
   std::string ucx_transports;
+  std::string ucx_net_devices = "lo";
   int64_t kv_tokens = 0;
   int64_t max_context = 0;
   int64_t max_chunk = 0;
@@ -102,6 +109,7 @@ absl::Status Run(const LocalFlags& f) {
   if (!f.model_preset.empty()) c.insert(c.end(), {"--model-preset", f.model_preset});
   if (f.random_weights) c.push_back("--random-weights");
   if (!f.ucx_transports.empty()) c.insert(c.end(), {"--ucx-transports", f.ucx_transports});
+  if (!f.ucx_net_devices.empty()) c.insert(c.end(), {"--ucx-net-devices", f.ucx_net_devices});
   if (f.kv_tokens > 0) c.insert(c.end(), {"--kv-tokens", std::to_string(f.kv_tokens)});
   if (f.max_context > 0) c.insert(c.end(), {"--max-context", std::to_string(f.max_context)});
   if (f.max_chunk > 0) c.insert(c.end(), {"--max-chunk", std::to_string(f.max_chunk)});
@@ -138,9 +146,11 @@ absl::Status Run(const LocalFlags& f) {
   std::shared_ptr<grpc::Channel> channel = MakeChannel(address);
   const absl::Time end = absl::Now() + absl::Seconds(f.startup_timeout);
   while (true) {
-    absl::StatusOr<bool> ready = CheckHealth(channel, "millipede.v1.Coordinator", absl::Seconds(1));
+    // Waiting for the channel: the coordinator may not listen yet on the first checks.
+    absl::StatusOr<bool> ready = CheckHealth(channel, "millipede.v1.Coordinator", absl::Seconds(1),
+                                             /*wait_for_ready=*/true);
     if (ready.ok() && *ready) break;
-    const int sig = WaitForSignal(absl::Milliseconds(200));
+    const int sig = WaitForSignal(absl::Milliseconds(50));
     absl::Status reaped = supervisor.Reap();
     if (sig == SIGINT || sig == SIGTERM || !reaped.ok() || absl::Now() > end) {
       supervisor.StopAll(grace);
@@ -189,6 +199,8 @@ void RegisterLocalCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--transport", f->transport, "ucx or nccl")
       ->check(CLI::IsMember({"ucx", "nccl"}));
   cmd->add_option("--ucx-transports", f->ucx_transports, "UCX_TLS of the stages, e.g. tcp or sm");
+  cmd->add_option("--ucx-net-devices", f->ucx_net_devices,
+                  "UCX_NET_DEVICES of the stages (\"\": every interface)");
   cmd->add_option("--kv-tokens", f->kv_tokens, "KV budget per stage in tokens (0: default)");
   cmd->add_option("--max-context", f->max_context, "longest prompt + new tokens (0: the model's)");
   cmd->add_option("--max-chunk", f->max_chunk, "largest prefill chunk (0: the default)");

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 
@@ -115,20 +116,54 @@ void Supervisor::StopAll(absl::Duration grace) {
   }
 }
 
-int PickFreePort() {
+namespace {
+
+// Binds 127.0.0.1:`port` (0: any) and returns the port bound, or 0.
+int BindLoopback(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return 0;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  int port = 0;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  int bound = 0;
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
     socklen_t len = sizeof(addr);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) port = ntohs(addr.sin_port);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      bound = ntohs(addr.sin_port);
+    }
   }
   close(fd);
-  return port;
+  return bound;
+}
+
+// The low end of the kernel's ephemeral port range (32768 when it cannot be read).
+int EphemeralLow() {
+  int low = 32768, high = 60999;
+  if (std::FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%d %d", &low, &high) != 2) low = 32768;
+    std::fclose(f);
+  }
+  return low;
+}
+
+}  // namespace
+
+int PickFreePort() {
+  // Below the ephemeral range: a port handed out for port 0 (another process's listener or the
+  // source port of an outgoing connection) can never take it between this check and the
+  // coordinator's bind, which a port from the ephemeral range could.
+  const int low = EphemeralLow();
+  if (low > 11024) {
+    std::random_device seed;
+    std::mt19937 rng(seed());
+    std::uniform_int_distribution<int> dist(10000, low - 1);
+    for (int attempt = 0; attempt < 64; ++attempt) {
+      const int port = BindLoopback(dist(rng));
+      if (port != 0) return port;
+    }
+  }
+  return BindLoopback(0);
 }
 
 }  // namespace mp::cli

@@ -15,6 +15,7 @@ struct WorkerFlags {
   WorkerOptions options;
   ConfigFlags config;
   double activation_timeout = 600;
+  double connect_timeout = 30;
   double drain_timeout = 30;
   double inject_receive_delay_ms = 0;
   SparseFlags sparse;
@@ -45,10 +46,20 @@ void RegisterWorkerCommand(CLI::App& app, int* exit_code) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--activation-timeout", f->activation_timeout,
                   "seconds a stage waits for its input activations");
+  cmd->add_option("--connect-timeout", f->connect_timeout,
+                  "seconds a stage waits, when a pipeline is built, for the link probe of its "
+                  "previous stage")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--drain-timeout", f->drain_timeout,
                   "seconds running requests get to finish on SIGTERM");
   cmd->add_option("--inject-receive-delay-ms", f->inject_receive_delay_ms,
                   "testing: every activation receive takes at least this long (fault injection)");
+  cmd->add_option("--inject-drop-request", o.inject_drop_request,
+                  "testing: the activations of this request id never arrive here (fault "
+                  "injection; 0: none)");
+  cmd->add_option("--inject-drop-link-probes", o.inject_drop_link_probes,
+                  "testing: the link probes of the first N pipelines built never arrive here "
+                  "(fault injection)");
   AddSparseFlags(cmd, &f->sparse);
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
@@ -61,6 +72,7 @@ void RegisterWorkerCommand(CLI::App& app, int* exit_code) {
     }
     f->options.sparse = *std::move(sparse);
     f->options.activation_timeout = absl::Seconds(f->activation_timeout);
+    f->options.connect_timeout = absl::Seconds(f->connect_timeout);
     f->options.drain_timeout = absl::Seconds(f->drain_timeout);
     f->options.inject_receive_delay = absl::Milliseconds(f->inject_receive_delay_ms);
     if (f->config.check) {

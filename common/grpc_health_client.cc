@@ -1,5 +1,7 @@
 #include "common/grpc_health_client.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/grpc_channel.h"
 #include "common/grpc_status.h"
@@ -8,10 +10,12 @@
 namespace mp {
 
 absl::StatusOr<bool> CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
-                                 const std::string& service, absl::Duration timeout) {
+                                 const std::string& service, absl::Duration timeout,
+                                 bool wait_for_ready) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
   SetTimeout(context, timeout);
+  context.set_wait_for_ready(wait_for_ready);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
@@ -25,7 +29,9 @@ absl::Status WaitForServing(const std::shared_ptr<grpc::Channel>& channel,
   const absl::Time end = absl::Now() + timeout;
   absl::Status last = absl::UnavailableError("not checked yet");
   while (true) {
-    absl::StatusOr<bool> serving = CheckHealth(channel, service, absl::Seconds(2));
+    const absl::Duration left = std::max(end - absl::Now(), absl::Milliseconds(100));
+    absl::StatusOr<bool> serving =
+        CheckHealth(channel, service, std::min(left, absl::Seconds(2)), /*wait_for_ready=*/true);
     if (serving.ok() && *serving) return absl::OkStatus();
     last = serving.ok() ? absl::UnavailableError("NOT_SERVING") : serving.status();
     if (absl::Now() >= end) break;

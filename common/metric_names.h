@@ -38,6 +38,7 @@ inline constexpr char kPipelineStageKvBlocksInUse[] =
 inline constexpr char kPipelineEpoch[] = "millipede_pipeline_epoch";
 inline constexpr char kPipelineReady[] = "millipede_pipeline_ready";
 inline constexpr char kPipelineRebuilds[] = "millipede_pipeline_rebuilds_total";
+inline constexpr char kPipelineStalls[] = "millipede_pipeline_stalls_total";
 inline constexpr char kWorkers[] = "millipede_workers";                  // {state}
 inline constexpr char kKvBudgetTokens[] = "millipede_kv_budget_tokens";  // {kind=total|free}
 

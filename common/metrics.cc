@@ -11,10 +11,8 @@ absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(
     const std::string& listen, const std::string& component) {
   auto m = std::unique_ptr<MetricsExporter>(new MetricsExporter());
   m->registry_ = std::make_shared<prometheus::Registry>();
-  prometheus::BuildGauge()
-      .Name(metric_names::kBuildInfo)
-      .Help("Build of this process; the value is always 1")
-      .Register(*m->registry_)
+  GaugeFamily(*m->registry_, metric_names::kBuildInfo,
+              "Build of this process; the value is always 1")
       .Add({{"version", "0.1.0"}, {"component", component}})
       .Set(1);
   if (listen.empty()) return m;
@@ -27,6 +25,34 @@ absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(
 }
 
 MetricsExporter::~MetricsExporter() = default;
+
+prometheus::Family<prometheus::Counter>& CounterFamily(prometheus::Registry& r, const char* name,
+                                                       const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r);
+}
+
+prometheus::Family<prometheus::Gauge>& GaugeFamily(prometheus::Registry& r, const char* name,
+                                                   const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r);
+}
+
+prometheus::Family<prometheus::Histogram>& HistogramFamily(prometheus::Registry& r,
+                                                           const char* name, const char* help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r);
+}
+
+prometheus::Counter& AddCounter(prometheus::Registry& r, const char* name, const char* help) {
+  return CounterFamily(r, name, help).Add({});
+}
+
+prometheus::Gauge& AddGauge(prometheus::Registry& r, const char* name, const char* help) {
+  return GaugeFamily(r, name, help).Add({});
+}
+
+prometheus::Histogram& AddHistogram(prometheus::Registry& r, const char* name, const char* help,
+                                    const prometheus::Histogram::BucketBoundaries& buckets) {
+  return HistogramFamily(r, name, help).Add({}, buckets);
+}
 
 prometheus::Histogram::BucketBoundaries RequestSecondsBuckets() {
   return {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120};

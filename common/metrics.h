@@ -7,6 +7,9 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
@@ -33,6 +36,20 @@ class MetricsExporter {
   std::unique_ptr<MetricsHttpServer> server_;
   std::string address_;
 };
+
+// Families registered in `registry` under `name` with `help` (a second registration of a name
+// returns the same family), and their one unlabelled series.
+prometheus::Family<prometheus::Counter>& CounterFamily(prometheus::Registry& registry,
+                                                       const char* name, const char* help);
+prometheus::Family<prometheus::Gauge>& GaugeFamily(prometheus::Registry& registry, const char* name,
+                                                   const char* help);
+prometheus::Family<prometheus::Histogram>& HistogramFamily(prometheus::Registry& registry,
+                                                           const char* name, const char* help);
+prometheus::Counter& AddCounter(prometheus::Registry& registry, const char* name, const char* help);
+prometheus::Gauge& AddGauge(prometheus::Registry& registry, const char* name, const char* help);
+prometheus::Histogram& AddHistogram(prometheus::Registry& registry, const char* name,
+                                    const char* help,
+                                    const prometheus::Histogram::BucketBoundaries& buckets);
 
 // Bucket boundaries shared by the histograms.
 // Time to first token / queue / prefill time: 0.05 s to 5120 s (ecosystem.md §2.3).

@@ -7,128 +7,62 @@ namespace mp {
 namespace {
 
 namespace n = metric_names;
-using prometheus::BuildCounter;
-using prometheus::BuildGauge;
-using prometheus::BuildHistogram;
 
 prometheus::Family<prometheus::Gauge>& Budget(prometheus::Registry& r) {
-  return BuildGauge()
-      .Name(n::kKvBudgetTokens)
-      .Help("KV tokens of the pipeline's budget per stage: total, and free for new requests")
-      .Register(r);
+  return GaugeFamily(r, n::kKvBudgetTokens,
+                     "KV tokens of the pipeline's budget per stage: total, and free for new "
+                     "requests");
 }
 
 }  // namespace
 
 CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
-    : admitted(BuildCounter()
-                   .Name(n::kRequestsAdmitted)
-                   .Help("Requests accepted (queued or started)")
-                   .Register(r)
-                   .Add({})),
-      completed(BuildCounter()
-                    .Name(n::kRequestsCompleted)
-                    .Help("Requests that finished successfully")
-                    .Register(r)
-                    .Add({})),
-      running(BuildGauge()
-                  .Name(n::kRequestsRunning)
-                  .Help("Requests holding KV in the pipeline")
-                  .Register(r)
-                  .Add({})),
-      waiting(BuildGauge()
-                  .Name(n::kRequestsWaiting)
-                  .Help("Requests waiting for KV budget or a pipeline")
-                  .Register(r)
-                  .Add({})),
-      ttft(BuildHistogram()
-               .Name(n::kTimeToFirstToken)
-               .Help("Time from acceptance to the first sampled token")
-               .Register(r)
-               .Add({}, RequestSecondsBuckets())),
-      queue_time(BuildHistogram()
-                     .Name(n::kRequestQueueTime)
-                     .Help("Time from acceptance to the first prefill chunk")
-                     .Register(r)
-                     .Add({}, RequestSecondsBuckets())),
-      prefill_time(BuildHistogram()
-                       .Name(n::kRequestPrefillTime)
-                       .Help("Time from the first prefill chunk to the last")
-                       .Register(r)
-                       .Add({}, RequestSecondsBuckets())),
-      prompt_tokens_hist(BuildHistogram()
-                             .Name(n::kRequestPromptTokens)
-                             .Help("Prompt length of accepted requests")
-                             .Register(r)
-                             .Add({}, TokenCountBuckets())),
-      prompt_tokens(BuildCounter()
-                        .Name(n::kPromptTokens)
-                        .Help("Prompt tokens prefilled")
-                        .Register(r)
-                        .Add({})),
-      generation_tokens(
-          BuildCounter().Name(n::kGenerationTokens).Help("Tokens generated").Register(r).Add({})),
-      prefill_tokens_per_second(BuildGauge()
-                                    .Name(n::kPrefillTokensPerSecond)
-                                    .Help("Prefill throughput of the last finished prefill")
-                                    .Register(r)
-                                    .Add({})),
-      planner_target_seconds(BuildGauge()
-                                 .Name(n::kPlannerTargetSeconds)
-                                 .Help("The chunk planner's target step time T* = t(0, max "
-                                       "chunk)")
-                                 .Register(r)
-                                 .Add({})),
-      pipeline_epoch(BuildGauge()
-                         .Name(n::kPipelineEpoch)
-                         .Help("Epoch of the current pipeline (0: none)")
-                         .Register(r)
-                         .Add({})),
-      pipeline_ready(BuildGauge()
-                         .Name(n::kPipelineReady)
-                         .Help("1 when a pipeline takes requests")
-                         .Register(r)
-                         .Add({})),
-      pipeline_rebuilds(BuildCounter()
-                            .Name(n::kPipelineRebuilds)
-                            .Help("Pipelines built (the first one included)")
-                            .Register(r)
-                            .Add({})),
+    : admitted(AddCounter(r, n::kRequestsAdmitted, "Requests accepted (queued or started)")),
+      completed(AddCounter(r, n::kRequestsCompleted, "Requests that finished successfully")),
+      running(AddGauge(r, n::kRequestsRunning, "Requests holding KV in the pipeline")),
+      waiting(AddGauge(r, n::kRequestsWaiting, "Requests waiting for KV budget or a pipeline")),
+      ttft(AddHistogram(r, n::kTimeToFirstToken, "Time from acceptance to the first sampled token",
+                        RequestSecondsBuckets())),
+      queue_time(AddHistogram(r, n::kRequestQueueTime,
+                              "Time from acceptance to the first prefill chunk",
+                              RequestSecondsBuckets())),
+      prefill_time(AddHistogram(r, n::kRequestPrefillTime,
+                                "Time from the first prefill chunk to the last",
+                                RequestSecondsBuckets())),
+      prompt_tokens_hist(AddHistogram(r, n::kRequestPromptTokens,
+                                      "Prompt length of accepted requests", TokenCountBuckets())),
+      prompt_tokens(AddCounter(r, n::kPromptTokens, "Prompt tokens prefilled")),
+      generation_tokens(AddCounter(r, n::kGenerationTokens, "Tokens generated")),
+      prefill_tokens_per_second(AddGauge(r, n::kPrefillTokensPerSecond,
+                                         "Prefill throughput of the last finished prefill")),
+      planner_target_seconds(AddGauge(r, n::kPlannerTargetSeconds,
+                                      "The chunk planner's target step time T* = t(0, max chunk)")),
+      pipeline_epoch(AddGauge(r, n::kPipelineEpoch, "Epoch of the current pipeline (0: none)")),
+      pipeline_ready(AddGauge(r, n::kPipelineReady, "1 when a pipeline takes requests")),
+      pipeline_rebuilds(
+          AddCounter(r, n::kPipelineRebuilds, "Pipelines built (the first one included)")),
+      pipeline_stalls(AddCounter(r, n::kPipelineStalls,
+                                 "Pipelines broken because their oldest step made no progress "
+                                 "within its bound")),
       kv_budget_total(Budget(r).Add({{"kind", "total"}})),
       kv_budget_free(Budget(r).Add({{"kind", "free"}})),
-      rejected_(BuildCounter()
-                    .Name(n::kRequestsRejected)
-                    .Help("Requests refused before they ran, by reason")
-                    .Register(r)),
-      cancelled_(BuildCounter()
-                     .Name(n::kRequestsCancelled)
-                     .Help("Requests stopped by their client or deadline")
-                     .Register(r)),
-      failed_(BuildCounter()
-                  .Name(n::kRequestsFailed)
-                  .Help("Requests that failed while running, by gRPC code")
-                  .Register(r)),
-      chunk_tokens_(BuildHistogram()
-                        .Name(n::kChunkTokens)
-                        .Help("Prefill chunk sizes the planner chose, by mode")
-                        .Register(r)),
-      stage_busy_(BuildCounter()
-                      .Name(n::kPipelineStageBusy)
-                      .Help("Compute time stages reported, by stage")
-                      .Register(r)),
-      stage_idle_(BuildCounter()
-                      .Name(n::kPipelineStageIdle)
-                      .Help("Time stages reported waiting for input activations, by stage")
-                      .Register(r)),
-      stage_bubble_(BuildGauge()
-                        .Name(n::kPipelineStageBubbleRatio)
-                        .Help("Moving average of wait / (wait + compute) per step, by stage")
-                        .Register(r)),
-      stage_kv_(BuildGauge()
-                    .Name(n::kPipelineStageKvBlocksInUse)
-                    .Help("KV blocks in use that each stage last reported")
-                    .Register(r)),
-      workers_(BuildGauge().Name(n::kWorkers).Help("Known workers by state").Register(r)) {
+      rejected_(
+          CounterFamily(r, n::kRequestsRejected, "Requests refused before they ran, by reason")),
+      cancelled_(
+          CounterFamily(r, n::kRequestsCancelled, "Requests stopped by their client or deadline")),
+      failed_(
+          CounterFamily(r, n::kRequestsFailed, "Requests that failed while running, by gRPC code")),
+      chunk_tokens_(
+          HistogramFamily(r, n::kChunkTokens, "Prefill chunk sizes the planner chose, by mode")),
+      stage_busy_(
+          CounterFamily(r, n::kPipelineStageBusy, "Compute time stages reported, by stage")),
+      stage_idle_(CounterFamily(r, n::kPipelineStageIdle,
+                                "Time stages reported waiting for input activations, by stage")),
+      stage_bubble_(GaugeFamily(r, n::kPipelineStageBubbleRatio,
+                                "Moving average of wait / (wait + compute) per step, by stage")),
+      stage_kv_(GaugeFamily(r, n::kPipelineStageKvBlocksInUse,
+                            "KV blocks in use that each stage last reported")),
+      workers_(GaugeFamily(r, n::kWorkers, "Known workers by state")) {
   // Series that exist from the start, so that rates over them begin at 0.
   for (const char* reason : {"invalid", "overload", "unavailable"})
     rejected_.Add({{"reason", reason}});

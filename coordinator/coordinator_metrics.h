@@ -42,6 +42,7 @@ class CoordinatorMetrics {
   prometheus::Gauge& pipeline_epoch;
   prometheus::Gauge& pipeline_ready;
   prometheus::Counter& pipeline_rebuilds;
+  prometheus::Counter& pipeline_stalls;
   prometheus::Gauge& kv_budget_total;
   prometheus::Gauge& kv_budget_free;
 

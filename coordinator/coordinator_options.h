@@ -6,6 +6,7 @@
 
 #include "absl/time/time.h"
 #include "coordinator/chunk_planner.h"
+#include "coordinator/stall_watchdog.h"
 
 namespace mp {
 
@@ -45,7 +46,10 @@ struct CoordinatorOptions {
   // ---- health ----
   absl::Duration health_interval = absl::Seconds(1);
   int health_failures = 2;  // consecutive failed checks before a worker is DOWN
+  // Hard cap on one step's RunChunk call (queueing behind earlier steps included).
   absl::Duration step_timeout = absl::Minutes(30);
+  // The no-progress bound on the oldest step in flight (stall_watchdog.h).
+  StallOptions stall;
   absl::Duration load_timeout = absl::Minutes(15);
   absl::Duration finished_retention = absl::Minutes(10);
   // On SIGTERM: how long running requests may finish before they are failed.

@@ -158,6 +158,7 @@ std::shared_ptr<StepCall> StepCall::Start(std::shared_ptr<const Pipeline> pipeli
   call->stage_requests_.assign(n, call->request_);
   call->stage_requests_[0].mutable_token_ids()->Assign(token_ids.begin(), token_ids.end());
   call->responses_.resize(n);
+  call->answers_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     call->contexts_.push_back(std::make_unique<grpc::ClientContext>());
     SetTimeout(*call->contexts_[i], timeout);
@@ -175,6 +176,10 @@ void StepCall::OnStageDone(int stage, const grpc::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     --pending_;
+    StageAnswer& a = answers_[stage];
+    a.answered = true;
+    a.at = absl::Now();
+    a.forward_seconds = status.ok() ? responses_[stage].forward_seconds() : 0;
     if (!status.ok() && !reported_) {
       failure_.stage = stage;
       failure_.worker_id = pipeline_->stages[stage].worker_id;
@@ -187,6 +192,11 @@ void StepCall::OnStageDone(int stage, const grpc::Status& status) {
     }
   }
   if (fire) on_done_(*this);
+}
+
+std::vector<StageAnswer> StepCall::Answers() const {
+  absl::MutexLock lock(&mu_);
+  return answers_;
 }
 
 void ReleaseOnAllStages(std::shared_ptr<const Pipeline> pipeline, uint64_t request,

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "coordinator/membership.h"
+#include "coordinator/stall_watchdog.h"
 #include "millipede/v1/worker.grpc.pb.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -95,6 +96,8 @@ class StepCall : public std::enable_shared_from_this<StepCall> {
   const StageFailure& failure() const { return failure_; }
   const std::vector<millipede::v1::RunChunkResponse>& responses() const { return responses_; }
   absl::Time start_time() const { return start_; }
+  // What every stage has answered so far (any time, from any thread).
+  std::vector<StageAnswer> Answers() const;
 
  private:
   StepCall() = default;
@@ -107,7 +110,8 @@ class StepCall : public std::enable_shared_from_this<StepCall> {
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts_;
   Callback on_done_;
   absl::Time start_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
+  std::vector<StageAnswer> answers_ ABSL_GUARDED_BY(mu_);
   int pending_ = 0;
   bool reported_ = false;
   StageFailure failure_;

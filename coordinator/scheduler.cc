@@ -103,6 +103,7 @@ void Scheduler::Loop() {
       if (stop_) return;
       CheckDeadlines(&after);
       CheckPipeline(&after);
+      CheckStalls(&after);
       if (pipeline_ == nullptr) {
         plan = PlanBuild();
       } else {
@@ -253,6 +254,7 @@ void Scheduler::DoBuild(BuildPlan plan) {
       build_error_.clear();
       next_step_ = 1;
       inflight_ = 0;
+      ResetSteps();
       admission_.Reset(pipeline_->blocks_total, pipeline_->block_tokens);
       stage_kv_blocks_.assign(pipeline_->stages.size(), 0);
       metrics_->pipeline_rebuilds.Increment();
@@ -273,6 +275,7 @@ void Scheduler::TearDown(const std::string& why, Actions* after) {
   p.swap(pipeline_);
   if (p == nullptr) return;
   MP_LOG(Info) << "pipeline epoch " << p->epoch << " taken down: " << why;
+  ResetSteps();
   broken_at_ = absl::InfinitePast();  // a planned rebuild: no need to wait
   admission_.Reset(0, 0);
   after->push_back([this, p, why] {
@@ -297,6 +300,7 @@ void Scheduler::BreakPipeline(const StageFailure& failure, Actions* after) {
   MP_LOG(Warning) << reason << "; failing its requests and rebuilding";
   broken_at_ = absl::Now();
   next_build_ = absl::Now() + absl::Milliseconds(200);
+  ResetSteps();
   // Requests that ran on the pipeline fail; admitted ones that had not started wait again.
   std::vector<uint64_t> ids(running_.begin(), running_.end());
   std::vector<uint64_t> requeue;
@@ -407,15 +411,81 @@ bool Scheduler::IssueOne(Actions* after) {
   }
   ++r.inflight;
   ++inflight_;
+  InflightStep& tracked = steps_[step.step()];
+  tracked.request = r.params.name;
+  tracked.chunk = step.chunk_index();
+  tracked.kind = step.kind();
+  tracked.start = static_cast<int64_t>(step.start());
+  tracked.tokens = step.num_tokens();
+  tracked.issued = absl::Now();
+  MP_LOG(Debug) << "issuing step " << step.step() << ": request " << r.params.name << ", "
+                << StepName(tracked) << " (" << inflight_ << " in flight)";
   std::weak_ptr<Scheduler> weak = weak_from_this();
   std::shared_ptr<const Pipeline> p = pipeline_;
   const absl::Duration timeout = options_.step_timeout;
   after->push_back([weak, p, step = std::move(step), ids = std::move(ids), timeout]() mutable {
-    StepCall::Start(p, std::move(step), std::move(ids), timeout, [weak](StepCall& call) {
-      if (std::shared_ptr<Scheduler> self = weak.lock()) self->OnStepDone(call);
-    });
+    const uint64_t number = step.step();
+    std::shared_ptr<StepCall> call =
+        StepCall::Start(p, std::move(step), std::move(ids), timeout, [weak](StepCall& call) {
+          if (std::shared_ptr<Scheduler> self = weak.lock()) self->OnStepDone(call);
+        });
+    if (std::shared_ptr<Scheduler> self = weak.lock()) {
+      self->TrackCall(p->epoch, number, std::move(call));
+    }
   });
   return true;
+}
+
+std::string Scheduler::StepName(const InflightStep& s) {
+  if (s.kind == v1::CHUNK_KIND_DECODE) {
+    return absl::StrCat("decode step ", s.chunk, " at position ", s.start);
+  }
+  return absl::StrCat("prefill chunk ", s.chunk, ", tokens [", s.start, ", ", s.start + s.tokens,
+                      ")");
+}
+
+void Scheduler::ResetSteps() {
+  steps_.clear();
+  last_step_end_ = absl::Now();
+}
+
+void Scheduler::TrackCall(uint64_t epoch, uint64_t step, std::shared_ptr<StepCall> call) {
+  absl::MutexLock lock(&mu_);
+  if (pipeline_ == nullptr || pipeline_->epoch != epoch) return;
+  auto it = steps_.find(step);
+  if (it != steps_.end()) it->second.call = std::move(call);  // else: it came back already
+}
+
+void Scheduler::CheckStalls(Actions* after) {
+  if (pipeline_ == nullptr || steps_.empty()) return;
+  auto& [number, head] = *steps_.begin();
+  if (head.call == nullptr) return;  // its RPCs are being started
+  HeadStep h;
+  h.since = std::max(head.issued, last_step_end_);
+  h.predicted_seconds =
+      planner_.model().Predict(head.start, head.kind == v1::CHUNK_KIND_DECODE ? 1 : head.tokens);
+  h.stages = head.call->Answers();
+  const std::optional<StageWait> wait = WaitingStage(h, options_.stall, absl::Now());
+  if (!wait.has_value()) return;
+  const std::string what = absl::StrCat("step ", number, " (request ", head.request, ", ",
+                                        StepName(head), "): ", DescribeWait(*wait, options_.stall));
+  if (wait->waited < wait->bound) {
+    if (!head.warned && wait->waited >= wait->bound / 2) {
+      head.warned = true;
+      MP_LOG(Warning) << "slow pipeline: " << what;
+    }
+    return;
+  }
+  metrics_->pipeline_stalls.Increment();
+  StageFailure f;
+  f.stage = wait->stage;
+  f.worker_id = pipeline_->stages[wait->stage].worker_id;
+  f.status = absl::UnavailableError(
+      absl::StrCat("no progress on ", what,
+                   wait->stage > 0 ? absl::StrCat("; the activations from stage ", wait->stage - 1,
+                                                  " never arrived or the stage hangs")
+                                   : std::string("; the stage hangs")));
+  BreakPipeline(f, after);
 }
 
 }  // namespace mp

@@ -13,9 +13,10 @@
 // order); its decode steps go one at a time (each needs the token before it).
 //
 // Failures: a step failing for its request (bad input, KV exhausted on a stage) fails that
-// request; a stage lost (RPC or transfer failure) breaks the pipeline: every running request
-// fails with UNAVAILABLE, waiting requests stay queued, the pipeline is rebuilt from the workers
-// that still answer (waiting up to rebuild_wait for the full stage count). Cancellation and
+// request; a stage lost (RPC or transfer failure) or stalled (the oldest step in flight past its
+// no-progress bound, stall_watchdog.h) breaks the pipeline: every running request fails with
+// UNAVAILABLE, waiting requests stay queued, the pipeline is rebuilt from the workers that still
+// answer (waiting up to rebuild_wait for the full stage count). Cancellation and
 // deadlines release the request's KV on every stage right away; steps still in flight pass
 // through the stages without computing.
 #pragma once
@@ -127,6 +128,17 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
     bool wants_token() const { return params.prefill_only || params.max_new_tokens > 0; }
   };
   using Actions = std::vector<std::function<void()>>;
+  // A step of the current pipeline that has not come back yet.
+  struct InflightStep {
+    std::string request;  // the request's name
+    uint32_t chunk = 0;
+    millipede::v1::ChunkKind kind = millipede::v1::CHUNK_KIND_UNSPECIFIED;
+    int64_t start = 0;  // first token position
+    int64_t tokens = 0;
+    absl::Time issued;
+    std::shared_ptr<StepCall> call;  // null until the call has started
+    bool warned = false;             // its slow-progress warning was logged
+  };
 
   Scheduler(const CoordinatorOptions& options, const ModelInfo* model, Membership* membership,
             CoordinatorMetrics* metrics, std::function<void(bool)> on_ready);
@@ -151,6 +163,13 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   // Picks the next runnable request and prepares its step; false when none can run now.
   bool IssueOne(Actions* after) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnStepDone(StepCall& call) ABSL_LOCKS_EXCLUDED(mu_);
+  // Attaches the started call to its in-flight step (when that is still of pipeline `epoch`).
+  void TrackCall(uint64_t epoch, uint64_t step, std::shared_ptr<StepCall> call)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The stall watchdog: breaks the pipeline when its oldest step is past its bound.
+  void CheckStalls(Actions* after) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the steps in flight (the pipeline changed).
+  void ResetSteps() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void HandleToken(Request& r, int32_t token, const millipede::v1::RunChunkResponse& last,
                    Actions* after) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a request with `status` (OK: Completed) and releases its KV.
@@ -163,6 +182,8 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   millipede::v1::Timings Timings(const Request& r) const;
   void Remember(const Request& r, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Run(Actions& actions);
+  // "prefill chunk 2, tokens [128, 192)" / "decode step 7 at position 130"
+  static std::string StepName(const InflightStep& step);
   // Seconds from `from` to `to` (0 when either is unset or `to` is earlier).
   static double Seconds(absl::Time from, absl::Time to);
 
@@ -188,6 +209,9 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   uint64_t last_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_step_ ABSL_GUARDED_BY(mu_) = 1;
   int inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, InflightStep> steps_ ABSL_GUARDED_BY(mu_);  // by step number
+  // When the last step of the pipeline came back (or the pipeline was installed).
+  absl::Time last_step_end_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   KvAdmission admission_ ABSL_GUARDED_BY(mu_);
   ChunkPlanner planner_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;

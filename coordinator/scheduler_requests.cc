@@ -260,6 +260,20 @@ void Scheduler::OnStepDone(StepCall& call) {
     if (pipeline_ == nullptr || call.pipeline().epoch != pipeline_->epoch) return;
     --inflight_;
     const v1::RunChunkRequest& step = call.request();
+    steps_.erase(step.step());
+    last_step_end_ = absl::Now();
+    if (GetLogLevel() <= LogLevel::kDebug) {
+      std::string stages;
+      for (size_t i = 0; i < call.responses().size(); ++i) {
+        const v1::RunChunkResponse& s = call.responses()[i];
+        absl::StrAppend(&stages, i ? ", " : "", "stage ", i, " wait ", s.wait_seconds(),
+                        " s forward ", s.forward_seconds(), " s");
+      }
+      MP_LOG(Debug) << "step " << step.step() << " (request id " << step.request_id() << ", chunk "
+                    << step.chunk_index() << ") came back after "
+                    << absl::FormatDuration(absl::Now() - call.start_time()) << ": "
+                    << (call.status().ok() ? stages : call.status().ToString());
+    }
     auto found = requests_.find(step.request_id());
     Request* r = found == requests_.end() ? nullptr : found->second.get();
     if (r != nullptr) --r->inflight;

@@ -11,7 +11,9 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "kvtransfer/descriptor.h"
@@ -55,6 +57,44 @@ ucp_tag_t DataTag(uint64_t sender, const TransferTag& t) {
 absl::Status UcsError(absl::string_view what, ucs_status_t status) {
   return absl::InternalError(absl::StrCat(what, ": ", ucs_status_string(status)));
 }
+
+}  // namespace
+
+// ucp_ep_print_info() of `ep` as text.
+absl::StatusOr<std::string> EndpointInfo(ucp_ep_h ep) {
+  char* buf = nullptr;
+  size_t len = 0;
+  FILE* f = open_memstream(&buf, &len);
+  if (f == nullptr) return absl::InternalError("open_memstream failed");
+  ucp_ep_print_info(ep, f);
+  fclose(f);
+  std::string out(buf, len);
+  free(buf);
+  return out;
+}
+
+// The transports and devices of an endpoint's lanes, e.g. "tcp/eth0" or "posix/memory,tcp/lo":
+// the "<index>:<transport>/<device>.<n>" word after each "lane[i]:" of EndpointInfo().
+std::string LaneSummary(absl::string_view info) {
+  std::vector<std::string> lanes;
+  for (absl::string_view line : absl::StrSplit(info, '\n')) {
+    const size_t at = line.find("lane[");
+    if (at == absl::string_view::npos) continue;
+    const size_t colon = line.find("]:", at);
+    if (colon == absl::string_view::npos) continue;
+    absl::string_view rest = absl::StripLeadingAsciiWhitespace(line.substr(colon + 2));
+    rest = rest.substr(0, rest.find(' '));
+    if (const size_t c = rest.find(':'); c != absl::string_view::npos) rest.remove_prefix(c + 1);
+    if (const size_t dot = rest.rfind('.'); dot != absl::string_view::npos) {
+      rest = rest.substr(0, dot);
+    }
+    if (rest.empty()) continue;
+    if (std::find(lanes.begin(), lanes.end(), rest) == lanes.end()) lanes.emplace_back(rest);
+  }
+  return lanes.empty() ? std::string("no lanes yet") : absl::StrJoin(lanes, ",");
+}
+
+namespace {
 
 bool IsPeerFailure(ucs_status_t s) {
   return s == UCS_ERR_CONNECTION_RESET || s == UCS_ERR_ENDPOINT_TIMEOUT ||
@@ -753,6 +793,12 @@ absl::Status UcxTransport::Connect(absl::string_view peer_id, absl::string_view 
                                                  "): ", ucs_status_string(s)));
     }
     if (ep_params.err_mode == UCP_ERR_HANDLING_MODE_NONE) conn->watch_pid = d.pid;
+    // Which interfaces the link runs over: an interface that later vanishes takes its lanes'
+    // connections with it, so this is the first thing to know about a stalled link.
+    absl::StatusOr<std::string> info = ucx_internal::EndpointInfo(conn->ep);
+    MP_LOG(Info) << "ucx: link to peer '" << peer_id << "' (pid " << d.pid << " on " << d.host
+                 << ") over "
+                 << (info.ok() ? ucx_internal::LaneSummary(*info) : info.status().ToString());
     w.all_conns.push_back(conn);
     w.by_instance[d.instance_id] = conn;
     absl::MutexLock lock(&mu_);
@@ -809,17 +855,15 @@ absl::StatusOr<std::string> UcxTransport::DescribeLink(absl::string_view peer_id
     if (conn->ep == nullptr) return absl::UnavailableError("endpoint closed");
     // Wireup may still be choosing lanes; let it settle briefly.
     w.ProgressUntil([] { return false; }, absl::Now() + absl::Milliseconds(20));
-    char* buf = nullptr;
-    size_t len = 0;
-    FILE* f = open_memstream(&buf, &len);
-    if (f == nullptr) return absl::InternalError("open_memstream failed");
-    ucp_ep_print_info(conn->ep, f);
-    fclose(f);
-    out.assign(buf, len);
-    free(buf);
+    MP_ASSIGN_OR_RETURN(out, ucx_internal::EndpointInfo(conn->ep));
     return absl::OkStatus();
   }));
   return out;
+}
+
+absl::StatusOr<std::string> UcxTransport::LinkLanes(absl::string_view peer_id) {
+  MP_ASSIGN_OR_RETURN(std::string info, DescribeLink(peer_id));
+  return ucx_internal::LaneSummary(info);
 }
 
 absl::Status UcxTransport::CheckMemoryKind(const MemoryRegion& region) {

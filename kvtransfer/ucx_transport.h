@@ -58,6 +58,8 @@ class UcxTransport final : public TransportBase {
   // The UCX transports one connected endpoint uses, e.g. "tcp/lo" or "posix/memory;cma/memory"
   // (diagnostics and tests). NOT_FOUND for an unknown peer.
   absl::StatusOr<std::string> DescribeLink(absl::string_view peer_id);
+  // Just the transports/devices of its lanes, e.g. "tcp/lo" (what Connect() logs).
+  absl::StatusOr<std::string> LinkLanes(absl::string_view peer_id);
 
  protected:
   absl::Status CheckMemoryKind(const MemoryRegion& region) override;

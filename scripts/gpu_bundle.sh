@@ -117,6 +117,9 @@ cat > "$bundle/run.sh" <<'RUN'
 #                                     MP_SPARSE_CONFIG (Qwen's sparse_attention_config.json;
 #                                     default: budgets sampled from its statistics)
 #   run.sh variants              env: MP_VARIANT_CASES (default 32k,128k,512k,1m)
+# Each test program runs under `timeout`: MP_TEST_TIMEOUT seconds per gtest binary (default
+# 300), MP_MEMCHECK_TIMEOUT per memcheck run (default 900); one that runs longer (a deadlocked
+# kernel) is killed and reported as TIMEOUT, with the test case it was in.
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -152,19 +155,32 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
   | sed 's/^/gpu: /'
 
 summary=()
-add() { summary+=("$(printf '| %-44s | %-6s | %s |' "$1" "$2" "$3")"); }
+add() { summary+=("$(printf '| %-44s | %-7s | %s |' "$1" "$2" "$3")"); }
+test_timeout=${MP_TEST_TIMEOUT:-300}
+memcheck_timeout=${MP_MEMCHECK_TIMEOUT:-900}
+# Runs "$@" for at most $1 seconds (then SIGTERM, SIGKILL 10 s later): exit 124 or 137 then.
+bounded() { local limit=$1; shift; timeout -k 10 "$limit" "$@"; }
+timed_out() { [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; }
+# The gtest case a log was in when it stopped (its last "[ RUN ]" line).
+last_case() {
+  local c
+  c=$(grep -a -oE '^\[ RUN      \] .*' "$1" | tail -n 1 | sed 's/^\[ RUN      \] //')
+  echo "${c:-its start}"
+}
 
 if [ "$mode" = all ] || [ "$mode" = tests ]; then
   : > "$out/tests.log"
   while read -r t; do
     echo "=== $t" | tee -a "$out/tests.log"
-    "$work/bin/$t" --gtest_color=no > "$work/$t.log" 2>&1
+    bounded "$test_timeout" "$work/bin/$t" --gtest_color=no > "$work/$t.log" 2>&1
     rc=$?
     cat "$work/$t.log" >> "$out/tests.log"
     passed=$(grep -a -oE '^\[  PASSED  \] [0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || true)
     failed=$(grep -a -cE '^\[  FAILED  \] [A-Za-z0-9_/.]+' "$work/$t.log" || true)
     skipped=$(grep -a -oE '^\[  SKIPPED \] [0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || true)
-    if [ "$rc" -eq 0 ] && [ -n "$skipped" ] && [ "$skipped" -gt 0 ]; then
+    if timed_out "$rc"; then
+      add "$t" TIMEOUT "killed after ${test_timeout}s in $(last_case "$work/$t.log") (tests.log)"
+    elif [ "$rc" -eq 0 ] && [ -n "$skipped" ] && [ "$skipped" -gt 0 ]; then
       add "$t" FAIL "${passed:-0} passed, $skipped SKIPPED (a GPU test must not skip)"
     elif [ "$rc" -eq 0 ]; then
       add "$t" PASS "${passed:-?} tests"
@@ -181,10 +197,16 @@ if [ "$mode" = all ] || [ "$mode" = tests ]; then
       case "${args[$i]}" in bin/*) args[$i]="$work/${args[$i]}" ;; esac
     done
     echo "=== $name" | tee -a "$out/memcheck.log"
-    (cd "$work" && "${args[@]}") >> "$out/memcheck.log" 2>&1
+    (cd "$work" && bounded "$memcheck_timeout" "${args[@]}") >> "$out/memcheck.log" 2>&1
     rc=$?
     errors=$(grep -a -oE 'ERROR SUMMARY: [0-9]+ error' "$out/memcheck.log" | tail -n 1)
-    [ "$rc" -eq 0 ] && add "$name" PASS "${errors:-ok}" || add "$name" FAIL "exit $rc ${errors:-} (memcheck.log)"
+    if timed_out "$rc"; then
+      add "$name" TIMEOUT "killed after ${memcheck_timeout}s (memcheck.log)"
+    elif [ "$rc" -eq 0 ]; then
+      add "$name" PASS "${errors:-ok}"
+    else
+      add "$name" FAIL "exit $rc ${errors:-} (memcheck.log)"
+    fi
   done < "$work/commands.tsv"
 fi
 
@@ -229,11 +251,17 @@ if [ "$mode" = all ] || [ "$mode" = variants ]; then
     rc=0
     if [ "$mode" = variants ]; then  # (run.sh all ran it with the other tests)
       echo "=== paged_prefill_attention_variants_test"
-      "$work/bin/paged_prefill_attention_variants_test" --gtest_color=no 2>&1 \
-        | tee "$out/variants_test.log"
+      bounded "$test_timeout" "$work/bin/paged_prefill_attention_variants_test" \
+        --gtest_color=no 2>&1 | tee "$out/variants_test.log"
       rc=${PIPESTATUS[0]}
-      [ "$rc" -eq 0 ] && add paged_prefill_attention_variants_test PASS "variants_test.log" \
-                      || add paged_prefill_attention_variants_test FAIL "exit $rc"
+      if timed_out "$rc"; then
+        add paged_prefill_attention_variants_test TIMEOUT \
+          "killed after ${test_timeout}s in $(last_case "$out/variants_test.log")"
+      elif [ "$rc" -eq 0 ]; then
+        add paged_prefill_attention_variants_test PASS "variants_test.log"
+      else
+        add paged_prefill_attention_variants_test FAIL "exit $rc"
+      fi
     fi
     if [ "$rc" -eq 0 ]; then
       echo "=== attention_peer.py --variants (every candidate interleaved with cuDNN SDPA)"
@@ -249,8 +277,8 @@ fi
 
 {
   echo
-  echo "| run                                          | result | detail |"
-  echo "|----------------------------------------------|--------|--------|"
+  echo "| run                                          | result  | detail |"
+  echo "|----------------------------------------------|---------|--------|"
   printf '%s\n' "${summary[@]}"
   if [ -f "$out/ttft.log" ] && [ "$mode" != tests ]; then
     echo
@@ -265,7 +293,7 @@ fi
     sed -n '/^TFLOP\/s (ratio/,$p' "$out/peer_variants.log"
   fi
 } | tee "$out/summary.txt"
-! printf '%s\n' "${summary[@]}" | grep -q '| FAIL '
+! printf '%s\n' "${summary[@]}" | grep -qE '\| (FAIL|TIMEOUT) '
 RUN
 chmod +x "$bundle/run.sh"
 size=$(du -sm "$bundle" | cut -f1)

@@ -1,10 +1,12 @@
 #include "worker/activation_links.h"
 
+#include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status.h"
-#include "kvtransfer/fault_injecting_transport.h"
 #include "kvtransfer/transport_factory.h"
 
 namespace mp {
@@ -27,6 +29,19 @@ TransferTag Tag(uint64_t request, uint32_t chunk) {
   tag.chunk_index = chunk;
   tag.kind = TransferKind::kActivations;
   return tag;
+}
+
+// The link probe's tag: request 0 (the coordinator numbers requests from 1), kind "other".
+TransferTag ProbeTag() {
+  TransferTag tag;
+  tag.kind = TransferKind::kOther;
+  return tag;
+}
+
+// The probe's bytes.
+void FillProbe(void* dst, size_t bytes) {
+  auto* b = static_cast<uint8_t*>(dst);
+  for (size_t i = 0; i < bytes; ++i) b[i] = static_cast<uint8_t>(i * 131 + 17);
 }
 
 }  // namespace
@@ -80,14 +95,12 @@ absl::Status ActivationLinks::Init() {
   t.cuda_device = options_.cuda_device;
   if (options_.upstream) {
     MP_ASSIGN_OR_RETURN(up_, kvtransfer::NewTransport(options_.kind, t));
-    if (options_.inject_receive_delay > absl::ZeroDuration()) {
+    if (!options_.inject_receive_faults.empty()) {
       auto wrapped = std::make_unique<kvtransfer::FaultInjectingTransport>(std::move(up_));
-      kvtransfer::FaultRule rule;
-      rule.action = kvtransfer::FaultAction::kDelay;
-      rule.direction = kvtransfer::TransferDirection::kRecv;
-      rule.count = 0;  // every receive
-      rule.delay = options_.inject_receive_delay;
-      MP_RETURN_IF_ERROR(wrapped->AddRule(rule));
+      for (kvtransfer::FaultRule rule : options_.inject_receive_faults) {
+        rule.direction = kvtransfer::TransferDirection::kRecv;
+        MP_RETURN_IF_ERROR(wrapped->AddRule(rule));
+      }
       up_ = std::move(wrapped);
     }
     MP_ASSIGN_OR_RETURN(recv_, NewBuffer(*up_, /*need_device=*/true));
@@ -125,23 +138,102 @@ absl::Status ActivationLinks::Connect(const std::string& previous, const std::st
       return absl::InvalidArgumentError("ConnectPeers: this stage needs its next stage");
     MP_RETURN_IF_ERROR(Annotate(down_->Connect(kNext, next), "connecting the next stage"));
   }
+  // Send first: a middle stage's probe to the next stage must not wait for its own input.
+  if (options_.downstream) MP_RETURN_IF_ERROR(SendProbe());
+  if (options_.upstream) MP_RETURN_IF_ERROR(ReceiveProbe());
+  return absl::OkStatus();
+}
+
+absl::Status ActivationLinks::SendProbe() {
+  // A send slot like any other: the next Send() on it waits for the probe, CheckSends()
+  // reports its failure.
+  Slot& slot = slots_[next_slot_];
+  next_slot_ = (next_slot_ + 1) % slots_.size();
+  const size_t bytes = RowBytes();
+  if (staging_) {
+    FillProbe(slot.host.data(), bytes);
+  } else {
+    Tensor pattern = Tensor::Host({1, options_.hidden}, backend_->compute_dtype());
+    FillProbe(pattern.data(), bytes);
+    Tensor to = slot.device.Slice(0, 1);
+    MP_RETURN_IF_ERROR(backend_->CopyFromHost(pattern, to));
+    MP_RETURN_IF_ERROR(backend_->Synchronize());
+  }
+  void* addr = staging_ ? slot.host.data() : slot.device.data();
+  TransferBatch batch;
+  batch.ops.push_back(TransferOp::Send(kNext, ProbeTag(), addr, bytes));
+  absl::StatusOr<TransferHandle> handle = down_->Submit(std::move(batch));
+  if (!handle.ok()) return Annotate(handle.status(), "sending the link probe to the next stage");
+  slot.handle = *handle;
+  return absl::OkStatus();
+}
+
+absl::Status ActivationLinks::ReceiveProbe() {
+  const size_t bytes = RowBytes();
+  void* addr = staging_ ? recv_.host.data() : recv_.device.data();
+  TransferBatch batch;
+  batch.ops.push_back(TransferOp::Recv(kPrevious, ProbeTag(), addr, bytes));
+  absl::StatusOr<TransferHandle> handle = up_->Submit(std::move(batch));
+  if (!handle.ok()) {
+    return Annotate(handle.status(), "receiving the link probe from the previous stage");
+  }
+  absl::Status s = up_->Wait(*handle, absl::Now() + options_.connect_timeout);
+  up_->Release(*handle);
+  if (absl::IsDeadlineExceeded(s)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the link probe from the previous stage did not arrive within ",
+        absl::FormatDuration(options_.connect_timeout), " (", up_->kind(),
+        ", --connect-timeout): the link between the stages carries nothing (is the network path "
+        "between them down?)"));
+  }
+  if (!s.ok()) return Annotate(s, "receiving the link probe from the previous stage");
+  Tensor got = Tensor::Host({1, options_.hidden}, backend_->compute_dtype());
+  if (staging_) {
+    std::memcpy(got.data(), recv_.host.data(), bytes);
+  } else {
+    Tensor from = recv_.device.Slice(0, 1);
+    MP_RETURN_IF_ERROR(backend_->CopyToHost(from, got));
+    MP_RETURN_IF_ERROR(backend_->Synchronize());
+  }
+  Tensor want = Tensor::Host({1, options_.hidden}, backend_->compute_dtype());
+  FillProbe(want.data(), bytes);
+  if (std::memcmp(got.data(), want.data(), bytes) != 0) {
+    return absl::DataLossError(absl::StrCat("the link probe from the previous stage arrived (",
+                                            bytes, " bytes, ", up_->kind(),
+                                            ") with other bytes than were sent"));
+  }
   return absl::OkStatus();
 }
 
 absl::Status ActivationLinks::Await(kvtransfer::Transport& t, TransferHandle handle,
-                                    const AbortCheck& aborted, const char* what) {
-  const absl::Time end = absl::Now() + options_.timeout;
+                                    const AbortCheck& aborted, const std::string& what) {
+  const absl::Time start = absl::Now();
+  const absl::Time end = start + options_.timeout;
+  absl::Duration warn_after = options_.slow_wait;
   while (true) {
     const absl::Time now = absl::Now();
     absl::Status s = t.Wait(handle, std::min(end, now + absl::Milliseconds(50)));
-    if (!absl::IsDeadlineExceeded(s)) return s;
+    if (!absl::IsDeadlineExceeded(s)) {
+      if (!s.ok()) return Annotate(s, what);
+      return s;
+    }
     if (aborted && aborted()) {
       t.Cancel(handle);
       return absl::AbortedError(absl::StrCat(what, " abandoned: the pipeline is stopping"));
     }
-    if (absl::Now() >= end) {
-      return absl::DeadlineExceededError(
-          absl::StrCat(what, " did not finish within ", absl::FormatDuration(options_.timeout)));
+    const absl::Time later = absl::Now();
+    if (later >= end) {
+      MP_LOG(Warning) << what << " gave up after " << absl::FormatDuration(options_.timeout) << " ("
+                      << t.kind() << ")";
+      return absl::DeadlineExceededError(absl::StrCat(what, " did not finish within ",
+                                                      absl::FormatDuration(options_.timeout),
+                                                      " (--activation-timeout)"));
+    }
+    if (warn_after > absl::ZeroDuration() && later - start >= warn_after) {
+      MP_LOG(Warning) << "still " << what << " after " << absl::FormatDuration(later - start)
+                      << " (" << t.kind() << "; gives up after "
+                      << absl::FormatDuration(options_.timeout) << ")";
+      warn_after *= 2;
     }
   }
 }
@@ -159,7 +251,9 @@ absl::StatusOr<Tensor> ActivationLinks::Receive(uint64_t request, uint32_t chunk
   TransferBatch batch;
   batch.ops.push_back(TransferOp::Recv(kPrevious, Tag(request, chunk), addr, bytes));
   MP_ASSIGN_OR_RETURN(TransferHandle handle, up_->Submit(std::move(batch)));
-  absl::Status s = Await(*up_, handle, aborted, "receiving activations from the previous stage");
+  absl::Status s = Await(*up_, handle, aborted,
+                         absl::StrCat("receiving the activations of request ", request, " chunk ",
+                                      chunk, " from the previous stage"));
   up_->Release(handle);
   if (!s.ok()) return s;
   Tensor out = recv_.device.Slice(0, rows);
@@ -186,7 +280,10 @@ absl::Status ActivationLinks::Send(uint64_t request, uint32_t chunk, const Tenso
   Slot& slot = slots_[next_slot_];
   next_slot_ = (next_slot_ + 1) % slots_.size();
   if (slot.handle.valid()) {
-    absl::Status prev = Await(*down_, slot.handle, aborted, "an earlier send to the next stage");
+    absl::Status prev = Await(*down_, slot.handle, aborted,
+                              absl::StrCat("waiting for an earlier send to the next stage (before "
+                                           "request ",
+                                           request, " chunk ", chunk, ")"));
     down_->Release(slot.handle);
     slot.handle = {};
     if (!prev.ok()) return prev;

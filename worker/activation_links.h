@@ -8,6 +8,15 @@
 // send is submitted and not waited for, so a stage never waits for its successor to be ready;
 // a slot is reused once its previous send has finished (that wait counts as send time).
 //
+// Readiness: Connect() proves the data path before the stage reports itself connected. The
+// transports connect lazily (a UCX endpoint exists at once; its wire-up happens with the first
+// message), so a link that cannot carry anything — a network path that is down or
+// black-holed — would otherwise surface only as the first request's activations never
+// arriving. Each stage with a next stage sends it a link probe (one row of a fixed byte pattern,
+// tagged request 0, kind "other", through the same buffers as activations); each stage with a
+// previous stage waits up to connect_timeout for that probe and checks its bytes. So once every
+// stage of a pipeline has connected, every link has carried a message.
+//
 // Memory: buffers live in the backend's memory when the transport can move it (host memory on
 // the CPU backend; device memory with nccl). A CUDA backend over ucx (Debian's UCX has no CUDA
 // transports) stages through host buffers: device -> host before a send, host -> device after a
@@ -25,6 +34,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kvtransfer/fault_injecting_transport.h"
 #include "kvtransfer/transport.h"
 #include "kvtransfer/transport_options.h"
 #include "runtime/backend.h"
@@ -43,9 +53,14 @@ struct ActivationLinkOptions {
   int cuda_device = 0;  // device ordinal of a CUDA backend
   // A receive or a wait for a send slot fails with DEADLINE_EXCEEDED after this long.
   absl::Duration timeout = absl::Seconds(600);
-  // Tests: every receive completes no earlier than this after it is posted (the transport is
-  // wrapped in kvtransfer's FaultInjectingTransport), which makes each step that long at least.
-  absl::Duration inject_receive_delay = absl::ZeroDuration();
+  // Connect() fails with UNAVAILABLE when the previous stage's link probe has not arrived
+  // within this long.
+  absl::Duration connect_timeout = absl::Seconds(30);
+  // A wait this long is logged as a warning (and again each time it doubles).
+  absl::Duration slow_wait = absl::Seconds(10);
+  // Tests: faults injected into the upstream transport (it is then wrapped in kvtransfer's
+  // FaultInjectingTransport), e.g. every receive delayed, or a request's receives dropped.
+  std::vector<kvtransfer::FaultRule> inject_receive_faults;
 };
 
 struct TransferTiming {
@@ -68,7 +83,10 @@ class ActivationLinks {
   std::string kind() const { return options_.kind; }
 
   // `previous` is the previous stage's downstream endpoint, `next` the next stage's upstream
-  // endpoint (each required exactly when this stage has that side).
+  // endpoint (each required exactly when this stage has that side). Sends the link probe to the
+  // next stage, then waits for the previous stage's (see above): the neighbours' Connect() calls
+  // must overlap in time, or the previous stage's must come first. UNAVAILABLE when the probe
+  // does not arrive within connect_timeout, DATA_LOSS when its bytes differ.
   absl::Status Connect(const std::string& previous, const std::string& next);
 
   // Receives `rows` rows of (request, chunk) into the receive buffer and returns them as a
@@ -92,11 +110,14 @@ class ActivationLinks {
   ActivationLinks(const ActivationLinkOptions& options, std::shared_ptr<Backend> backend)
       : options_(options), backend_(std::move(backend)) {}
   absl::Status Init();
+  absl::Status SendProbe();
+  absl::Status ReceiveProbe();
   // A registered buffer; with staging, a host buffer plus (when `need_device`) a device one.
   absl::StatusOr<Slot> NewBuffer(kvtransfer::Transport& transport, bool need_device);
-  // Waits for `handle` on `transport` until it ends, `aborted` says so, or the timeout.
+  // Waits for `handle` on `transport` until it ends, `aborted` says so, or the timeout. `what`
+  // names the transfer in warnings and errors.
   absl::Status Await(kvtransfer::Transport& transport, kvtransfer::TransferHandle handle,
-                     const AbortCheck& aborted, const char* what);
+                     const AbortCheck& aborted, const std::string& what);
   size_t RowBytes() const;
 
   const ActivationLinkOptions options_;

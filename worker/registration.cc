@@ -28,7 +28,7 @@ void Registrar::SetDraining() {
   }
   // One synchronous heartbeat so the coordinator knows before the worker stops serving.
   bool failure_logged = false;
-  SendOnce(&failure_logged);
+  SendOnce(&failure_logged, /*wait_for_ready=*/false);
 }
 
 void Registrar::Stop() {
@@ -39,7 +39,7 @@ void Registrar::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-bool Registrar::SendOnce(bool* first_failure_logged) {
+bool Registrar::SendOnce(bool* first_failure_logged, bool wait_for_ready) {
   v1::RegisterWorkerRequest request;
   {
     absl::MutexLock lock(&mu_);
@@ -47,6 +47,7 @@ bool Registrar::SendOnce(bool* first_failure_logged) {
   }
   grpc::ClientContext context;
   SetTimeout(context, absl::Seconds(2));
+  context.set_wait_for_ready(wait_for_ready);
   v1::RegisterWorkerResponse response;
   grpc::Status status = stub_->RegisterWorker(&context, request, &response);
   if (!status.ok()) {
@@ -71,8 +72,13 @@ bool Registrar::SendOnce(bool* first_failure_logged) {
 
 void Registrar::Loop() {
   bool failing = true;  // log the first success
+  bool registered = false;
   while (true) {
-    const bool ok = SendOnce(&failing);
+    // Until the first registration the coordinator may not listen yet (`millipede local` starts
+    // it together with its workers): wait for the channel to connect instead of failing at once,
+    // since a channel whose connection attempt failed retries only every few seconds on its own.
+    const bool ok = SendOnce(&failing, /*wait_for_ready=*/!registered);
+    registered = registered || ok;
     absl::MutexLock lock(&mu_);
     const absl::Duration wait = ok ? absl::Milliseconds(interval_ms_) : absl::Milliseconds(300);
     auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || kick_; };

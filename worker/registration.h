@@ -24,7 +24,8 @@ class Registrar {
 
  private:
   void Loop();
-  bool SendOnce(bool* first_failure_logged);
+  // `wait_for_ready`: wait (bounded) for the channel to connect instead of failing at once.
+  bool SendOnce(bool* first_failure_logged, bool wait_for_ready);
 
   const std::string coordinator_;
   std::unique_ptr<millipede::v1::WorkerRegistry::Stub> stub_;

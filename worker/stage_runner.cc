@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status.h"
 #include "kernels/cpu/sampling.h"
 
@@ -59,10 +60,11 @@ absl::Status StageRunner::ValidateStep(const RunChunkRequest& r) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<RunChunkResponse> StageRunner::RunStep(const RunChunkRequest& request) {
+absl::StatusOr<RunChunkResponse> StageRunner::RunStep(const RunChunkRequest& request,
+                                                      const CallerGone& caller_gone) {
   MP_RETURN_IF_ERROR(ValidateStep(request));
-  Pending pending;
-  pending.request = request;
+  auto pending = std::make_shared<Pending>();
+  pending->request = request;
   absl::MutexLock lock(&mu_);
   if (!stopped_.ok()) return stopped_;
   if (!started_) return absl::FailedPreconditionError("RunChunk: the stage is not connected yet");
@@ -70,12 +72,19 @@ absl::StatusOr<RunChunkResponse> StageRunner::RunStep(const RunChunkRequest& req
     return absl::FailedPreconditionError(absl::StrCat(
         "RunChunk: step ", request.step(), " already ran (the next step is ", next_step_, ")"));
   }
-  if (!queue_.emplace(request.step(), &pending).second) {
+  if (!queue_.emplace(request.step(), pending).second) {
     return absl::AlreadyExistsError(
         absl::StrCat("RunChunk: step ", request.step(), " is already queued"));
   }
-  mu_.Await(absl::Condition(&pending.done));
-  return std::move(pending.result);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&pending->done), absl::Milliseconds(100))) {
+    if (!caller_gone || !caller_gone()) continue;
+    MP_LOG(Debug) << "RunChunk: the caller of step " << request.step() << " (request "
+                  << request.request_id() << ", chunk " << request.chunk_index()
+                  << ") went away; the step still runs in its turn";
+    return absl::CancelledError(absl::StrCat("RunChunk: the caller of step ", request.step(),
+                                             " went away (cancelled, or past its deadline)"));
+  }
+  return std::move(pending->result);
 }
 
 absl::StatusOr<bool> StageRunner::Release(uint64_t request, absl::Duration timeout) {
@@ -152,7 +161,7 @@ bool StageRunner::idle() const {
 void StageRunner::Loop() {
   while (true) {
     std::vector<std::shared_ptr<ReleaseOrder>> releases;
-    Pending* pending = nullptr;
+    std::shared_ptr<Pending> pending;
     bool pass_through = false;
     {
       absl::MutexLock lock(&mu_);
@@ -173,8 +182,20 @@ void StageRunner::Loop() {
     ApplyReleases(releases);
     if (pending == nullptr) continue;
     if (metrics_ != nullptr) metrics_->idle_seconds.Increment(Since(idle_since_));
+    const absl::Time started = absl::Now();
     absl::StatusOr<RunChunkResponse> result = RunOne(pending->request, pass_through);
     idle_since_ = absl::Now();
+    if (GetLogLevel() <= LogLevel::kDebug) {
+      const RunChunkRequest& r = pending->request;
+      MP_LOG(Debug) << "step " << r.step() << " (request " << r.request_id() << ", chunk "
+                    << r.chunk_index() << ", " << r.num_tokens() << " tokens from " << r.start()
+                    << (pass_through ? ", passed through" : "") << ") took "
+                    << absl::FormatDuration(idle_since_ - started) << ": "
+                    << (result.ok() ? absl::StrCat("wait ", result->wait_seconds(), " s, forward ",
+                                                   result->forward_seconds(), " s, send ",
+                                                   result->send_seconds(), " s")
+                                    : result.status().ToString());
+    }
     if (metrics_ != nullptr) {
       if (result.ok()) {
         metrics_->steps_ok.Increment();

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -52,11 +53,17 @@ class StageRunner {
   ~StageRunner();  // Stop()s
 
   void Start();
+  // Returns true once the caller no longer waits for the step (its RPC was cancelled or is past
+  // its deadline).
+  using CallerGone = std::function<bool()>;
+
   // Queues the step and blocks until it has run. INVALID_ARGUMENT for a malformed step,
   // FAILED_PRECONDITION for a step number that already ran, ALREADY_EXISTS for one queued twice,
-  // CANCELLED for a step of a released request, the stop reason after Stop().
+  // CANCELLED for a step of a released request, the stop reason after Stop(). When
+  // `caller_gone` says so (checked every 100 ms) it returns CANCELLED at once; the step stays
+  // queued and runs in its turn all the same, so that the links stay in step order.
   absl::StatusOr<millipede::v1::RunChunkResponse> RunStep(
-      const millipede::v1::RunChunkRequest& request);
+      const millipede::v1::RunChunkRequest& request, const CallerGone& caller_gone = nullptr);
   // Marks the request released and waits (up to `timeout`) until its KV is freed at the next
   // step boundary. Returns whether the stage held KV for it.
   absl::StatusOr<bool> Release(uint64_t request, absl::Duration timeout);
@@ -107,7 +114,7 @@ class StageRunner {
   absl::Status stopped_ ABSL_GUARDED_BY(mu_);  // non-OK once stopped
   uint64_t next_step_ ABSL_GUARDED_BY(mu_) = 1;
   bool running_step_ ABSL_GUARDED_BY(mu_) = false;
-  std::map<uint64_t, Pending*> queue_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::shared_ptr<Pending>> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<ReleaseOrder>> releases_ ABSL_GUARDED_BY(mu_);
   // Released request ids with the time of release (pruned after an hour).
   absl::flat_hash_map<uint64_t, absl::Time> released_ ABSL_GUARDED_BY(mu_);

@@ -146,7 +146,31 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   link.send_buffers = options_.send_buffers;
   link.cuda_device = DeviceOrdinal(loaded_.device);
   link.timeout = options_.activation_timeout;
-  link.inject_receive_delay = options_.inject_receive_delay;
+  link.connect_timeout = options_.connect_timeout;
+  // Test faults; the first matching rule wins. The activation faults leave the link probe alone.
+  if (!first && probes_dropped_ < options_.inject_drop_link_probes) {
+    ++probes_dropped_;
+    kvtransfer::FaultRule drop;
+    drop.action = kvtransfer::FaultAction::kDrop;
+    drop.kind = kvtransfer::TransferKind::kOther;
+    link.inject_receive_faults.push_back(drop);
+  }
+  if (options_.inject_drop_request != 0) {
+    kvtransfer::FaultRule drop;
+    drop.action = kvtransfer::FaultAction::kDrop;
+    drop.kind = kvtransfer::TransferKind::kActivations;
+    drop.request_id = options_.inject_drop_request;
+    drop.count = 0;  // all of the request's receives
+    link.inject_receive_faults.push_back(drop);
+  }
+  if (options_.inject_receive_delay > absl::ZeroDuration()) {
+    kvtransfer::FaultRule delay;
+    delay.action = kvtransfer::FaultAction::kDelay;
+    delay.kind = kvtransfer::TransferKind::kActivations;
+    delay.count = 0;  // every receive
+    delay.delay = options_.inject_receive_delay;
+    link.inject_receive_faults.push_back(delay);
+  }
   auto epoch = std::make_shared<Epoch>();
   epoch->epoch = r.pipeline_epoch();
   epoch->stage = r.stage();
@@ -196,7 +220,8 @@ grpc::Status StageWorkerService::ConnectPeers(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status StageWorkerService::RunChunk(grpc::ServerContext*, const v1::RunChunkRequest* request,
+grpc::Status StageWorkerService::RunChunk(grpc::ServerContext* context,
+                                          const v1::RunChunkRequest* request,
                                           v1::RunChunkResponse* response) {
   std::shared_ptr<Epoch> cur = Current();
   if (cur == nullptr || cur->epoch != request->pipeline_epoch()) {
@@ -204,7 +229,8 @@ grpc::Status StageWorkerService::RunChunk(grpc::ServerContext*, const v1::RunChu
                         absl::StrCat("RunChunk: pipeline epoch ", request->pipeline_epoch(),
                                      " is not this stage's current epoch"));
   }
-  absl::StatusOr<v1::RunChunkResponse> result = cur->runner->RunStep(*request);
+  absl::StatusOr<v1::RunChunkResponse> result =
+      cur->runner->RunStep(*request, [context] { return context->IsCancelled(); });
   if (!result.ok()) return ToGrpcStatus(result.status());
   *response = *std::move(result);
   return grpc::Status::OK;

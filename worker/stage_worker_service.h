@@ -102,6 +102,7 @@ class StageWorkerService final : public millipede::v1::StageWorker::Service {
 
   absl::Mutex assign_mu_;  // serializes AssignLayers / ConnectPeers / Abort / Shutdown
   Loaded loaded_ ABSL_GUARDED_BY(assign_mu_);
+  int probes_dropped_ ABSL_GUARDED_BY(assign_mu_) = 0;  // --inject-drop-link-probes
   mutable absl::Mutex mu_;
   std::shared_ptr<Epoch> current_ ABSL_GUARDED_BY(mu_);
   std::string device_ ABSL_GUARDED_BY(mu_);

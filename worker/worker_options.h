@@ -22,9 +22,17 @@ struct WorkerOptions {
   std::string worker_id;  // default: <host>-<pid>
   int send_buffers = 4;
   absl::Duration activation_timeout = absl::Seconds(600);
+  // How long ConnectPeers waits for the previous stage's link probe (ActivationLinkOptions).
+  absl::Duration connect_timeout = absl::Seconds(30);
   absl::Duration drain_timeout = absl::Seconds(30);
   // Tests: delay every activation receive by this much (see ActivationLinkOptions).
   absl::Duration inject_receive_delay = absl::ZeroDuration();
+  // Tests: the activations of this request (the coordinator's numeric id) never arrive: their
+  // receives are dropped (a lost transfer). 0: none.
+  uint64_t inject_drop_request = 0;
+  // Tests: the link probes of the first this many pipeline epochs never arrive here (a link
+  // that carries nothing when the pipeline is built).
+  int inject_drop_link_probes = 0;
   // Vertical-slash sparse prefill (--sparse-config, --sparse-threshold, --sparse-last-q,
   // --no-sparse; cli/sparse_flags.h): by default the model directory's file, vLLM semantics.
   SparsePrefillRequest sparse;

@@ -123,9 +123,22 @@ struct PrefillConfig {
   static constexpr int kBoxCols = 64;  // 64 bf16 = 128 bytes = one 128B-swizzled panel
   static constexpr int kPanels = kHeadDim / kBoxCols;
   static constexpr int kThreads = 384;
-  // The sparse producer is a whole warpgroup issuing cp.async gathers.
-  static constexpr int kProducerRegs = kSparse ? 64 : 40;
+  // setmaxnreg budget. A kernel that uses setmaxnreg starts every thread at the
+  // __launch_bounds__(kThreads, 1) cap (ptxas: 65536 / 384 rounded down to 8 = 168), so the
+  // CTA's register pool is 168 x 384 = 64512; setmaxnreg.inc blocks until the pool can supply
+  // the registers, forever if it never can. The producer warpgroup's 128 threads and the two
+  // consumer warpgroups' 256 must therefore fit: 40 + 2 x 232 and 56 + 2 x 224 both come to
+  // 168 x 3 exactly. The sparse producer is a whole warpgroup issuing cp.async gathers (its
+  // gather loop is unrolled so that it fits in 56 without spilling).
+  static constexpr int kProducerRegs = kSparse ? 56 : 40;
   static constexpr int kConsumerRegs = kSparse ? 224 : 232;
+  static constexpr int kRegsAtEntry = 65536 / kThreads / 8 * 8;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * (kThreads - 128) <= kRegsAtEntry * kThreads,
+                "setmaxnreg: the warpgroups ask for more registers than the CTA holds (the "
+                "consumers' setmaxnreg.inc would wait forever)");
+  static_assert(kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0 && kProducerRegs >= 24 &&
+                    kConsumerRegs <= 256,
+                "setmaxnreg counts are multiples of 8 in [24, 256]");
   // Q tiles in shared memory: one per consumer warpgroup, or one shared (sparse).
   static constexpr int kQSlots = kSparse ? 1 : 2;
 

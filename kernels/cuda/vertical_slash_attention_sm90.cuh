@@ -46,8 +46,12 @@ __device__ __forceinline__ SparseTilePlan MakeSparseTilePlan(const PrefillParams
 #pragma unroll
   for (int part = 0; part < 3; ++part) {
     const SparsePartParams& x = p.sparse.parts[part];
-    const int nb = x.present ? __ldg(x.block_count + rb) : 0;
-    const int nc = x.present ? __ldg(x.column_count + rb) : 0;
+    // Counts clamped to the index's capacity, so that a corrupt index cannot send the walk
+    // outside its lists (or give a segment a negative tile count).
+    const int nb =
+        x.present ? int(min(int64_t(max(__ldg(x.block_count + rb), 0)), x.max_blocks)) : 0;
+    const int nc =
+        x.present ? int(min(int64_t(max(__ldg(x.column_count + rb), 0)), x.max_columns)) : 0;
     plan.entries[2 * part] = nb;
     plan.entries[2 * part + 1] = nc;
     end += (nb + 1) / 2;
@@ -95,7 +99,9 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   // Gathers the rows of the tile in `stage` (keys from the stage's list) from `cache`.
   auto gather = [&](typename Cfg::Element* tile, const __nv_bfloat16* cache, int stage) {
     char* base = reinterpret_cast<char*>(tile);
-#pragma unroll
+    // 8 copies in flight per thread: fully unrolled (16 copies at head_dim 128) the loop needs
+    // more than the producer's kProducerRegs registers and spills.
+#pragma unroll 8
     for (int c = 0; c < kCopies; ++c) {
       const int row = warp * kRowsPerWarp + c * kRowsPerCopy + sub;
       const int key = ss.keys[stage][row];
@@ -206,6 +212,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int kv_head = q_head / p.group;
   const SparseTilePlan plan = detail::MakeSparseTilePlan(p, q_head, m);
 
+  // Synchronization (T = plan.total() tiles; tile i in stage i % kStages, round i / kStages,
+  // consumed by warpgroup i % 2 alone):
+  //   * q_full: 1 arrival (+ the Q bytes by TMA), made only when T > 0; waited for only by
+  //     the consumer warpgroups that have a tile (both when T >= 2, the first when T = 1);
+  //   * k_full / v_full: 128 arrivals per round, one per producer thread after its own copies of
+  //     the tile completed (plain arrivals, no transaction bytes: cp.async is not tracked);
+  //   * k_empty / v_empty: 4 arrivals per round, lane 0 of each warp of the one warpgroup that
+  //     consumed the tile; the producer waits for round r - 1 before refilling in round r;
+  //   * named barriers (Consumer): pingpong 1 + cwg (256 threads) balanced for either parity
+  //     of T and off for T < 2, the merge barrier synced by both consumer warpgroups;
+  //   * setmaxnreg: all 4 warps of each warpgroup, budgets within the CTA's pool (PrefillConfig).
   if (threadIdx.x == 0) {
     ClusterBarrier::init(&ss.q_full, 1);
 #pragma unroll

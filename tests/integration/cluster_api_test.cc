@@ -141,7 +141,13 @@ TEST_F(ClusterApiTest, LiveRequestIdsAreUnique) {
     };
     first = RunGenerate(cluster_->stub(), r, call);
   });
-  ASSERT_TRUE(running.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  if (!running.WaitForNotificationWithTimeout(absl::Seconds(60))) {
+    CancelRequest(cluster_->stub(), "same-id");
+    client.join();
+    FAIL() << "the first request was not accepted within 60 s: " << first.status.error_message()
+           << "\n"
+           << cluster_->Logs();
+  }
   v1::GenerateRequest again = Ids({1, 2});
   again.set_request_id("same-id");
   GenerateResult second = RunGenerate(cluster_->stub(), again);

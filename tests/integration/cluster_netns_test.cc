@@ -3,15 +3,26 @@
 // TCP over the veth devices. The activations must cross that link, and the results must equal
 // what Hugging Face transformers computed for the fixture.
 //
+// `millipede local` while an interface comes and goes (a veth pair made before the cluster
+// starts and deleted once it is ready, as other tests and containers do on a shared machine):
+// the stages keep to loopback and the request is served; and when a link does run over the
+// vanished interface (UCX_NET_DEVICES=all), its TCP connection is black-holed without an
+// error — the stall watchdog then fails the request with UNAVAILABLE naming the stage within
+// its bound, and the rebuilt pipeline serves the next one.
+//
 // Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2. Where namespaces cannot be
-// created the test FAILS and says why; it carries the ctest label "netns".
+// created the tests FAIL and say why; they carry the ctest label "netns".
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/grpc_channel.h"
+#include "common/status.h"
 #include "common/status_matchers.h"
 #include "model/safetensors.h"
 #include "tests/integration/cluster_test_util.h"
@@ -42,7 +53,10 @@ class VethNamespace {
     here_ip_ = absl::StrCat("10.232.", k, ".1");
     there_ip_ = absl::StrCat("10.232.", k, ".2");
   }
-  ~VethNamespace() {
+  ~VethNamespace() { Destroy(); }
+
+  // Deletes the pair (its address here goes with it) and the namespace.
+  void Destroy() {
     std::string ignored;
     Shell("ip link del " + here_, &ignored);
     Shell("ip netns del " + ns_, &ignored);
@@ -95,6 +109,7 @@ TEST(ClusterNetnsTest, StagesInTwoNetworkNamespacesOverUcxTcp) {
   options.coordinator_args = {"--ucx-transports", "tcp", "--chunk-mode", "fixed",
                               "--max-chunk",      "32"};
   options.worker_listen = {net.here_ip() + ":0", net.there_ip() + ":0"};
+  options.ucx_net_devices = "";  // each worker's own, from its environment below
   options.worker_prefix = {
       {"env", "UCX_NET_DEVICES=" + net.here()},
       {"ip", "netns", "exec", net.ns(), "env", "UCX_NET_DEVICES=" + net.there()}};
@@ -134,6 +149,87 @@ TEST(ClusterNetnsTest, StagesInTwoNetworkNamespacesOverUcxTcp) {
     found = true;
   }
   EXPECT_TRUE(found) << list.DebugString();
+}
+
+// `millipede local` on tiny_llama (2 stages over UCX tcp) started while a veth pair exists.
+class LocalNetnsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(net_.Create(&error)) << error;
+    MP_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SafetensorsFile> f,
+                            SafetensorsFile::Open(dir_ + "/expected.safetensors"));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor ids, f->Get("input_ids"));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor greedy, f->Get("greedy_ids"));
+    prompt_.assign(ids.data_as<int32_t>(), ids.data_as<int32_t>() + ids.numel());
+    want_.assign(greedy.data_as<int32_t>(), greedy.data_as<int32_t>() + greedy.numel());
+  }
+
+  void TearDown() override {
+    local_.Signal(SIGINT);  // stops the coordinator and the workers too
+    local_.Wait(absl::Seconds(30));
+  }
+
+  // Starts the cluster with `extra` arguments and waits until it is ready.
+  absl::Status StartLocal(const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {
+        MillipedeBin(), "local",       "--model",          dir_,          "--stages",     "2",
+        "--listen",     "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--chunk-mode", "fixed",
+        "--max-chunk",  "32",          "--ucx-transports", "tcp"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    MP_ASSIGN_OR_RETURN(local_, Process::Start(argv, temp_.path() + "/local.log"));
+    MP_ASSIGN_OR_RETURN(std::string address, local_.WaitForToken("ready at ", absl::Seconds(120)));
+    stub_ = v1::Coordinator::NewStub(MakeChannel(address));
+    return absl::OkStatus();
+  }
+
+  GenerateResult Generate() {
+    return RunGenerate(*stub_, TokenRequest(prompt_, static_cast<int>(want_.size())));
+  }
+
+  const std::string dir_ = TestdataDir() + "/tiny_llama";
+  VethNamespace net_;
+  TempDir temp_;
+  std::vector<int32_t> prompt_, want_;  // the fixture's prompt and transformers' greedy tokens
+  Process local_;
+  std::unique_ptr<v1::Coordinator::Stub> stub_;
+};
+
+TEST_F(LocalNetnsTest, LocalClustersKeepToLoopbackWhileAnInterfaceVanishes) {
+  MP_ASSERT_OK(StartLocal({}));
+  net_.Destroy();
+  GenerateResult result = Generate();
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message() << "\n" << local_.Log();
+  EXPECT_EQ(result.tokens, want_);
+  const std::vector<std::string> lanes = UcxLinkLanes(local_.Log());
+  EXPECT_EQ(lanes.size(), 2u) << local_.Log();
+  for (const std::string& l : lanes) EXPECT_EQ(l, "tcp/lo") << local_.Log();
+}
+
+TEST_F(LocalNetnsTest, ALinkOverAVanishedInterfaceFailsItsRequestWithinTheStallBound) {
+  MP_ASSERT_OK(StartLocal({"--ucx-net-devices", "all", "--coordinator-arg=--stall-timeout=2"}));
+  // UCX prefers the veth (10 Gb/s) to loopback and eth0; this test is about that link.
+  const std::vector<std::string> lanes = UcxLinkLanes(local_.Log());
+  ASSERT_EQ(lanes.size(), 2u) << local_.Log();
+  for (const std::string& l : lanes) {
+    ASSERT_EQ(l, "tcp/" + net_.here())
+        << "UCX did not choose the veth; the premise of this test does not hold:\n"
+        << local_.Log();
+  }
+  net_.Destroy();
+  GenerateResult lost = Generate();
+  EXPECT_EQ(lost.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << lost.status.error_message() << "\n"
+      << local_.Log();
+  EXPECT_TRUE(absl::StrContains(lost.status.error_message(), "pipeline stage 1"))
+      << lost.status.error_message();
+  EXPECT_TRUE(absl::StrContains(lost.status.error_message(), "no progress on step 1"))
+      << lost.status.error_message();
+  EXPECT_LT(lost.seconds, 60) << "the stalled request took " << lost.seconds << " s to fail";
+  // The pipeline is rebuilt on fresh links (over the interfaces that remain).
+  GenerateResult next = Generate();
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message() << "\n" << local_.Log();
+  EXPECT_EQ(next.tokens, want_);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <random>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -173,6 +174,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
                            std::to_string(options.stages), "--listen", options.coordinator_listen,
                            "--metrics-listen", "127.0.0.1:0", "--health-interval", "0.5",
                            "--rebuild-wait", "1"});
+  if (!options.ucx_net_devices.empty()) {
+    argv.insert(argv.end(), {"--ucx-net-devices", options.ucx_net_devices});
+  }
   argv.insert(argv.end(), options.coordinator_args.begin(), options.coordinator_args.end());
   absl::StatusOr<Process> coordinator = Process::Start(argv, c->dir_.path() + "/coordinator.log");
   if (!coordinator.ok()) return coordinator.status();
@@ -309,6 +313,15 @@ GenerateResult RunGenerate(v1::Coordinator::Stub& stub, const v1::GenerateReques
   return out;
 }
 
+bool CancelRequest(v1::Coordinator::Stub& stub, const std::string& request_id) {
+  grpc::ClientContext context;
+  SetTimeout(context, absl::Seconds(30));
+  v1::CancelRequest request;
+  request.set_request_id(request_id);
+  v1::CancelResponse response;
+  return stub.Cancel(&context, request, &response).ok() && response.cancelled();
+}
+
 v1::GenerateRequest TokenRequest(const std::vector<int32_t>& ids, int max_new_tokens) {
   v1::GenerateRequest r;
   r.mutable_tokens()->mutable_ids()->Assign(ids.begin(), ids.end());
@@ -323,6 +336,16 @@ std::vector<int32_t> RandomIds(int n, int vocab, uint64_t seed) {
   std::vector<int32_t> ids(n);
   for (int32_t& id : ids) id = dist(rng);
   return ids;
+}
+
+std::vector<std::string> UcxLinkLanes(const std::string& log) {
+  std::vector<std::string> lanes;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    if (!absl::StrContains(line, "ucx: link to peer")) continue;
+    const size_t over = line.rfind(" over ");
+    if (over != absl::string_view::npos) lanes.emplace_back(line.substr(over + 6));
+  }
+  return lanes;
 }
 
 // ---- /metrics -------------------------------------------------------------------------------

@@ -71,6 +71,10 @@ struct ClusterOptions {
   int stages = 2;
   std::vector<std::string> coordinator_args;
   std::vector<std::string> worker_args;
+  // UCX_NET_DEVICES of the stages ("": the environment's, else every interface). Loopback by
+  // default, so that interfaces which other tests add and delete meanwhile (veth pairs of the
+  // netns tests) never carry a cluster's activations.
+  std::string ucx_net_devices = "lo";
   // Prepended to every process's command line, e.g. {"ip", "netns", "exec", "ns"}.
   std::vector<std::string> coordinator_prefix;
   std::vector<std::vector<std::string>> worker_prefix;  // per worker
@@ -130,9 +134,15 @@ GenerateResult RunGenerate(millipede::v1::Coordinator::Stub& stub,
                            const millipede::v1::GenerateRequest& request,
                            const GenerateCall& call = {});
 
+// Cancels the live request `request_id` with a Cancel call; false when it was not live.
+bool CancelRequest(millipede::v1::Coordinator::Stub& stub, const std::string& request_id);
+
 // A request for token ids (greedy, eos ignored).
 millipede::v1::GenerateRequest TokenRequest(const std::vector<int32_t>& ids, int max_new_tokens);
 std::vector<int32_t> RandomIds(int n, int vocab, uint64_t seed);
+
+// The lanes of every UCX link a process log reports ("tcp/lo", ...), in log order.
+std::vector<std::string> UcxLinkLanes(const std::string& log);
 
 // HTTP GET of http://<address><path>; the body.
 absl::StatusOr<std::string> HttpGet(const std::string& address, const std::string& path);

@@ -1,7 +1,7 @@
 // `millipede local` starts a coordinator and N workers, prints the address once the pipeline is
-// ready, restarts a worker that dies (the cluster serves again with the full pipeline), and on
-// Ctrl-C stops every process and exits 0. `millipede generate` talks to it: tokens on stdout,
-// TTFT on stderr.
+// ready (its stages linked over loopback), restarts a worker that dies (the cluster serves again
+// with the full pipeline), and on Ctrl-C stops every process and exits 0. `millipede generate`
+// talks to it: tokens on stdout, TTFT on stderr.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -50,7 +50,8 @@ TEST(LocalCommandTest, SupervisesRestartsAndStopsCleanly) {
           {MillipedeBin(), "local", "--model", TestdataDir() + "/tiny_llama", "--stages", "2",
            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--ucx-transports", "tcp",
            "--drain-timeout", "3", "--coordinator-arg=--rebuild-wait=30",
-           "--coordinator-arg=--max-chunk=64", "--coordinator-arg=--min-chunk=64"},
+           "--coordinator-arg=--health-interval=0.5", "--coordinator-arg=--max-chunk=64",
+           "--coordinator-arg=--min-chunk=64"},
           dir + "/local.log"));
   MP_ASSERT_OK_AND_ASSIGN(std::string address, local.WaitForToken("ready at ", absl::Seconds(60)));
   MP_ASSERT_OK_AND_ASSIGN(std::string coordinator_pid_text,
@@ -61,6 +62,10 @@ TEST(LocalCommandTest, SupervisesRestartsAndStopsCleanly) {
   const v1::GenerateRequest request = TokenRequest(RandomIds(100, 512, 9), 6);
   GenerateResult first = RunGenerate(*stub, request);
   ASSERT_TRUE(first.status.ok()) << first.status.error_message() << local.Log();
+  // The stages talk over loopback only (interfaces that come and go cannot take their links).
+  const std::vector<std::string> lanes = UcxLinkLanes(local.Log());
+  EXPECT_GE(lanes.size(), 2u) << local.Log();
+  for (const std::string& l : lanes) EXPECT_EQ(l, "tcp/lo") << local.Log();
 
   // The client command.
   MP_ASSERT_OK_AND_ASSIGN(Process client, Process::Start({MillipedeBin(), "generate", "--address",

@@ -50,10 +50,16 @@ TEST(UcxTransportTest, TcpLinksUseTcpAndSharedMemoryLinksUseSharedMemory) {
     MP_ASSERT_OK(testing::ConnectPair(*a, *b));
     Exchange(*a, *b, 4 << 20);
     MP_ASSERT_OK_AND_ASSIGN(std::string link, a->DescribeLink("b"));
+    MP_ASSERT_OK_AND_ASSIGN(std::string lanes, a->LinkLanes("b"));
     if (tls == "tcp") {
       EXPECT_NE(link.find("tcp/lo"), std::string::npos) << link;
       EXPECT_EQ(link.find("posix/"), std::string::npos) << link;
+      EXPECT_EQ(lanes, "tcp/lo") << link;
     } else {
+      EXPECT_EQ(lanes.find("tcp/"), std::string::npos) << lanes;
+      EXPECT_TRUE(lanes.find("posix/") != std::string::npos ||
+                  lanes.find("sysv/") != std::string::npos)
+          << lanes;
       EXPECT_EQ(link.find("tcp/"), std::string::npos) << link;
       EXPECT_TRUE(link.find("posix/") != std::string::npos ||
                   link.find("sysv/") != std::string::npos)

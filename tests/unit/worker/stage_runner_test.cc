@@ -3,14 +3,19 @@
 // tokens Hugging Face transformers computed; steps run in step order whatever order they arrive
 // in; a released request's steps pass through and its KV is freed while the link stays usable;
 // a lost peer fails the step (and every later one) with UNAVAILABLE; malformed steps are
-// INVALID_ARGUMENT.
+// INVALID_ARGUMENT. Stalls are bounded: activations that never arrive (kvtransfer's fault
+// injection drops them) fail the step with DEADLINE_EXCEEDED naming the request and chunk after
+// the link timeout, Stop() ends such a wait at once, and a caller that goes away is answered
+// at once while its step keeps its place in the order.
 #include "worker/stage_runner.h"
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <future>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "common/status_matchers.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
@@ -58,6 +63,7 @@ class StageRunnerTest : public ::testing::Test {
       link.hidden = config_.hidden_size;
       link.send_buffers = 2;
       link.timeout = absl::Seconds(20);
+      Customize(s, &link);
       MP_ASSERT_OK_AND_ASSIGN(links_[s], ActivationLinks::Create(link, backend));
     }
     MP_ASSERT_OK(links_[0]->Connect("", links_[1]->upstream_endpoint()));
@@ -68,6 +74,9 @@ class StageRunnerTest : public ::testing::Test {
       runners_[s]->Start();
     }
   }
+
+  // Changes stage `stage`'s link options before the links are made.
+  virtual void Customize(int stage, ActivationLinkOptions* link) {}
 
   void TearDown() override {
     for (auto& r : runners_) r.reset();
@@ -231,6 +240,87 @@ TEST_F(StageRunnerTest, StopFailsQueuedStepsAndFreesKv) {
   EXPECT_EQ(runners_[0]->kv_blocks_in_use(), 0);
   EXPECT_EQ(executors_[0]->kv_cache().stats().blocks_in_use, 0);
   EXPECT_TRUE(absl::IsAborted(runners_[0]->RunStep(gap).status()));
+}
+
+// Stage 1 never receives request 11's activations (they are dropped on arrival) and gives up
+// on a receive after 1 s.
+class StalledLinkTest : public StageRunnerTest {
+ protected:
+  static constexpr uint64_t kLost = 11;
+  void Customize(int stage, ActivationLinkOptions* link) override {
+    if (stage != 1) return;
+    kvtransfer::FaultRule drop;
+    drop.action = kvtransfer::FaultAction::kDrop;
+    drop.request_id = kLost;
+    drop.count = 0;
+    link->inject_receive_faults.push_back(drop);
+    link->timeout = absl::Seconds(1);
+  }
+};
+
+TEST_F(StalledLinkTest, LostActivationsFailTheStepNamingRequestAndChunkWithinTheTimeout) {
+  EXPECT_EQ(Generate(3), greedy_) << "other requests' activations arrive";
+  const absl::Time start = absl::Now();
+  auto [a, b] = Step(Chunk(kLost, 0, v1::CHUNK_KIND_PREFILL, 0, {1, 2, 3, 4, 5}));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_TRUE(a.ok()) << "stage 0 computed and sent it: " << a.status();
+  EXPECT_TRUE(absl::IsDeadlineExceeded(b.status())) << b.status();
+  EXPECT_TRUE(absl::StrContains(b.status().message(), "request 11 chunk 0")) << b.status();
+  EXPECT_GE(took, absl::Seconds(1));
+  EXPECT_LT(took, absl::Seconds(30));
+  // The link is out of step now: the stage fails every later step the same way until the
+  // pipeline is rebuilt, instead of computing on another chunk's activations.
+  auto [c, d] = Step(Chunk(12, 0, v1::CHUNK_KIND_PREFILL, 0, {1, 2, 3}));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(d.status())) << d.status();
+  runners_[1]->Stop(absl::AbortedError("epoch over"));
+  EXPECT_EQ(executors_[1]->kv_cache().stats().blocks_in_use, 0);
+}
+
+TEST_F(StalledLinkTest, StopEndsAStalledReceiveAtOnce) {
+  v1::RunChunkRequest r = Chunk(kLost, 0, v1::CHUNK_KIND_PREFILL, 0, {1, 2, 3});
+  // Only stage 1 runs the step: its receive waits for a send that never comes.
+  r.clear_token_ids();
+  auto waiting = std::async(std::launch::async, [&] { return runners_[1]->RunStep(r); });
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time stop = absl::Now();
+  runners_[1]->Stop(absl::AbortedError("pipeline epoch aborted: the coordinator gave up"));
+  const StepResult result = waiting.get();
+  EXPECT_LT(absl::Now() - stop, absl::Seconds(5));
+  EXPECT_TRUE(absl::IsAborted(result.status())) << result.status();
+}
+
+TEST_F(StageRunnerTest, ACallerThatGoesAwayIsAnsweredAtOnceAndItsStepStillRunsInOrder) {
+  // Step 2 waits for step 1, which has not arrived; its caller gives up.
+  const v1::RunChunkRequest c0 =
+      Chunk(6, 0, v1::CHUNK_KIND_PREFILL, 0, {prompt_.begin(), prompt_.begin() + 50});
+  const v1::RunChunkRequest c1 =
+      Chunk(6, 1, v1::CHUNK_KIND_PREFILL_LAST, 50, {prompt_.begin() + 50, prompt_.end()});
+  std::atomic<bool> gone{false};
+  auto abandoned = std::async(
+      std::launch::async, [&] { return runners_[0]->RunStep(c1, [&] { return gone.load(); }); });
+  absl::SleepFor(absl::Milliseconds(100));
+  const absl::Time left = absl::Now();
+  gone = true;
+  const StepResult result = abandoned.get();
+  EXPECT_LT(absl::Now() - left, absl::Seconds(5));
+  EXPECT_TRUE(absl::IsCancelled(result.status())) << result.status();
+  EXPECT_TRUE(absl::StrContains(result.status().message(), "went away")) << result.status();
+  // Step 1 arrives: both run on stage 0, so stage 1 (which gets both normally) stays in step.
+  auto first = std::async(std::launch::async, [&] { return runners_[0]->RunStep(c0); });
+  v1::RunChunkRequest later0 = c0, later1 = c1;
+  later0.clear_token_ids();
+  later1.clear_token_ids();
+  auto second = std::async(std::launch::async, [&] { return runners_[1]->RunStep(later1); });
+  const StepResult b0 = runners_[1]->RunStep(later0);
+  ASSERT_TRUE(first.get().ok());
+  ASSERT_TRUE(b0.ok()) << b0.status();
+  const StepResult b1 = second.get();
+  ASSERT_TRUE(b1.ok()) << b1.status();
+  EXPECT_EQ(b1->token_id(), greedy_[0]) << "stage 0 ran the abandoned step with the right input";
+  // Stage 0 counts the step once its send is out, a moment after stage 1 may have finished.
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (runners_[0]->steps_done() < 2 && absl::Now() < end) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(runners_[0]->steps_done(), 2u);
 }
 
 }  // namespace
