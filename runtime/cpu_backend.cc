@@ -127,6 +127,23 @@ absl::Status ExpectKvLayer(absl::string_view op, const KvLayerView& kv, int64_t 
   return absl::OkStatus();
 }
 
+// ExpectKvLayer for an attention op over q_heads query heads: the cache's kv_heads (dim 1) must
+// divide q_heads (GQA).
+absl::Status ExpectGqaKvLayer(absl::string_view op, const KvLayerView& kv, int64_t q_heads,
+                              int64_t head_dim, int64_t positions_end) {
+  if (kv.k.rank() != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": K cache has ", Describe(kv.k),
+                     ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
+  }
+  const int64_t kv_heads = kv.k.dim(1);
+  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": q has ", q_heads, " heads, not a multiple of the cache's ", kv_heads, " kv heads"));
+  }
+  return ExpectKvLayer(op, kv, kv_heads, head_dim, positions_end);
+}
+
 cpu::PagedKvView ToKernelView(const KvLayerView& kv) {
   cpu::PagedKvView view;
   view.k = kv.k.data_as<const float>();
@@ -357,18 +374,7 @@ class CpuBackend final : public Backend {
     if (!std::isfinite(p.scale)) {
       return absl::InvalidArgumentError("Attention: scale must be finite");
     }
-    if (p.kv.k.rank() != 4) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Attention: K cache has ", Describe(p.kv.k),
-                       ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
-    }
-    const int64_t kv_heads = p.kv.k.dim(1);
-    if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("Attention: q has ", q_heads,
-                                                     " heads, not a multiple of the cache's ",
-                                                     kv_heads, " kv heads"));
-    }
-    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.key_end));
+    MP_RETURN_IF_ERROR(ExpectGqaKvLayer(kOp, p.kv, q_heads, head_dim, p.key_end));
     if (n == 0) return absl::OkStatus();
     cpu::AttentionShape shape;
     shape.num_queries = n;
@@ -426,18 +432,7 @@ class CpuBackend final : public Backend {
       return absl::InvalidArgumentError(
           absl::StrCat("DcaAttention: temperature must be finite and > 0, got ", p.temperature));
     }
-    if (p.kv.k.rank() != 4) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("DcaAttention: K cache has ", Describe(p.kv.k),
-                       ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
-    }
-    const int64_t kv_heads = p.kv.k.dim(1);
-    if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("DcaAttention: q has ", q_heads,
-                                                     " heads, not a multiple of the cache's ",
-                                                     kv_heads, " kv heads"));
-    }
-    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.query_begin + n));
+    MP_RETURN_IF_ERROR(ExpectGqaKvLayer(kOp, p.kv, q_heads, head_dim, p.query_begin + n));
     if (n == 0) return absl::OkStatus();
     cpu::DcaAttentionShape shape;
     shape.num_queries = n;
@@ -472,18 +467,7 @@ class CpuBackend final : public Backend {
                        p.q->ShapeString()));
     }
     MP_RETURN_IF_ERROR(ValidateVerticalSlashScalars(p, n, q_heads));
-    if (p.kv.k.rank() != 4) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("VerticalSlashAttention: K cache has ", Describe(p.kv.k),
-                       ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
-    }
-    const int64_t kv_heads = p.kv.k.dim(1);
-    if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: q has ", q_heads,
-                                                     " heads, not a multiple of the cache's ",
-                                                     kv_heads, " kv heads"));
-    }
-    MP_RETURN_IF_ERROR(ExpectKvLayer(kOp, p.kv, kv_heads, head_dim, p.query_begin + n));
+    MP_RETURN_IF_ERROR(ExpectGqaKvLayer(kOp, p.kv, q_heads, head_dim, p.query_begin + n));
     if (n == 0) return absl::OkStatus();
     cpu::VerticalSlashPrefillShape shape;
     shape.num_queries = n;
