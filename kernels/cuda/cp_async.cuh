@@ -25,6 +25,13 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Arrives on the mbarrier at `bar` (shared memory) once every cp.async the calling thread issued
+// so far has completed; counts as one of the barrier's expected arrivals (.noinc).
+__device__ __forceinline__ void CpAsyncArriveNoinc(uint64_t* bar) {
+  const uint32_t b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(b) : "memory");
+}
+
 // Makes the calling thread's generic-proxy shared-memory writes (st.shared, completed cp.async)
 // visible to the async proxy (wgmma operands).
 __device__ __forceinline__ void FenceProxyAsyncShared() {

@@ -204,8 +204,10 @@ struct PrefillConfig {
     uint64_t v_full[kStages];
     uint64_t v_empty[kStages];
     // Sparse only: the sequence position of each column of the tile in a K stage (INT32_MAX:
-    // no key), and per producer warp whether the tile needs a mask.
+    // no key), its row in the paged cache ([num_blocks, kv_heads, block_size] rows; -1: none),
+    // and per producer warp whether the tile needs a mask.
     alignas(16) int32_t keys[kSparseStages][kSparseKeys];
+    alignas(16) int32_t rows[kSparseStages][kSparseKeys];
     alignas(16) int32_t key_flags[kSparseStages][4];
   };
   // +1024: the dynamic shared memory base is rounded up to the swizzle atom.
@@ -840,9 +842,15 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     const bool partial = Cfg::kDca && (v.lo != v.tile * kN || v.hi != (v.tile + 1) * kN);
     return partial || v.tile * kN < p.key_begin || (v.tile + 1) * kN > unmasked_hi;
   };
+  // Sparse stages are filled by cp.async (generic proxy) and read by wgmma (async proxy): after
+  // the full barrier shows the copies landed, a proxy fence orders them before the wgmma reads.
+  auto sparse_fence = [&]() {
+    if constexpr (Cfg::kSparse) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  };
   auto wait_v_and_fix = [&](int i, const auto& v) {
     const int stage = i % S;
     ClusterBarrier::wait(&ss.v_full[stage], (i / S) & 1);
+    sparse_fence();
     if constexpr (!Cfg::kSparse) {  // sparse tiles hold zeros wherever there is no key
       const int t = v.tile;
       const int lo = max(0, min(kN, p.key_begin - t * kN));
@@ -1047,6 +1055,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       const int i = first_visit;
       const int stage = i % S;
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
+      sparse_fence();
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
       pingpong_pass();
@@ -1073,6 +1082,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       const int stage = i % S;
       const int pstage = ip % S;
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
+      sparse_fence();
       wait_v_and_fix(ip, prev);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);

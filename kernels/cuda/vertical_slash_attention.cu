@@ -27,6 +27,10 @@ std::string VerticalSlashAttentionUnsupported(const VerticalSlashAttentionArgs& 
   if (kv.block_size <= 0 || kv.num_blocks <= 0 || kv.num_blocks > 2147483647) {
     return "block_size and num_blocks must be positive (num_blocks below 2^31)";
   }
+  if (kv.num_blocks * kv.kv_heads * kv.block_size > 2147483647) {
+    return "the cache has " + Num(kv.num_blocks * kv.kv_heads * kv.block_size) +
+           " rows (num_blocks x kv_heads x block_size); at most 2^31 - 1 are supported";
+  }
   if (a.piece_begin < 0 || a.piece_end < a.piece_begin || a.piece_end > kMaxPosition) {
     return "piece [" + Num(a.piece_begin) + ", " + Num(a.piece_end) + ") must lie in [0, 2^30]";
   }

@@ -27,9 +27,11 @@
 // cache into the 128B-swizzled ring of the sm_90a prefill mainloop (paged_prefill_attention_sm90
 // .cuh, kSparse), whose two consumer warpgroups take even and odd tiles and merge their softmax
 // states at the end. Any block_size >= 1 works (gathers are per key). Entries of the cache
-// outside the listed keys are never read; block ids outside [0, num_blocks) read as zeros.
+// outside the listed keys are never read; a listed key whose block id lies outside
+// [0, num_blocks) counts as absent (masked).
 //
-// Supported: head_dim 64 or 128; q_heads a multiple of kv_heads; positions below 2^30; 16-byte
+// Supported: head_dim 64 or 128; q_heads a multiple of kv_heads; positions below 2^30; fewer
+// than 2^31 cache rows (num_blocks x kv_heads x block_size); 16-byte
 // aligned q, k, v, out. VerticalSlashAttentionUnsupported() names the first violated requirement.
 // Everything runs on `stream`; nothing synchronizes.
 #pragma once

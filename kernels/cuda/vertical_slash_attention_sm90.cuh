@@ -6,13 +6,14 @@
 // specific lives here:
 //   * the CTA: one q head and one 64-row block m; its key tiles are the 6 segments of
 //     SparseTilePlan (per part: blocks two at a time, then columns 128 at a time);
-//   * the producer: warpgroup 0 (128 threads). Per tile, thread t writes the sequence position
-//     of column t into the stage's key list (INT32_MAX where there is none) and each warp flags
-//     whether its columns need a mask; then every thread gathers its rows' 16-byte chunks with
-//     cp.async (zero fill where there is no key) into the 128B-swizzled K stage, and one tile
-//     later the V stage. Completion: each thread waits for its own older copy groups, makes them
-//     visible to the async proxy (fence.proxy.async) and arrives on the stage's full barrier
-//     (128 arrivals), so a tile is published one tile after its loads were issued;
+//   * the producer: warpgroup 0 (128 threads). Per tile, thread t looks up column t (its
+//     sequence position from the index, its paged-cache row from the block table, one tile
+//     ahead) and writes both into the stage's lists (INT32_MAX / -1 where there is none); each
+//     warp flags whether its columns need a mask; then every thread gathers its rows' 16-byte
+//     chunks with cp.async (zero fill where there is no key) into the 128B-swizzled K stage,
+//     and one tile later the V stage. Completion: cp.async.mbarrier.arrive.noinc per thread on
+//     the stage's full barrier (128 arrivals), so loads of all stages are in flight at once;
+//     the consumers fence the async proxy after the wait, before wgmma reads the stage;
 //   * the consumers take even (warpgroup 1) and odd (warpgroup 2) tiles, rotate Q per part
 //     (intra / succ / inter position of each row), mask by the key list, and merge their states.
 #pragma once
@@ -95,97 +96,93 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   const int chunk = lane % kChunks;
   const int sub = lane / kChunks;
   const int panel = chunk / 8, in_panel = chunk % 8;
+  const int64_t rb = int64_t(q_head) * p.sparse.row_blocks + m;
 
-  // Gathers the rows of the tile in `stage` (keys from the stage's list) from `cache`.
+  // Column tid of tile i: its sequence position and its row in the paged cache (-1: no key, or
+  // a key whose cache block is missing). Two dependent loads (index, block table): issued one
+  // tile ahead of the copies that need them.
+  struct Column {
+    int key = INT_MAX;
+    int row = -1;
+  };
+  auto column_of = [&](int i) {
+    Column col;
+    // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
+    int seg = 0, seg_begin = 0, entries = plan.entries[0];
+#pragma unroll
+    for (int s = 0; s < 5; ++s) {
+      if (i >= plan.seg_end[s]) {
+        seg = s + 1;
+        seg_begin = plan.seg_end[s];
+        entries = plan.entries[s + 1];
+      }
+    }
+    const int part = seg / 2;
+    const int t = i - seg_begin;  // tile within the segment
+    const SparsePartParams& x = p.sparse.parts[part];
+    bool valid;
+    int local = 0;
+    if (seg % 2 == 0) {  // two 64-key blocks
+      const int b = 2 * t + tid / 64;
+      valid = b < entries;
+      if (valid) local = __ldg(x.block_offset + rb * x.max_blocks + b) + tid % 64;
+    } else {  // 128 columns
+      const int c = 128 * t + tid;
+      valid = c < entries;
+      if (valid) local = __ldg(x.column_index + rb * x.max_columns + c);
+    }
+    if (valid && local >= 0 && local < x.kv_len) {
+      const int key = x.key_begin + local;
+      const int blk = __ldg(p.block_table + key / p.block_size);
+      if (blk >= 0 && blk < p.sparse.num_blocks) {
+        col.key = key;
+        col.row = (blk * p.sparse.kv_heads + kv_head) * p.block_size + key % p.block_size;
+      }
+    }
+    return col;
+  };
+
+  // Gathers the rows of the tile in `stage` (cache rows from the stage's list) from `cache`.
   auto gather = [&](typename Cfg::Element* tile, const __nv_bfloat16* cache, int stage) {
     char* base = reinterpret_cast<char*>(tile);
-    // 8 copies in flight per thread: fully unrolled (16 copies at head_dim 128) the loop needs
-    // more than the producer's kProducerRegs registers and spills.
 #pragma unroll 8
     for (int c = 0; c < kCopies; ++c) {
       const int row = warp * kRowsPerWarp + c * kRowsPerCopy + sub;
-      const int key = ss.keys[stage][row];
-      const __nv_bfloat16* src = cache;
-      bool valid = key != INT_MAX;
-      if (valid) {
-        const int blk = __ldg(p.block_table + key / p.block_size);
-        valid = blk >= 0 && blk < p.sparse.num_blocks;
-        if (valid) {
-          src = cache +
-                ((int64_t(blk) * p.sparse.kv_heads + kv_head) * p.block_size + key % p.block_size) *
-                    Cfg::kHeadDim +
-                chunk * 8;
-        }
-      }
+      const int r = ss.rows[stage][row];
+      const __nv_bfloat16* src = r >= 0 ? cache + int64_t(r) * Cfg::kHeadDim + chunk * 8 : cache;
       // 128B swizzle (the layout TMA writes): 16-byte chunk index XOR row % 8.
       char* dst = base + panel * (kN * 128) + row * 128 + ((in_panel ^ (row % 8)) * 16);
-      internal::CpAsync16(dst, src, valid);
+      internal::CpAsync16(dst, src, r >= 0);
     }
   };
 
+  // Tile i: K(i) then V(i - 1). Each thread's copies complete asynchronously onto the stage's
+  // full barrier (cp.async.mbarrier.arrive.noinc: one of its 128 arrivals per phase), so the
+  // producer only ever waits for free stages, never for its own loads.
+  Column next = column_of(0);
   for (int i = 0; i <= T; ++i) {
     if (i < T) {
       const int stage = i % S;
       if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], ((i / S) & 1) ^ 1);
-      // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
-      int seg = 0, seg_begin = 0, entries = plan.entries[0];
-#pragma unroll
-      for (int s = 0; s < 5; ++s) {
-        if (i >= plan.seg_end[s]) {
-          seg = s + 1;
-          seg_begin = plan.seg_end[s];
-          entries = plan.entries[s + 1];
-        }
-      }
-      const int part = seg / 2;
-      const int t = i - seg_begin;  // tile within the segment
-      const SparsePartParams& x = p.sparse.parts[part];
-      const int64_t rb = int64_t(q_head) * p.sparse.row_blocks + m;
-      bool valid;
-      int local = 0;
-      if (seg % 2 == 0) {  // two 64-key blocks
-        const int b = 2 * t + tid / 64;
-        valid = b < entries;
-        if (valid) local = __ldg(x.block_offset + rb * x.max_blocks + b) + tid % 64;
-      } else {  // 128 columns
-        const int c = 128 * t + tid;
-        valid = c < entries;
-        if (valid) local = __ldg(x.column_index + rb * x.max_columns + c);
-      }
-      valid = valid && local >= 0 && local < x.kv_len;
-      const int key = x.key_begin + local;
-      ss.keys[stage][tid] = valid ? key : INT_MAX;
-      const unsigned masked = __ballot_sync(0xffffffffu, !valid || key > first_limit);
+      const Column col = next;
+      ss.keys[stage][tid] = col.key;
+      ss.rows[stage][tid] = col.row;
+      const unsigned masked = __ballot_sync(0xffffffffu, col.row < 0 || col.key > first_limit);
       if (lane == 0) ss.key_flags[stage][warp] = masked != 0u;
       __syncwarp();
       gather(ss.k.data() + stage * Cfg::kTileElems, p.sparse.k_cache, stage);
-      internal::CpAsyncCommit();
+      internal::CpAsyncArriveNoinc(&ss.k_full[stage]);
+      if (i + 1 < T) next = column_of(i + 1);
     }
     if (i >= 1) {
       const int pi = i - 1;
       const int pstage = pi % S;
       if (pi >= S) ClusterBarrier::wait(&ss.v_empty[pstage], ((pi / S) & 1) ^ 1);
       gather(ss.v.data() + pstage * Cfg::kTileElems, p.sparse.v_cache, pstage);
-      internal::CpAsyncCommit();
-    }
-    // Publish what has landed. Groups in issue order: ..., K(i-1), V(i-2), K(i), V(i-1).
-    if (i < T) {
-      if (i >= 1) {
-        internal::CpAsyncWait<2>();  // K(i - 1) and V(i - 2)
-        internal::FenceProxyAsyncShared();
-        ClusterBarrier::arrive(&ss.k_full[(i - 1) % S]);
-        if (i >= 2) ClusterBarrier::arrive(&ss.v_full[(i - 2) % S]);
-      }
-    } else {
-      internal::CpAsyncWait<1>();  // K(T - 1) and V(T - 2)
-      internal::FenceProxyAsyncShared();
-      ClusterBarrier::arrive(&ss.k_full[(T - 1) % S]);
-      if (T >= 2) ClusterBarrier::arrive(&ss.v_full[(T - 2) % S]);
-      internal::CpAsyncWait<0>();  // V(T - 1)
-      internal::FenceProxyAsyncShared();
-      ClusterBarrier::arrive(&ss.v_full[(T - 1) % S]);
+      internal::CpAsyncArriveNoinc(&ss.v_full[pstage]);
     }
   }
+  internal::CpAsyncWait<0>();
 }
 
 }  // namespace detail
@@ -216,8 +213,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   // consumed by warpgroup i % 2 alone):
   //   * q_full: 1 arrival (+ the Q bytes by TMA), made only when T > 0; waited for only by
   //     the consumer warpgroups that have a tile (both when T >= 2, the first when T = 1);
-  //   * k_full / v_full: 128 arrivals per round, one per producer thread after its own copies of
-  //     the tile completed (plain arrivals, no transaction bytes: cp.async is not tracked);
+  //   * k_full / v_full: 128 arrivals per round, one per producer thread, made by the hardware
+  //     once that thread's copies of the tile completed (cp.async.mbarrier.arrive.noinc; no
+  //     transaction bytes); the producer issues round r + 1 only after the consumers released
+  //     round r, so no arrival can land in the wrong phase;
   //   * k_empty / v_empty: 4 arrivals per round, lane 0 of each warp of the one warpgroup that
   //     consumed the tile; the producer waits for round r - 1 before refilling in round r;
   //   * named barriers (Consumer): pingpong 1 + cwg (256 threads) balanced for either parity
