@@ -23,125 +23,29 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/vertical_slash_prefill.h"
 #include "runtime/backend.h"
+#include "runtime/op_checks.h"
 
 namespace mp {
 namespace {
 
-constexpr int64_t kAny = -1;
+constexpr int64_t kAny = kAnyDim;
+constexpr PagedCacheFormat kCacheFormat{DType::kF32, Placement::kCpu, Placement::kCpu};
 
-float FloatFromBits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-float Bf16ToFloat(uint16_t h) { return FloatFromBits(static_cast<uint32_t>(h) << 16); }
-
-float F16ToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0) {
-    // Zero or subnormal: mantissa * 2^-24.
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign != 0 ? -magnitude : magnitude;
-  }
-  if (exponent == 31) return FloatFromBits(sign | 0x7f800000u | (mantissa << 13));
-  return FloatFromBits(sign | ((exponent + 112) << 23) | (mantissa << 13));
-}
-
-std::string Describe(const Tensor& t) {
-  if (!t.defined() && t.rank() == 0) return "an undefined tensor";
-  return absl::StrCat("shape ", t.ShapeString(), " on ", DeviceName(t.device()));
-}
-
-std::string ExpectedString(const std::vector<int64_t>& shape, DType dtype) {
-  std::vector<std::string> dims;
-  dims.reserve(shape.size());
-  for (int64_t d : shape) dims.push_back(d == kAny ? "*" : absl::StrCat(d));
-  return absl::StrCat("[", absl::StrJoin(dims, ", "), "] ", DTypeName(dtype), " on cpu");
-}
-
-// Checks dtype, rank, every dimension that is not kAny, device and storage of `t`.
 absl::Status Expect(absl::string_view op, absl::string_view name, const Tensor& t, DType dtype,
                     const std::vector<int64_t>& shape) {
-  bool ok = t.dtype() == dtype && t.device() == DeviceKind::kCpu &&
-            t.rank() == static_cast<int>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) {
-    ok = t.shape()[i] >= 0 && (shape[i] == kAny || t.shape()[i] == shape[i]);
-  }
-  if (ok && t.numel() > 0 && !t.defined()) ok = false;
-  if (ok) return absl::OkStatus();
-  const std::string actual = !t.defined() && t.rank() == 0 ? std::string(" is undefined")
-                                                           : absl::StrCat(" has ", Describe(t));
-  return absl::InvalidArgumentError(
-      absl::StrCat(op, ": ", name, actual, ", expected ", ExpectedString(shape, dtype)));
+  return CheckTensor(op, name, t, dtype, shape, Placement::kCpu);
 }
-
 absl::Status ExpectNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,
                            absl::string_view b_name, const Tensor& b) {
-  const auto* a0 = static_cast<const char*>(a.data());
-  const auto* b0 = static_cast<const char*>(b.data());
-  if (a0 == nullptr || b0 == nullptr || a.nbytes() == 0 || b.nbytes() == 0) {
-    return absl::OkStatus();
-  }
-  if (a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", a_name, " and ", b_name, " must not overlap in memory"));
-  }
-  return absl::OkStatus();
+  return CheckNoAlias(op, a_name, a, b_name, b);
 }
-
-// The paged-cache geometry of `kv`, validated against K/V rows [n, kv_heads, head_dim] and the
-// highest sequence position the op touches (exclusive).
 absl::Status ExpectKvLayer(absl::string_view op, const KvLayerView& kv, int64_t kv_heads,
                            int64_t head_dim, int64_t positions_end) {
-  if (kv.block_size <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": block_size must be positive, got ", kv.block_size));
-  }
-  if (kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": K cache has ", Describe(kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
-  }
-  const int64_t num_blocks = kv.k.dim(0);
-  const std::vector<int64_t> pool = {num_blocks, kv_heads, kv.block_size, head_dim};
-  MP_RETURN_IF_ERROR(Expect(op, "K cache", kv.k, DType::kF32, pool));
-  MP_RETURN_IF_ERROR(Expect(op, "V cache", kv.v, DType::kF32, pool));
-  MP_RETURN_IF_ERROR(Expect(op, "block table", kv.block_table, DType::kI32, {kAny}));
-  const int64_t blocks_needed = (positions_end + kv.block_size - 1) / kv.block_size;
-  if (kv.block_table.dim(0) < blocks_needed) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": block table has ", kv.block_table.dim(0), " blocks but positions up to ",
-        positions_end, " need ", blocks_needed, " blocks of ", kv.block_size));
-  }
-  const int32_t* table = kv.block_table.data_as<const int32_t>();
-  for (int64_t i = 0; i < blocks_needed; ++i) {
-    if (table[i] < 0 || table[i] >= num_blocks) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": block table entry ", i, " is block ",
-                                                     table[i], ", outside [0, ", num_blocks,
-                                                     ") of the cache"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckKvLayer(op, kv, kv_heads, head_dim, positions_end, kCacheFormat);
 }
-
-// ExpectKvLayer for an attention op over q_heads query heads: the cache's kv_heads (dim 1) must
-// divide q_heads (GQA).
 absl::Status ExpectGqaKvLayer(absl::string_view op, const KvLayerView& kv, int64_t q_heads,
                               int64_t head_dim, int64_t positions_end) {
-  if (kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": K cache has ", Describe(kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] f32 on cpu"));
-  }
-  const int64_t kv_heads = kv.k.dim(1);
-  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": q has ", q_heads, " heads, not a multiple of the cache's ", kv_heads, " kv heads"));
-  }
-  return ExpectKvLayer(op, kv, kv_heads, head_dim, positions_end);
+  return CheckGqaKvLayer(op, kv, q_heads, head_dim, positions_end, kCacheFormat);
 }
 
 cpu::PagedKvView ToKernelView(const KvLayerView& kv) {
@@ -193,7 +97,7 @@ class CpuBackend final : public Backend {
   absl::StatusOr<Tensor> UploadWeight(const Tensor& host) override {
     if (!host.defined() || host.device() != DeviceKind::kCpu) {
       return absl::InvalidArgumentError(
-          absl::StrCat("UploadWeight: expected a host tensor, got ", Describe(host)));
+          absl::StrCat("UploadWeight: expected a host tensor, got ", DescribeTensor(host)));
     }
     switch (host.dtype()) {
       case DType::kF32:
@@ -205,9 +109,9 @@ class CpuBackend final : public Backend {
         float* dst = out.data_as<float>();
         const int64_t n = host.numel();
         if (host.dtype() == DType::kBF16) {
-          for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+          for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(src[i]);
         } else {
-          for (int64_t i = 0; i < n; ++i) dst[i] = F16ToFloat(src[i]);
+          for (int64_t i = 0; i < n; ++i) dst[i] = F16BitsToFloat(src[i]);
         }
         return out;
       }
@@ -231,7 +135,7 @@ class CpuBackend final : public Backend {
   absl::StatusOr<Tensor> ToHostF32(const Tensor& src) override {
     if (src.device() != DeviceKind::kCpu || (!src.defined() && src.numel() > 0)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("ToHostF32: expected a cpu tensor, got ", Describe(src)));
+          absl::StrCat("ToHostF32: expected a cpu tensor, got ", DescribeTensor(src)));
     }
     if (src.dtype() != DType::kF32 && src.dtype() != DType::kF16 && src.dtype() != DType::kBF16) {
       return absl::InvalidArgumentError(
@@ -488,7 +392,7 @@ class CpuBackend final : public Backend {
   static absl::Status CopyBytes(absl::string_view op, const Tensor& src, Tensor& dst) {
     if (src.device() != DeviceKind::kCpu || dst.device() != DeviceKind::kCpu) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": expected cpu tensors, got src ",
-                                                     Describe(src), " and dst ", Describe(dst)));
+                                                     DescribeTensor(src), " and dst ", DescribeTensor(dst)));
     }
     if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": src ", src.ShapeString(), " and dst ",

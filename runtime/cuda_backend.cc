@@ -23,11 +23,12 @@
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
 #include "kernels/cuda/vertical_slash_prefill.h"
+#include "runtime/op_checks.h"
 
 namespace mp {
 namespace {
 
-constexpr int64_t kAny = -1;
+constexpr int64_t kAny = kAnyDim;
 
 absl::Status CudaStatus(cudaError_t e, absl::string_view what) {
   if (e == cudaSuccess) return absl::OkStatus();
@@ -41,108 +42,21 @@ absl::Status CudaStatus(cudaError_t e, absl::string_view what) {
 const __nv_bfloat16* Bf16(const Tensor& t) { return t.data_as<const __nv_bfloat16>(); }
 __nv_bfloat16* MutableBf16(const Tensor& t) { return t.data_as<__nv_bfloat16>(); }
 
-float FloatFromBits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-float F16ToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0) {
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign != 0 ? -magnitude : magnitude;
-  }
-  if (exponent == 31) return FloatFromBits(sign | 0x7f800000u | (mantissa << 13));
-  return FloatFromBits(sign | ((exponent + 112) << 23) | (mantissa << 13));
-}
-
-std::string Describe(const Tensor& t) {
-  if (!t.defined() && t.rank() == 0) return "an undefined tensor";
-  return absl::StrCat("shape ", t.ShapeString(), " on ", DeviceName(t.device()));
-}
-
-std::string ExpectedString(const std::vector<int64_t>& shape, DType dtype, const char* where) {
-  std::vector<std::string> dims;
-  dims.reserve(shape.size());
-  for (int64_t d : shape) dims.push_back(d == kAny ? "*" : absl::StrCat(d));
-  return absl::StrCat("[", absl::StrJoin(dims, ", "), "] ", DTypeName(dtype), " on ", where);
-}
-
 enum class Where { kCuda, kCudaOrHost };
+constexpr PagedCacheFormat kCacheFormat{DType::kBF16, Placement::kCuda, Placement::kCudaOrCpu};
 
-// Checks dtype, rank, every dimension that is not kAny, device and storage of `t`.
 absl::Status Expect(absl::string_view op, absl::string_view name, const Tensor& t, DType dtype,
                     const std::vector<int64_t>& shape, Where where = Where::kCuda) {
-  const bool device_ok = t.device() == DeviceKind::kCuda ||
-                         (where == Where::kCudaOrHost && t.device() == DeviceKind::kCpu);
-  bool ok = t.dtype() == dtype && device_ok && t.rank() == static_cast<int>(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) {
-    ok = t.shape()[i] >= 0 && (shape[i] == kAny || t.shape()[i] == shape[i]);
-  }
-  if (ok && t.numel() > 0 && !t.defined()) ok = false;
-  if (ok) return absl::OkStatus();
-  const std::string actual = !t.defined() && t.rank() == 0 ? std::string(" is undefined")
-                                                           : absl::StrCat(" has ", Describe(t));
-  return absl::InvalidArgumentError(absl::StrCat(
-      op, ": ", name, actual, ", expected ",
-      ExpectedString(shape, dtype, where == Where::kCuda ? "cuda" : "cuda or cpu")));
+  return CheckTensor(op, name, t, dtype, shape,
+                     where == Where::kCuda ? Placement::kCuda : Placement::kCudaOrCpu);
 }
-
 absl::Status ExpectNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,
                            absl::string_view b_name, const Tensor& b) {
-  const auto* a0 = static_cast<const char*>(a.data());
-  const auto* b0 = static_cast<const char*>(b.data());
-  if (a0 == nullptr || b0 == nullptr || a.nbytes() == 0 || b.nbytes() == 0) {
-    return absl::OkStatus();
-  }
-  if (a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", a_name, " and ", b_name, " must not overlap in memory"));
-  }
-  return absl::OkStatus();
+  return CheckNoAlias(op, a_name, a, b_name, b);
 }
-
-// The paged-cache geometry of `kv` against K/V rows [*, kv_heads, head_dim] and the highest
-// sequence position the op touches (exclusive). Entries of a host block table are checked too;
-// those of a device table cannot be without a copy, and the kernels skip (write) or read as zero
-// (attention) blocks outside the cache.
 absl::Status ExpectKvLayer(absl::string_view op, const KvLayerView& kv, int64_t kv_heads,
                            int64_t head_dim, int64_t positions_end) {
-  if (kv.block_size <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": block_size must be positive, got ", kv.block_size));
-  }
-  if (kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": K cache has ", Describe(kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
-  }
-  const int64_t num_blocks = kv.k.dim(0);
-  const std::vector<int64_t> pool = {num_blocks, kv_heads, kv.block_size, head_dim};
-  MP_RETURN_IF_ERROR(Expect(op, "K cache", kv.k, DType::kBF16, pool));
-  MP_RETURN_IF_ERROR(Expect(op, "V cache", kv.v, DType::kBF16, pool));
-  MP_RETURN_IF_ERROR(
-      Expect(op, "block table", kv.block_table, DType::kI32, {kAny}, Where::kCudaOrHost));
-  const int64_t blocks_needed = (positions_end + kv.block_size - 1) / kv.block_size;
-  if (kv.block_table.dim(0) < blocks_needed) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": block table has ", kv.block_table.dim(0), " blocks but positions up to ",
-        positions_end, " need ", blocks_needed, " blocks of ", kv.block_size));
-  }
-  if (kv.block_table.device() == DeviceKind::kCpu) {
-    const int32_t* table = kv.block_table.data_as<const int32_t>();
-    for (int64_t i = 0; i < blocks_needed; ++i) {
-      if (table[i] < 0 || table[i] >= num_blocks) {
-        return absl::InvalidArgumentError(absl::StrCat(op, ": block table entry ", i,
-                                                       " is block ", table[i], ", outside [0, ",
-                                                       num_blocks, ") of the cache"));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return CheckKvLayer(op, kv, kv_heads, head_dim, positions_end, kCacheFormat);
 }
 
 absl::StatusOr<cuda::ElementType> ElementTypeOf(absl::string_view op, const Tensor& t) {
@@ -277,7 +191,7 @@ absl::StatusOr<Tensor> CudaBackend::UploadWeight(const Tensor& src) {
   constexpr absl::string_view kOp = "UploadWeight";
   if (!src.defined()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("UploadWeight: expected a weight tensor, got ", Describe(src)));
+        absl::StrCat("UploadWeight: expected a weight tensor, got ", DescribeTensor(src)));
   }
   MP_ASSIGN_OR_RETURN(const cuda::ElementType type, ElementTypeOf(kOp, src));
   MP_RETURN_IF_ERROR(UseDevice(device_));
@@ -321,7 +235,7 @@ absl::Status ExpectCopyable(absl::string_view op, const Tensor& src, DeviceKind 
   if (src.device() != src_device || dst.device() != dst_device) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": expected src on ", DeviceName(src_device), " and dst on ", DeviceName(dst_device),
-        ", got src ", Describe(src), " and dst ", Describe(dst)));
+        ", got src ", DescribeTensor(src), " and dst ", DescribeTensor(dst)));
   }
   if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": src ", src.ShapeString(), " and dst ",
@@ -368,7 +282,7 @@ absl::Status CudaBackend::Copy(const Tensor& src, Tensor& dst) {
 absl::StatusOr<Tensor> CudaBackend::ToHostF32(const Tensor& src) {
   if (src.device() != DeviceKind::kCuda || (!src.defined() && src.numel() > 0)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("ToHostF32: expected a cuda tensor, got ", Describe(src)));
+        absl::StrCat("ToHostF32: expected a cuda tensor, got ", DescribeTensor(src)));
   }
   MP_ASSIGN_OR_RETURN(const cuda::ElementType type, ElementTypeOf("ToHostF32", src));
   MP_RETURN_IF_ERROR(UseDevice(device_));
@@ -387,9 +301,9 @@ absl::StatusOr<Tensor> CudaBackend::ToHostF32(const Tensor& src) {
   MP_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "ToHostF32: synchronize"));
   float* dst = out.data_as<float>();
   if (type == cuda::ElementType::kBF16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = FloatFromBits(static_cast<uint32_t>(raw[i]) << 16);
+    for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(raw[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = F16ToFloat(raw[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = F16BitsToFloat(raw[i]);
   }
   return out;
 }
@@ -588,18 +502,7 @@ absl::Status ExpectAttentionTensors(absl::string_view op, const Tensor* q, const
   MP_RETURN_IF_ERROR(Expect(op, "out", *out, DType::kBF16, {n, q_heads, head_dim}));
   MP_RETURN_IF_ERROR(ExpectNoAlias(op, "q", *q, "out", *out));
   if (lse != nullptr) MP_RETURN_IF_ERROR(Expect(op, "lse", *lse, DType::kF32, {q_heads, n}));
-  if (kv.k.rank() != 4) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": K cache has ", Describe(kv.k),
-                     ", expected [num_blocks, kv_heads, block_size, head_dim] bf16 on cuda"));
-  }
-  const int64_t kv_heads = kv.k.dim(1);
-  if (kv_heads <= 0 || q_heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": q has ", q_heads,
-                                                   " heads, not a multiple of the cache's ",
-                                                   kv_heads, " kv heads"));
-  }
-  return ExpectKvLayer(op, kv, kv_heads, head_dim, key_end);
+  return CheckGqaKvLayer(op, kv, q_heads, head_dim, key_end, kCacheFormat);
 }
 
 // The kernel arguments every attention launch shares (the key range and mask are the caller's).
