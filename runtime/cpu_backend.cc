@@ -261,16 +261,8 @@ class CpuBackend final : public Backend {
 
   absl::Status Attention(const AttentionParams& p) override {
     constexpr absl::string_view kOp = "Attention";
-    if (p.q == nullptr || p.out == nullptr) {
-      return absl::InvalidArgumentError("Attention: q and out must be given");
-    }
-    MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kF32, {kAny, kAny, kAny}));
+    MP_RETURN_IF_ERROR(CheckAttentionIo(kOp, p.q, p.out, p.lse, DType::kF32, Placement::kCpu));
     const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
-    MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kF32, {n, q_heads, head_dim}));
-    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
-    if (p.lse != nullptr) {
-      MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
-    }
     if (p.key_begin < 0 || p.key_end < p.key_begin) {
       return absl::InvalidArgumentError(
           absl::StrCat("Attention: key range [", p.key_begin, ", ", p.key_end, ") is invalid"));
@@ -295,16 +287,8 @@ class CpuBackend final : public Backend {
 
   absl::Status DcaAttention(const DcaAttentionParams& p) override {
     constexpr absl::string_view kOp = "DcaAttention";
-    if (p.q == nullptr || p.out == nullptr) {
-      return absl::InvalidArgumentError("DcaAttention: q and out must be given");
-    }
-    MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kF32, {kAny, kAny, kAny}));
+    MP_RETURN_IF_ERROR(CheckAttentionIo(kOp, p.q, p.out, p.lse, DType::kF32, Placement::kCpu));
     const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
-    MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kF32, {n, q_heads, head_dim}));
-    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
-    if (p.lse != nullptr) {
-      MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
-    }
     if (head_dim % 2 != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "DcaAttention: head_dim must be even for RoPE, q has shape ", p.q->ShapeString()));
@@ -355,16 +339,8 @@ class CpuBackend final : public Backend {
 
   absl::Status VerticalSlashAttention(const VerticalSlashAttentionParams& p) override {
     constexpr absl::string_view kOp = "VerticalSlashAttention";
-    if (p.q == nullptr || p.out == nullptr) {
-      return absl::InvalidArgumentError("VerticalSlashAttention: q and out must be given");
-    }
-    MP_RETURN_IF_ERROR(Expect(kOp, "q", *p.q, DType::kF32, {kAny, kAny, kAny}));
+    MP_RETURN_IF_ERROR(CheckAttentionIo(kOp, p.q, p.out, p.lse, DType::kF32, Placement::kCpu));
     const int64_t n = p.q->dim(0), q_heads = p.q->dim(1), head_dim = p.q->dim(2);
-    MP_RETURN_IF_ERROR(Expect(kOp, "out", *p.out, DType::kF32, {n, q_heads, head_dim}));
-    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "q", *p.q, "out", *p.out));
-    if (p.lse != nullptr) {
-      MP_RETURN_IF_ERROR(Expect(kOp, "lse", *p.lse, DType::kF32, {q_heads, n}));
-    }
     if (head_dim % 2 != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("VerticalSlashAttention: head_dim must be even for RoPE, q has shape ",

@@ -494,14 +494,8 @@ namespace {
 // covers positions [0, key_end).
 absl::Status ExpectAttentionTensors(absl::string_view op, const Tensor* q, const Tensor* out,
                                     const Tensor* lse, const KvLayerView& kv, int64_t key_end) {
-  if (q == nullptr || out == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": q and out must be given"));
-  }
-  MP_RETURN_IF_ERROR(Expect(op, "q", *q, DType::kBF16, {kAny, kAny, kAny}));
-  const int64_t n = q->dim(0), q_heads = q->dim(1), head_dim = q->dim(2);
-  MP_RETURN_IF_ERROR(Expect(op, "out", *out, DType::kBF16, {n, q_heads, head_dim}));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(op, "q", *q, "out", *out));
-  if (lse != nullptr) MP_RETURN_IF_ERROR(Expect(op, "lse", *lse, DType::kF32, {q_heads, n}));
+  MP_RETURN_IF_ERROR(CheckAttentionIo(op, q, out, lse, DType::kBF16, Placement::kCuda));
+  const int64_t q_heads = q->dim(1), head_dim = q->dim(2);
   return CheckGqaKvLayer(op, kv, q_heads, head_dim, key_end, kCacheFormat);
 }
 

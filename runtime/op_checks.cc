@@ -79,6 +79,21 @@ absl::Status CheckNoAlias(absl::string_view op, absl::string_view a_name, const 
   return absl::OkStatus();
 }
 
+absl::Status CheckAttentionIo(absl::string_view op, const Tensor* q, const Tensor* out,
+                              const Tensor* lse, DType dtype, Placement where) {
+  if (q == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": q and out must be given"));
+  }
+  MP_RETURN_IF_ERROR(CheckTensor(op, "q", *q, dtype, {kAnyDim, kAnyDim, kAnyDim}, where));
+  const int64_t n = q->dim(0), q_heads = q->dim(1), head_dim = q->dim(2);
+  MP_RETURN_IF_ERROR(CheckTensor(op, "out", *out, dtype, {n, q_heads, head_dim}, where));
+  MP_RETURN_IF_ERROR(CheckNoAlias(op, "q", *q, "out", *out));
+  if (lse != nullptr) {
+    MP_RETURN_IF_ERROR(CheckTensor(op, "lse", *lse, DType::kF32, {q_heads, n}, where));
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 absl::Status CheckCacheRank(absl::string_view op, const KvLayerView& kv,

@@ -32,6 +32,12 @@ absl::Status CheckTensor(absl::string_view op, absl::string_view name, const Ten
 absl::Status CheckNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,
                           absl::string_view b_name, const Tensor& b);
 
+// The tensors of an attention op: q [n, q_heads, head_dim] and out of the same shape, not
+// overlapping, both `dtype` on `where`, and lse [q_heads, n] f32 on `where` when given. q and out
+// must be given.
+absl::Status CheckAttentionIo(absl::string_view op, const Tensor* q, const Tensor* out,
+                              const Tensor* lse, DType dtype, Placement where);
+
 // The element type and placement of a backend's paged KV cache and of its block table.
 struct PagedCacheFormat {
   DType dtype = DType::kF32;
