@@ -77,7 +77,7 @@ while IFS=$'\t' read -r kind a b rest; do
   fi
 done < "$plan"
 exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench"
-      "$build/bench/cuda/mp_sparse_bench"
+      "$build/bench/cuda/mp_sparse_bench" "$build/bench/cuda/mp_sparse_kernel_bench"
       "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so"
       "$build/cli/millipede" "$build/bench/mp_passkey_eval")
 "$bundle_libs" "$stage" "${exes[@]}" >/dev/null
@@ -231,6 +231,11 @@ if [ "$mode" = all ] || [ "$mode" = bench ]; then
   rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] && add mp_sparse_bench DONE "sparse.log, sparse.jsonl" \
                   || add mp_sparse_bench FAIL "exit $rc"
+  echo "=== mp_sparse_kernel_bench (the sparse kernel on indices of equal work, unequal locality)"
+  "$work/bin/mp_sparse_kernel_bench" 2>&1 | tee "$out/sparse_kernel.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] && add mp_sparse_kernel_bench DONE "sparse_kernel.log" \
+                  || add mp_sparse_kernel_bench FAIL "exit $rc"
   echo "=== mp_decode_bench"
   "$work/bin/mp_decode_bench" --json "$out/decode.json" 2>&1 | tee "$out/decode.log"
   rc=${PIPESTATUS[0]}
@@ -287,6 +292,10 @@ fi
   if [ -f "$out/sparse.log" ] && [ "$mode" != tests ]; then
     echo
     sed -n '/^| keys/,$p' "$out/sparse.log"
+  fi
+  if [ -f "$out/sparse_kernel.log" ] && [ "$mode" != tests ]; then
+    echo
+    sed -n '/^| kernel/,$p' "$out/sparse_kernel.log"
   fi
   if [ -f "$out/peer_variants.log" ] && { [ "$mode" = all ] || [ "$mode" = variants ]; }; then
     echo
