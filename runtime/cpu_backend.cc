@@ -368,7 +368,8 @@ class CpuBackend final : public Backend {
   static absl::Status CopyBytes(absl::string_view op, const Tensor& src, Tensor& dst) {
     if (src.device() != DeviceKind::kCpu || dst.device() != DeviceKind::kCpu) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": expected cpu tensors, got src ",
-                                                     DescribeTensor(src), " and dst ", DescribeTensor(dst)));
+                                                     DescribeTensor(src), " and dst ",
+                                                     DescribeTensor(dst)));
     }
     if (src.dtype() != dst.dtype() || src.numel() != dst.numel()) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": src ", src.ShapeString(), " and dst ",

@@ -49,8 +49,8 @@ std::string DescribeTensor(const Tensor& t) {
   return absl::StrCat("shape ", t.ShapeString(), " on ", DeviceName(t.device()));
 }
 
-absl::Status CheckTensor(absl::string_view op, absl::string_view name, const Tensor& t,
-                         DType dtype, const std::vector<int64_t>& shape, Placement where) {
+absl::Status CheckTensor(absl::string_view op, absl::string_view name, const Tensor& t, DType dtype,
+                         const std::vector<int64_t>& shape, Placement where) {
   bool ok = t.dtype() == dtype && Allowed(where, t.device()) &&
             t.rank() == static_cast<int>(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) {
@@ -107,8 +107,7 @@ absl::Status CheckCacheRank(absl::string_view op, const KvLayerView& kv,
 }  // namespace
 
 absl::Status CheckKvLayer(absl::string_view op, const KvLayerView& kv, int64_t kv_heads,
-                          int64_t head_dim, int64_t positions_end,
-                          const PagedCacheFormat& format) {
+                          int64_t head_dim, int64_t positions_end, const PagedCacheFormat& format) {
   if (kv.block_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": block_size must be positive, got ", kv.block_size));
@@ -130,9 +129,9 @@ absl::Status CheckKvLayer(absl::string_view op, const KvLayerView& kv, int64_t k
     const int32_t* table = kv.block_table.data_as<const int32_t>();
     for (int64_t i = 0; i < blocks_needed; ++i) {
       if (table[i] < 0 || table[i] >= num_blocks) {
-        return absl::InvalidArgumentError(absl::StrCat(op, ": block table entry ", i,
-                                                       " is block ", table[i], ", outside [0, ",
-                                                       num_blocks, ") of the cache"));
+        return absl::InvalidArgumentError(absl::StrCat(op, ": block table entry ", i, " is block ",
+                                                       table[i], ", outside [0, ", num_blocks,
+                                                       ") of the cache"));
       }
     }
   }

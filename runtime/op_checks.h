@@ -25,8 +25,8 @@ std::string DescribeTensor(const Tensor& t);
 
 // Checks dtype, rank, every dimension of `shape` that is not kAnyDim, the device and that a
 // non-empty tensor has storage.
-absl::Status CheckTensor(absl::string_view op, absl::string_view name, const Tensor& t,
-                         DType dtype, const std::vector<int64_t>& shape, Placement where);
+absl::Status CheckTensor(absl::string_view op, absl::string_view name, const Tensor& t, DType dtype,
+                         const std::vector<int64_t>& shape, Placement where);
 
 // Fails when the storage of `a` and `b` overlaps (empty or storage-less tensors never do).
 absl::Status CheckNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,

@@ -179,9 +179,10 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   BENCH_CHECK(cudaGetDevice(&dev));
   BENCH_CHECK(cudaGetDeviceProperties(&prop, dev));
-  std::printf("device: %s, %d SMs; keys %lld, 32768 queries, per row block %lld blocks + %lld "
-              "columns\n",
-              prop.name, prop.multiProcessorCount, (long long)keys, (long long)nb, (long long)nc);
+  std::printf(
+      "device: %s, %d SMs; keys %lld, 32768 queries, per row block %lld blocks + %lld "
+      "columns\n",
+      prop.name, prop.multiProcessorCount, (long long)keys, (long long)nb, (long long)nc);
 
   const int64_t cache_blocks = keys / kBlock;
   const int64_t cache_elems = cache_blocks * kKvHeads * kBlock * kDim;
@@ -207,8 +208,8 @@ int main(int argc, char** argv) {
     std::iota(host_table.begin(), host_table.end(), 0);
     std::shuffle(host_table.begin(), host_table.end(), std::mt19937_64(seed + 4));
     BENCH_CHECK(cudaMemcpy(table, host_table.data(), cache_blocks * 4, cudaMemcpyHostToDevice));
-    std::vector<int32_t> nbv(kHeads * row_blocks, int32_t(nb)), ncv(kHeads * row_blocks,
-                                                                     int32_t(nc));
+    std::vector<int32_t> nbv(kHeads * row_blocks, int32_t(nb)),
+        ncv(kHeads * row_blocks, int32_t(nc));
     BENCH_CHECK(cudaMemcpy(block_count, nbv.data(), nbv.size() * 4, cudaMemcpyHostToDevice));
     BENCH_CHECK(cudaMemcpy(column_count, ncv.data(), ncv.size() * 4, cudaMemcpyHostToDevice));
   }
@@ -249,10 +250,12 @@ int main(int argc, char** argv) {
   d.causal = true;
   d.scale = scale;
   const double dense_ms = time_ms([&] { return mp::cuda::PagedPrefillAttention(d, nullptr); });
-  const double dense_flops = 4.0 * kHeads * kDim * double(kChunk) * (double(query_begin) + kChunk / 2.0);
-  std::printf("{\"bench\":\"sparse_kernel\",\"pattern\":\"dense\",\"keys\":%lld,\"ms\":%.3f,"
-              "\"tflops\":%.1f}\n",
-              (long long)keys, dense_ms, dense_flops / (dense_ms * 1e-3) / 1e12);
+  const double dense_flops =
+      4.0 * kHeads * kDim * double(kChunk) * (double(query_begin) + kChunk / 2.0);
+  std::printf(
+      "{\"bench\":\"sparse_kernel\",\"pattern\":\"dense\",\"keys\":%lld,\"ms\":%.3f,"
+      "\"tflops\":%.1f}\n",
+      (long long)keys, dense_ms, dense_flops / (dense_ms * 1e-3) / 1e12);
 
   mp::cuda::VerticalSlashAttentionArgs a;
   a.q = q;
@@ -294,12 +297,12 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: %llu non-finite outputs\n", pattern.c_str(), nonfinite);
       return 1;
     }
-    std::printf("{\"bench\":\"sparse_kernel\",\"pattern\":\"%s\",\"keys\":%lld,\"blocks\":%lld,"
-                "\"columns\":%lld,\"ms\":%.3f,\"computed_tflops\":%.1f,\"gathered_tb_s\":%.2f,"
-                "\"density\":%.4f}\n",
-                pattern.c_str(), (long long)keys, (long long)nb, (long long)nc, ms,
-                flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e12,
-                flops / dense_flops);
+    std::printf(
+        "{\"bench\":\"sparse_kernel\",\"pattern\":\"%s\",\"keys\":%lld,\"blocks\":%lld,"
+        "\"columns\":%lld,\"ms\":%.3f,\"computed_tflops\":%.1f,\"gathered_tb_s\":%.2f,"
+        "\"density\":%.4f}\n",
+        pattern.c_str(), (long long)keys, (long long)nb, (long long)nc, ms,
+        flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e12, flops / dense_flops);
     rows.push_back({pattern, ms});
   }
   std::printf("\n| kernel | ms | computed TFLOP/s | gathered TB/s | vs dense time |\n");
