@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "bench/cuda/bench_util.cuh"
 #include "kernels/cuda/paged_prefill_attention.h"
 #include "kernels/cuda/vertical_slash_attention.h"
@@ -131,34 +132,17 @@ int main(int argc, char** argv) {
   int iters = 5;
   uint64_t seed = 1;
   std::string patterns_arg = "same,band,scatter";
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (arg == "--keys") {
-      keys = std::atoll(value().c_str());
-    } else if (arg == "--blocks") {
-      nb = std::atoll(value().c_str());
-    } else if (arg == "--columns") {
-      nc = std::atoll(value().c_str());
-    } else if (arg == "--patterns") {
-      patterns_arg = value();
-    } else if (arg == "--iters") {
-      iters = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--seed") {
-      seed = std::strtoull(value().c_str(), nullptr, 10);
-    } else {
-      std::fprintf(stderr,
-                   "usage: mp_sparse_kernel_bench [--keys N] [--blocks N] [--columns N] "
-                   "[--patterns same,band,scatter] [--iters N] [--seed S]\n");
-      return 2;
-    }
-  }
+  CLI::App app{
+      "The vertical-slash sparse attention kernel on constructed indices of equal work "
+      "and different locality, next to the dense kernel"};
+  app.add_option("--keys", keys, "cached keys (the prompt length; the last 32768 are queries)");
+  app.add_option("--blocks", nb, "64-key blocks per (q head, 64-row block)");
+  app.add_option("--columns", nc, "single columns per (q head, 64-row block)");
+  app.add_option("--patterns", patterns_arg, "comma-separated: same, band, scatter");
+  app.add_option("--iters", iters, "timed rounds (median) after one warm-up")
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--seed", seed, "input and index seed");
+  CLI11_PARSE(app, argc, argv);
   const std::vector<std::string> patterns = Split(patterns_arg);
   for (const std::string& p : patterns) {
     if (p != "same" && p != "band" && p != "scatter") {
