@@ -1,5 +1,5 @@
 // Helpers shared by the CUDA kernel benchmarks: a CUDA status check that exits, random bf16
-// fills on the device, and a non-finite counter.
+// fills on the device, a non-finite counter, and the dense prefill arguments of a paged cache.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+
+#include "kernels/cuda/paged_prefill_attention.h"
 
 #define BENCH_CHECK(expr)                                                              \
   do {                                                                                 \
@@ -46,6 +48,32 @@ __global__ inline void CountNonFinite(const __nv_bfloat16* x, int64_t n,
     local += !isfinite(__bfloat162float(x[i]));
   }
   if (local) atomicAdd(count, local);
+}
+
+// Causal prefill of the n queries `q` [n, q_heads, head_dim] against keys [0, key_end) of a paged
+// bf16 cache [num_blocks, kv_heads, block_size, head_dim] (bottom-right: the queries are the last
+// n positions); no lse.
+inline mp::cuda::PagedPrefillAttentionArgs CausalPrefillArgs(
+    const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const int32_t* table,
+    __nv_bfloat16* out, int64_t n, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+    int64_t num_blocks, int64_t block_size, int64_t key_end, float scale) {
+  mp::cuda::PagedPrefillAttentionArgs d;
+  d.q = q;
+  d.k_cache = k;
+  d.v_cache = v;
+  d.block_table = table;
+  d.out = out;
+  d.num_queries = n;
+  d.q_heads = q_heads;
+  d.kv_heads = kv_heads;
+  d.head_dim = head_dim;
+  d.num_blocks = num_blocks;
+  d.block_size = block_size;
+  d.key_begin = 0;
+  d.key_end = key_end;
+  d.causal = true;
+  d.scale = scale;
+  return d;
 }
 
 }  // namespace mp::bench

@@ -311,23 +311,8 @@ int main(int argc, char** argv) {
     FillQueries<<<2048, 256>>>(q, kChunk, u_dev, a, seed * 1000003 + L);
     BENCH_CHECK(cudaGetLastError());
 
-    mp::cuda::PagedPrefillAttentionArgs d;
-    d.q = q;
-    d.k_cache = k;
-    d.v_cache = v;
-    d.block_table = table;
-    d.out = out;
-    d.lse = nullptr;
-    d.num_queries = kChunk;
-    d.q_heads = kHeads;
-    d.kv_heads = kKvHeads;
-    d.head_dim = kDim;
-    d.num_blocks = blocks;
-    d.block_size = kBlock;
-    d.key_begin = 0;
-    d.key_end = L;
-    d.causal = true;
-    d.scale = scale;
+    const mp::cuda::PagedPrefillAttentionArgs d = mp::bench::CausalPrefillArgs(
+        q, k, v, table, out, kChunk, kHeads, kKvHeads, kDim, blocks, kBlock, L, scale);
     mp::cuda::DcaParams dca{kC, kChunkSize, kTheta};
     mp::cuda::PagedPrefillAttentionArgs dd = d;
     dd.lse = lse_dca;

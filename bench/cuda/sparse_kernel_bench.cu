@@ -217,22 +217,8 @@ int main(int argc, char** argv) {
   };
 
   // Dense reference: the same queries against all keys, causal.
-  mp::cuda::PagedPrefillAttentionArgs d;
-  d.q = q;
-  d.k_cache = k;
-  d.v_cache = v;
-  d.block_table = table;
-  d.out = out;
-  d.num_queries = kChunk;
-  d.q_heads = kHeads;
-  d.kv_heads = kKvHeads;
-  d.head_dim = kDim;
-  d.num_blocks = cache_blocks;
-  d.block_size = kBlock;
-  d.key_begin = 0;
-  d.key_end = keys;
-  d.causal = true;
-  d.scale = scale;
+  const mp::cuda::PagedPrefillAttentionArgs d = mp::bench::CausalPrefillArgs(
+      q, k, v, table, out, kChunk, kHeads, kKvHeads, kDim, cache_blocks, kBlock, keys, scale);
   const double dense_ms = time_ms([&] { return mp::cuda::PagedPrefillAttention(d, nullptr); });
   const double dense_flops =
       4.0 * kHeads * kDim * double(kChunk) * (double(query_begin) + kChunk / 2.0);
