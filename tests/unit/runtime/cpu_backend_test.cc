@@ -13,6 +13,7 @@
 
 #include "common/status_matchers.h"
 #include "runtime/backend.h"
+#include "tests/unit/runtime/forwarding_backend.h"
 
 namespace mp {
 namespace {
@@ -562,56 +563,8 @@ TEST_F(CpuBackendTest, DcaAttentionRejectsBadInput) {
 
 // A backend that implements only the pure virtual ops (by forwarding to the CPU backend) gets
 // the default DcaAttention, which says it is not implemented.
-class MinimalBackend final : public Backend {
- public:
-  DeviceKind device() const override { return inner_->device(); }
-  std::string name() const override { return "minimal"; }
-  DType compute_dtype() const override { return inner_->compute_dtype(); }
-  absl::StatusOr<Tensor> Allocate(std::vector<int64_t> shape, DType dtype) override {
-    return inner_->Allocate(std::move(shape), dtype);
-  }
-  absl::StatusOr<Tensor> UploadWeight(const Tensor& host) override {
-    return inner_->UploadWeight(host);
-  }
-  absl::Status CopyFromHost(const Tensor& host, Tensor& dst) override {
-    return inner_->CopyFromHost(host, dst);
-  }
-  absl::Status CopyToHost(const Tensor& src, Tensor& host) override {
-    return inner_->CopyToHost(src, host);
-  }
-  absl::Status Copy(const Tensor& src, Tensor& dst) override { return inner_->Copy(src, dst); }
-  absl::StatusOr<Tensor> ToHostF32(const Tensor& src) override { return inner_->ToHostF32(src); }
-  absl::Status Synchronize() override { return inner_->Synchronize(); }
-  absl::Status Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
-    return inner_->Embedding(ids, table, out);
-  }
-  absl::Status RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
-    return inner_->RmsNorm(x, w, eps, out);
-  }
-  absl::Status Add(Tensor& x, const Tensor& y) override { return inner_->Add(x, y); }
-  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y) override {
-    return inner_->Linear(x, w, b, y);
-  }
-  absl::Status Rope(Tensor& x, const Tensor& positions, double theta) override {
-    return inner_->Rope(x, positions, theta);
-  }
-  absl::Status SiluMul(const Tensor& gate_up, Tensor& out) override {
-    return inner_->SiluMul(gate_up, out);
-  }
-  absl::Status WriteKv(const Tensor& k, const Tensor& v, int64_t start,
-                       const KvLayerView& kv) override {
-    return inner_->WriteKv(k, v, start, kv);
-  }
-  absl::Status Attention(const AttentionParams& params) override {
-    return inner_->Attention(params);
-  }
-
- private:
-  std::unique_ptr<Backend> inner_ = NewCpuBackend();
-};
-
 TEST(BackendDefaultsTest, DcaAttentionIsUnimplementedUnlessOverridden) {
-  MinimalBackend backend;
+  ForwardingBackend backend("minimal");
   MP_EXPECT_ERROR(backend.DcaAttention(DcaAttentionParams{}), StatusCode::kUnimplemented,
                   "not implemented on the minimal backend");
 }

@@ -24,6 +24,7 @@
 #include "model/sparse_attention_config.h"
 #include "runtime/backend.h"
 #include "runtime/stage_executor.h"
+#include "tests/unit/runtime/forwarding_backend.h"
 #include "tests/unit/runtime/tiny_model.h"
 
 namespace mp {
@@ -282,68 +283,29 @@ TEST_F(CpuSparseOpTest, RejectsBadArguments) {
 
 // Forwards every op to the CPU backend and counts the attention calls. With `sparse` false it
 // keeps the default VerticalSlashAttention (UNIMPLEMENTED).
-class CountingBackend final : public Backend {
+class CountingBackend final : public ForwardingBackend {
  public:
-  explicit CountingBackend(bool sparse = true) : sparse_(sparse) {}
+  explicit CountingBackend(bool sparse = true) : ForwardingBackend("counting"), sparse_(sparse) {}
   int attention = 0, dca = 0, sparse = 0;
   std::vector<std::vector<int64_t>> budgets_seen;
 
-  DeviceKind device() const override { return inner_->device(); }
-  std::string name() const override { return "counting"; }
-  DType compute_dtype() const override { return inner_->compute_dtype(); }
-  absl::StatusOr<Tensor> Allocate(std::vector<int64_t> shape, DType dtype) override {
-    return inner_->Allocate(std::move(shape), dtype);
-  }
-  absl::StatusOr<Tensor> UploadWeight(const Tensor& host) override {
-    return inner_->UploadWeight(host);
-  }
-  absl::Status CopyFromHost(const Tensor& host, Tensor& dst) override {
-    return inner_->CopyFromHost(host, dst);
-  }
-  absl::Status CopyToHost(const Tensor& src, Tensor& host) override {
-    return inner_->CopyToHost(src, host);
-  }
-  absl::Status Copy(const Tensor& src, Tensor& dst) override { return inner_->Copy(src, dst); }
-  absl::StatusOr<Tensor> ToHostF32(const Tensor& src) override { return inner_->ToHostF32(src); }
-  absl::Status Synchronize() override { return inner_->Synchronize(); }
-  absl::Status Embedding(const Tensor& ids, const Tensor& table, Tensor& out) override {
-    return inner_->Embedding(ids, table, out);
-  }
-  absl::Status RmsNorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
-    return inner_->RmsNorm(x, w, eps, out);
-  }
-  absl::Status Add(Tensor& x, const Tensor& y) override { return inner_->Add(x, y); }
-  absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y) override {
-    return inner_->Linear(x, w, b, y);
-  }
-  absl::Status Rope(Tensor& x, const Tensor& positions, double theta) override {
-    return inner_->Rope(x, positions, theta);
-  }
-  absl::Status SiluMul(const Tensor& gate_up, Tensor& out) override {
-    return inner_->SiluMul(gate_up, out);
-  }
-  absl::Status WriteKv(const Tensor& k, const Tensor& v, int64_t start,
-                       const KvLayerView& kv) override {
-    return inner_->WriteKv(k, v, start, kv);
-  }
   absl::Status Attention(const AttentionParams& params) override {
     ++attention;
-    return inner_->Attention(params);
+    return inner().Attention(params);
   }
   absl::Status DcaAttention(const DcaAttentionParams& params) override {
     ++dca;
-    return inner_->DcaAttention(params);
+    return inner().DcaAttention(params);
   }
   absl::Status VerticalSlashAttention(const VerticalSlashAttentionParams& params) override {
     if (!sparse_) return Backend::VerticalSlashAttention(params);
     ++sparse;
     budgets_seen.emplace_back(params.budgets.begin(), params.budgets.end());
-    return inner_->VerticalSlashAttention(params);
+    return inner().VerticalSlashAttention(params);
   }
 
  private:
   bool sparse_;
-  std::unique_ptr<Backend> inner_ = NewCpuBackend();
 };
 
 TEST(BackendDefaultsTest, VerticalSlashAttentionIsUnimplementedUnlessOverridden) {
