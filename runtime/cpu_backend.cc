@@ -35,10 +35,6 @@ absl::Status Expect(absl::string_view op, absl::string_view name, const Tensor& 
                     const std::vector<int64_t>& shape) {
   return CheckTensor(op, name, t, dtype, shape, Placement::kCpu);
 }
-absl::Status ExpectNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,
-                           absl::string_view b_name, const Tensor& b) {
-  return CheckNoAlias(op, a_name, a, b_name, b);
-}
 absl::Status ExpectKvLayer(absl::string_view op, const KvLayerView& kv, int64_t kv_heads,
                            int64_t head_dim, int64_t positions_end) {
   return CheckKvLayer(op, kv, kv_heads, head_dim, positions_end, kCacheFormat);
@@ -128,7 +124,7 @@ class CpuBackend final : public Backend {
     return CopyBytes("CopyToHost", src, host);
   }
   absl::Status Copy(const Tensor& src, Tensor& dst) override {
-    MP_RETURN_IF_ERROR(ExpectNoAlias("Copy", "src", src, "dst", dst));
+    MP_RETURN_IF_ERROR(CheckNoAlias("Copy", "src", src, "dst", dst));
     return CopyBytes("Copy", src, dst);
   }
 
@@ -177,7 +173,7 @@ class CpuBackend final : public Backend {
     if (!(eps >= 0.0f) || !std::isfinite(eps)) {
       return absl::InvalidArgumentError(absl::StrCat("RmsNorm: eps must be >= 0, got ", eps));
     }
-    if (out.data() != x.data()) MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "x", x, "out", out));
+    if (out.data() != x.data()) MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "x", x, "out", out));
     if (n == 0 || d == 0) return absl::OkStatus();
     cpu::RmsNorm(x.data_as<const float>(), weight.data_as<const float>(), n, d, eps,
                  out.data_as<float>());
@@ -200,7 +196,7 @@ class CpuBackend final : public Backend {
     const int64_t out = w.dim(0);
     if (bias != nullptr) MP_RETURN_IF_ERROR(Expect(kOp, "bias", *bias, DType::kF32, {out}));
     MP_RETURN_IF_ERROR(Expect(kOp, "y", y, DType::kF32, {n, out}));
-    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "x", x, "y", y));
+    MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "x", x, "y", y));
     if (n == 0 || out == 0) return absl::OkStatus();
     cpu::Linear(x.data_as<const float>(), w.data_as<const float>(),
                 bias != nullptr ? bias->data_as<const float>() : nullptr, n, in, out,
@@ -236,7 +232,7 @@ class CpuBackend final : public Backend {
     }
     const int64_t inter = gate_up.dim(1) / 2;
     MP_RETURN_IF_ERROR(Expect(kOp, "out", out, DType::kF32, {n, inter}));
-    MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "gate_up", gate_up, "out", out));
+    MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "gate_up", gate_up, "out", out));
     if (n == 0 || inter == 0) return absl::OkStatus();
     cpu::SiluMul(gate_up.data_as<const float>(), n, inter, out.data_as<float>());
     return absl::OkStatus();

@@ -42,17 +42,11 @@ absl::Status CudaStatus(cudaError_t e, absl::string_view what) {
 const __nv_bfloat16* Bf16(const Tensor& t) { return t.data_as<const __nv_bfloat16>(); }
 __nv_bfloat16* MutableBf16(const Tensor& t) { return t.data_as<__nv_bfloat16>(); }
 
-enum class Where { kCuda, kCudaOrHost };
 constexpr PagedCacheFormat kCacheFormat{DType::kBF16, Placement::kCuda, Placement::kCudaOrCpu};
 
 absl::Status Expect(absl::string_view op, absl::string_view name, const Tensor& t, DType dtype,
-                    const std::vector<int64_t>& shape, Where where = Where::kCuda) {
-  return CheckTensor(op, name, t, dtype, shape,
-                     where == Where::kCuda ? Placement::kCuda : Placement::kCudaOrCpu);
-}
-absl::Status ExpectNoAlias(absl::string_view op, absl::string_view a_name, const Tensor& a,
-                           absl::string_view b_name, const Tensor& b) {
-  return CheckNoAlias(op, a_name, a, b_name, b);
+                    const std::vector<int64_t>& shape, Placement where = Placement::kCuda) {
+  return CheckTensor(op, name, t, dtype, shape, where);
 }
 absl::Status ExpectKvLayer(absl::string_view op, const KvLayerView& kv, int64_t kv_heads,
                            int64_t head_dim, int64_t positions_end) {
@@ -271,7 +265,7 @@ absl::Status CudaBackend::CopyToHost(const Tensor& src, Tensor& host) {
 
 absl::Status CudaBackend::Copy(const Tensor& src, Tensor& dst) {
   MP_RETURN_IF_ERROR(ExpectCopyable("Copy", src, DeviceKind::kCuda, dst, DeviceKind::kCuda));
-  MP_RETURN_IF_ERROR(ExpectNoAlias("Copy", "src", src, "dst", dst));
+  MP_RETURN_IF_ERROR(CheckNoAlias("Copy", "src", src, "dst", dst));
   if (src.nbytes() == 0 || src.data() == dst.data()) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   return CudaStatus(
@@ -332,7 +326,7 @@ absl::StatusOr<const int32_t*> CudaBackend::DeviceInts(const Tensor& t) {
 
 absl::Status CudaBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
   constexpr absl::string_view kOp = "Embedding";
-  MP_RETURN_IF_ERROR(Expect(kOp, "ids", ids, DType::kI32, {kAny}, Where::kCudaOrHost));
+  MP_RETURN_IF_ERROR(Expect(kOp, "ids", ids, DType::kI32, {kAny}, Placement::kCudaOrCpu));
   MP_RETURN_IF_ERROR(Expect(kOp, "table", table, DType::kBF16, {kAny, kAny}));
   const int64_t n = ids.dim(0), vocab = table.dim(0), hidden = table.dim(1);
   MP_RETURN_IF_ERROR(Expect(kOp, "out", out, DType::kBF16, {n, hidden}));
@@ -367,7 +361,7 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
   if (!(eps >= 0.0f) || !std::isfinite(eps)) {
     return absl::InvalidArgumentError(absl::StrCat("RmsNorm: eps must be >= 0, got ", eps));
   }
-  if (out.data() != x.data()) MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "x", x, "out", out));
+  if (out.data() != x.data()) MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "x", x, "out", out));
   if (n == 0 || d == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   return CudaStatus(cuda::RmsNorm(Bf16(x), Bf16(weight), n, d, eps, MutableBf16(out), stream_),
@@ -390,9 +384,9 @@ absl::Status CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor*
   const int64_t out = w.dim(0);
   if (bias != nullptr) MP_RETURN_IF_ERROR(Expect(kOp, "bias", *bias, DType::kBF16, {out}));
   MP_RETURN_IF_ERROR(Expect(kOp, "y", y, DType::kBF16, {n, out}));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "x", x, "y", y));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "w", w, "y", y));
-  if (bias != nullptr) MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "bias", *bias, "y", y));
+  MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "x", x, "y", y));
+  MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "w", w, "y", y));
+  if (bias != nullptr) MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "bias", *bias, "y", y));
   if (n == 0 || out == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   if (in == 0) {  // an empty sum: y = bias or 0
@@ -431,7 +425,7 @@ absl::Status CudaBackend::Rope(Tensor& x, const Tensor& positions, double theta)
     return absl::InvalidArgumentError(absl::StrCat(
         "Rope: head_dim must be even and at most 8192, x has shape ", x.ShapeString()));
   }
-  MP_RETURN_IF_ERROR(Expect(kOp, "positions", positions, DType::kI32, {n}, Where::kCudaOrHost));
+  MP_RETURN_IF_ERROR(Expect(kOp, "positions", positions, DType::kI32, {n}, Placement::kCudaOrCpu));
   if (!(theta > 0.0) || !std::isfinite(theta)) {
     return absl::InvalidArgumentError(absl::StrCat("Rope: theta must be > 0, got ", theta));
   }
@@ -453,7 +447,7 @@ absl::Status CudaBackend::SiluMul(const Tensor& gate_up, Tensor& out) {
   }
   const int64_t inter = gate_up.dim(1) / 2;
   MP_RETURN_IF_ERROR(Expect(kOp, "out", out, DType::kBF16, {n, inter}));
-  MP_RETURN_IF_ERROR(ExpectNoAlias(kOp, "gate_up", gate_up, "out", out));
+  MP_RETURN_IF_ERROR(CheckNoAlias(kOp, "gate_up", gate_up, "out", out));
   if (n == 0 || inter == 0) return absl::OkStatus();
   MP_RETURN_IF_ERROR(UseDevice(device_));
   return CudaStatus(cuda::SiluMul(Bf16(gate_up), n, inter, MutableBf16(out), stream_), kOp);
