@@ -76,10 +76,10 @@ while IFS=$'\t' read -r kind a b rest; do
     exes+=("$a")
   fi
 done < "$plan"
-exes+=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench"
-      "$build/bench/cuda/mp_sparse_bench" "$build/bench/cuda/mp_sparse_kernel_bench"
-      "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so"
-      "$build/cli/millipede" "$build/bench/mp_passkey_eval")
+benches=("$build/bench/cuda/mp_ttft_bench" "$build/bench/cuda/mp_attention_bench"
+         "$build/bench/cuda/mp_sparse_bench" "$build/bench/cuda/mp_sparse_kernel_bench"
+         "$build/bench/cuda/mp_decode_bench" "$build/bench/cuda/libmp_attention_bench.so")
+exes+=("${benches[@]}" "$build/cli/millipede" "$build/bench/mp_passkey_eval")
 "$bundle_libs" "$stage" "${exes[@]}" >/dev/null
 cp "$root/tests/gpu/run_memcheck.sh" "$stage/bin/"
 strip --strip-unneeded "$stage"/bin/* 2>/dev/null || true
@@ -307,6 +307,6 @@ RUN
 chmod +x "$bundle/run.sh"
 size=$(du -sm "$bundle" | cut -f1)
 echo "bundle: $(du -sh "$bundle" | cut -f1) in $bundle ($(wc -l < "$stage/tests.txt") test binaries," \
-     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, 5 benchmarks," \
+     "$(grep -vc '^#' "$stage/commands.tsv") other gpu tests, ${#benches[@]} benchmarks," \
      "candidates $variants; payload $(du -k "$bundle/payload.tar.xz" | cut -f1) KB)"
 [ "$size" -lt 40 ] || { echo "gpu_bundle.sh: the bundle is ${size} MB, over 40 MB" >&2; exit 1; }
