@@ -26,6 +26,8 @@ using testing::Bf16Bits;
 using testing::Bf16Input;
 using testing::ExpectBf16Close;
 using testing::ExpectBitwiseEqual;
+using testing::MakePagedCache;
+using testing::PagedCache;
 using testing::RandomBf16Input;
 using testing::ToDevice;
 
@@ -364,40 +366,6 @@ TEST_F(CudaBackendTest, SiluMulMatchesCpu) {
   }
 }
 
-// A paged cache [num_blocks, kv_heads, block_size, head_dim] holding the same random values on
-// both backends, with a shuffled block table.
-struct PagedCache {
-  Tensor cpu_k, cpu_v, cpu_table;
-  Tensor gpu_k, gpu_v, gpu_table;
-  int64_t block_size = 0;
-};
-
-PagedCache MakeCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads, int64_t block_size,
-                     int64_t head_dim, int64_t table_len, uint64_t seed) {
-  PagedCache c;
-  c.block_size = block_size;
-  Bf16Input k = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed);
-  Bf16Input v = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed + 1);
-  c.cpu_k = k.f32;
-  c.cpu_v = v.f32;
-  c.gpu_k = *ToDevice(gpu, k.bf16);
-  c.gpu_v = *ToDevice(gpu, v.bf16);
-  std::vector<int32_t> perm(num_blocks);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937(static_cast<uint32_t>(seed)));
-  c.cpu_table = Tensor::Host({table_len}, DType::kI32);
-  std::copy(perm.begin(), perm.begin() + table_len, c.cpu_table.data_as<int32_t>());
-  c.gpu_table = *ToDevice(gpu, c.cpu_table);
-  return c;
-}
-
-KvLayerView CpuView(const PagedCache& c) {
-  return KvLayerView{c.cpu_k, c.cpu_v, c.cpu_table, c.block_size};
-}
-KvLayerView GpuView(const PagedCache& c) {
-  return KvLayerView{c.gpu_k, c.gpu_v, c.gpu_table, c.block_size};
-}
-
 TEST_F(CudaBackendTest, WriteKvMatchesCpuBitForBit) {
   struct Case {
     int64_t kv_heads, head_dim, block_size, start, n;
@@ -407,16 +375,16 @@ TEST_F(CudaBackendTest, WriteKvMatchesCpuBitForBit) {
     SCOPED_TRACE(::testing::Message() << "kv_heads " << c.kv_heads << " head_dim " << c.head_dim
                                       << " block " << c.block_size << " start " << c.start);
     const int64_t blocks = (c.start + c.n + c.block_size - 1) / c.block_size;
-    PagedCache cache = MakeCache(*gpu_, blocks + 3, c.kv_heads, c.block_size, c.head_dim, blocks,
-                                 71 + c.n);
+    PagedCache cache =
+        MakePagedCache(*gpu_, blocks + 3, c.kv_heads, c.block_size, c.head_dim, blocks, 71 + c.n);
     Bf16Input k = RandomBf16Input({c.n, c.kv_heads, c.head_dim}, 72);
     Bf16Input v = RandomBf16Input({c.n, c.kv_heads, c.head_dim}, 73);
-    MP_ASSERT_OK(cpu_->WriteKv(k.f32, v.f32, c.start, CpuView(cache)));
-    MP_ASSERT_OK(gpu_->WriteKv(Device(k.bf16), Device(v.bf16), c.start, GpuView(cache)));
+    MP_ASSERT_OK(cpu_->WriteKv(k.f32, v.f32, c.start, cache.Cpu()));
+    MP_ASSERT_OK(gpu_->WriteKv(Device(k.bf16), Device(v.bf16), c.start, cache.Gpu()));
     ExpectBitwiseEqual(Host(cache.gpu_k), cache.cpu_k, "K cache");
     ExpectBitwiseEqual(Host(cache.gpu_v), cache.cpu_v, "V cache");
     // A host block table works too (and its entries are checked).
-    KvLayerView host_table = GpuView(cache);
+    KvLayerView host_table = cache.Gpu();
     host_table.block_table = cache.cpu_table;
     MP_ASSERT_OK(gpu_->WriteKv(Device(k.bf16), Device(v.bf16), c.start, host_table));
     ExpectBitwiseEqual(Host(cache.gpu_k), cache.cpu_k, "K cache (host table)");
@@ -424,18 +392,17 @@ TEST_F(CudaBackendTest, WriteKvMatchesCpuBitForBit) {
 }
 
 TEST_F(CudaBackendTest, KvOpsRejectBadGeometry) {
-  PagedCache cache = MakeCache(*gpu_, 4, 2, 64, 128, 2, 81);
+  PagedCache cache = MakePagedCache(*gpu_, 4, 2, 64, 128, 2, 81);
   MP_ASSERT_OK_AND_ASSIGN(Tensor k, gpu_->Allocate({10, 2, 128}, DType::kBF16));
-  MP_EXPECT_ERROR(gpu_->WriteKv(k, k, 120, GpuView(cache)), StatusCode::kInvalidArgument,
+  MP_EXPECT_ERROR(gpu_->WriteKv(k, k, 120, cache.Gpu()), StatusCode::kInvalidArgument,
                   "block table has 2 blocks but positions up to 130 need 3");
-  KvLayerView bad = GpuView(cache);
+  KvLayerView bad = cache.Gpu();
   bad.block_table = Tensor::Host({2}, DType::kI32);
   bad.block_table.data_as<int32_t>()[1] = 9;
   MP_EXPECT_ERROR(gpu_->WriteKv(k, k, 60, bad), StatusCode::kInvalidArgument,
                   "block table entry 1 is block 9");
   MP_ASSERT_OK_AND_ASSIGN(Tensor k64, gpu_->Allocate({10, 2, 64}, DType::kBF16));
-  MP_EXPECT_ERROR(gpu_->WriteKv(k64, k64, 0, GpuView(cache)), StatusCode::kInvalidArgument,
-                  "K cache");
+  MP_EXPECT_ERROR(gpu_->WriteKv(k64, k64, 0, cache.Gpu()), StatusCode::kInvalidArgument, "K cache");
 }
 
 // An attention op of both backends on the same inputs: the fp32 CPU result and the GPU's, with the
@@ -457,7 +424,7 @@ class AttentionOpTest : public CudaBackendTest {
     run->want = Tensor::Host({n, heads, d}, DType::kF32);
     run->want_lse = Tensor::Host({heads, n}, DType::kF32);
     params.q = &q.f32;
-    params.kv = CpuView(cache);
+    params.kv = cache.Cpu();
     params.out = &run->want;
     params.lse = &run->want_lse;
     MP_ASSERT_OK(op(*cpu_, params));
@@ -466,7 +433,7 @@ class AttentionOpTest : public CudaBackendTest {
     MP_ASSERT_OK_AND_ASSIGN(run->out, gpu_->Allocate({n, heads, d}, DType::kBF16));
     MP_ASSERT_OK_AND_ASSIGN(run->lse, gpu_->Allocate({heads, n}, DType::kF32));
     params.q = &run->q;
-    params.kv = GpuView(cache);
+    params.kv = cache.Gpu();
     params.out = &run->out;
     params.lse = &run->lse;
     run->before = gpu_->stats();
@@ -488,7 +455,7 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   const AttentionCase c = GetParam();
   const int64_t blocks = std::max<int64_t>(1, (c.key_end + c.block_size - 1) / c.block_size);
   PagedCache cache =
-      MakeCache(*gpu_, blocks + 2, c.kv_heads, c.block_size, c.head_dim, blocks, 91 + c.n);
+      MakePagedCache(*gpu_, blocks + 2, c.kv_heads, c.block_size, c.head_dim, blocks, 91 + c.n);
   Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 92 + c.key_end);
   AttentionParams p;
   p.key_begin = c.key_begin;
@@ -553,12 +520,12 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST_F(CudaBackendTest, AttentionRejectsBadArguments) {
-  PagedCache cache = MakeCache(*gpu_, 4, 2, 64, 128, 4, 95);
+  PagedCache cache = MakePagedCache(*gpu_, 4, 2, 64, 128, 4, 95);
   MP_ASSERT_OK_AND_ASSIGN(Tensor q, gpu_->Allocate({8, 6, 128}, DType::kBF16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu_->Allocate({8, 6, 128}, DType::kBF16));
   AttentionParams p;
   p.q = &q;
-  p.kv = GpuView(cache);
+  p.kv = cache.Gpu();
   p.key_end = 100;
   p.scale = 0.1f;
   p.out = &out;
@@ -576,10 +543,10 @@ TEST_F(CudaBackendTest, AttentionRejectsBadArguments) {
   MP_EXPECT_ERROR(gpu_->Attention(p), StatusCode::kInvalidArgument, "not a multiple");
   MP_ASSERT_OK_AND_ASSIGN(Tensor q512, gpu_->Allocate({8, 2, 512}, DType::kBF16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor out512, gpu_->Allocate({8, 2, 512}, DType::kBF16));
-  PagedCache big = MakeCache(*gpu_, 2, 2, 64, 512, 2, 96);
+  PagedCache big = MakePagedCache(*gpu_, 2, 2, 64, 512, 2, 96);
   p.q = &q512;
   p.out = &out512;
-  p.kv = GpuView(big);
+  p.kv = big.Gpu();
   MP_EXPECT_ERROR(gpu_->Attention(p), StatusCode::kInvalidArgument, "head_dim 512");
 }
 
@@ -713,7 +680,7 @@ TEST_P(CudaDcaAttentionTest, MatchesCpu) {
   constexpr int64_t kBlock = 64;
   const int64_t key_end = c.query_begin + c.n;
   const int64_t blocks = (key_end + kBlock - 1) / kBlock;
-  PagedCache cache = MakeCache(*gpu_, blocks + 2, c.kv_heads, kBlock, c.head_dim, blocks,
+  PagedCache cache = MakePagedCache(*gpu_, blocks + 2, c.kv_heads, kBlock, c.head_dim, blocks,
                                301 + c.query_begin);
   Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 302 + c.n);
   DcaAttentionParams p;

@@ -33,34 +33,16 @@ namespace {
 using ::absl::StatusCode;
 using testing::Bf16Input;
 using testing::ExpectBf16Close;
+using testing::MakePagedCache;
+using testing::PagedCache;
 using testing::RandomBf16Input;
 using testing::ToDevice;
 
-struct Cache {
-  Tensor cpu_k, cpu_v, cpu_table, gpu_k, gpu_v, gpu_table;
-  int64_t block_size = 0;
-  KvLayerView Cpu() const { return {cpu_k, cpu_v, cpu_table, block_size}; }
-  KvLayerView Gpu() const { return {gpu_k, gpu_v, gpu_table, block_size}; }
-};
-
-Cache MakeCache(CudaBackend& gpu, int64_t len, int64_t kv_heads, int64_t block_size,
-                int64_t head_dim, uint64_t seed) {
-  const int64_t used = (len + block_size - 1) / block_size, blocks = used + 2;
-  Cache c;
-  c.block_size = block_size;
-  Bf16Input k = RandomBf16Input({blocks, kv_heads, block_size, head_dim}, seed);
-  Bf16Input v = RandomBf16Input({blocks, kv_heads, block_size, head_dim}, seed + 1);
-  c.cpu_k = k.f32;
-  c.cpu_v = v.f32;
-  c.gpu_k = *ToDevice(gpu, k.bf16);
-  c.gpu_v = *ToDevice(gpu, v.bf16);
-  std::vector<int32_t> perm(blocks);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), std::mt19937(static_cast<uint32_t>(seed)));
-  c.cpu_table = Tensor::Host({used}, DType::kI32);
-  std::copy(perm.begin(), perm.begin() + used, c.cpu_table.data_as<int32_t>());
-  c.gpu_table = *ToDevice(gpu, c.cpu_table);
-  return c;
+// A cache for keys [0, len): the blocks they need plus two unused ones.
+PagedCache MakeCache(CudaBackend& gpu, int64_t len, int64_t kv_heads, int64_t block_size,
+                     int64_t head_dim, uint64_t seed) {
+  const int64_t used = (len + block_size - 1) / block_size;
+  return MakePagedCache(gpu, used + 2, kv_heads, block_size, head_dim, used, seed);
 }
 
 struct OpCase {
@@ -74,7 +56,7 @@ TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
   MP_REQUIRE_CUDA_BACKEND(gpu);
   const OpCase c = GetParam();
   const int64_t len = c.query_begin + c.n;
-  const Cache cache = MakeCache(*gpu, len, c.kv_heads, 64, c.head_dim, 11 + c.query_begin);
+  const PagedCache cache = MakeCache(*gpu, len, c.kv_heads, 64, c.head_dim, 11 + c.query_begin);
   Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 12 + c.n);
   std::unique_ptr<Backend> cpu = NewCpuBackend();
   const std::vector<int64_t> budgets(2 * c.q_heads, len + 1);
@@ -145,7 +127,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(CudaSparseOpErrorsTest, RejectsBadArguments) {
   MP_REQUIRE_CUDA_BACKEND(gpu);
-  const Cache cache = MakeCache(*gpu, 128, 2, 64, 64, 3);
+  const PagedCache cache = MakeCache(*gpu, 128, 2, 64, 64, 3);
   Bf16Input q = RandomBf16Input({128, 4, 64}, 4);
   MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(*gpu, q.bf16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu->Allocate({128, 4, 64}, DType::kBF16));
@@ -171,7 +153,7 @@ TEST(CudaSparseOpErrorsTest, RejectsBadArguments) {
   p.q = &q.f32;  // a host f32 tensor
   MP_EXPECT_ERROR(gpu->VerticalSlashAttention(p), StatusCode::kInvalidArgument, "q");
   // head_dim 96 is not a sparse kernel shape.
-  const Cache cache96 = MakeCache(*gpu, 128, 2, 64, 96, 5);
+  const PagedCache cache96 = MakeCache(*gpu, 128, 2, 64, 96, 5);
   Bf16Input q96 = RandomBf16Input({128, 4, 96}, 6);
   MP_ASSERT_OK_AND_ASSIGN(Tensor dq96, ToDevice(*gpu, q96.bf16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor out96, gpu->Allocate({128, 4, 96}, DType::kBF16));

@@ -1,8 +1,10 @@
 #include "tests/gpu/gpu_test_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <numeric>
 #include <random>
 
 #include "common/status.h"
@@ -118,6 +120,25 @@ void ExpectBitwiseEqual(const Tensor& got, const Tensor& want, const std::string
       return;
     }
   }
+}
+
+PagedCache MakePagedCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads,
+                          int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed) {
+  PagedCache c;
+  c.block_size = block_size;
+  Bf16Input k = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed);
+  Bf16Input v = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed + 1);
+  c.cpu_k = k.f32;
+  c.cpu_v = v.f32;
+  c.gpu_k = *ToDevice(gpu, k.bf16);
+  c.gpu_v = *ToDevice(gpu, v.bf16);
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(static_cast<uint32_t>(seed)));
+  c.cpu_table = Tensor::Host({table_len}, DType::kI32);
+  std::copy(perm.begin(), perm.begin() + table_len, c.cpu_table.data_as<int32_t>());
+  c.gpu_table = *ToDevice(gpu, c.cpu_table);
+  return c;
 }
 
 }  // namespace mp::testing

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/backend.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/tensor.h"
 
@@ -41,6 +42,19 @@ Tensor HostBf16(const Tensor& f32);
 
 // A device copy of a host tensor (same dtype).
 absl::StatusOr<Tensor> ToDevice(CudaBackend& backend, const Tensor& host);
+
+// A paged cache [num_blocks, kv_heads, block_size, head_dim] holding the same random
+// (bf16-exact) values on both backends, with a block table of table_len entries from a seeded
+// shuffle of the blocks.
+struct PagedCache {
+  Tensor cpu_k, cpu_v, cpu_table;
+  Tensor gpu_k, gpu_v, gpu_table;
+  int64_t block_size = 0;
+  KvLayerView Cpu() const { return {cpu_k, cpu_v, cpu_table, block_size}; }
+  KvLayerView Gpu() const { return {gpu_k, gpu_v, gpu_table, block_size}; }
+};
+PagedCache MakePagedCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads,
+                          int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed);
 
 // Compares a bf16 result (as f32) with an fp32 reference of the same shape:
 //   relative Frobenius error ||got - want|| / ||want|| <= fro_tol, and for every element
