@@ -34,7 +34,6 @@
 #include <cstdlib>
 #include <numeric>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -116,40 +115,26 @@ HostIndex MakeIndex(const std::string& pattern, int64_t keys, int64_t nb, int64_
   return x;
 }
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   int64_t keys = 1048576, nb = 2300, nc = 3929;
   int iters = 5;
   uint64_t seed = 1;
-  std::string patterns_arg = "same,band,scatter";
+  std::vector<std::string> patterns = {"same", "band", "scatter"};
   CLI::App app{
       "The vertical-slash sparse attention kernel on constructed indices of equal work "
       "and different locality, next to the dense kernel"};
   app.add_option("--keys", keys, "cached keys (the prompt length; the last 32768 are queries)");
   app.add_option("--blocks", nb, "64-key blocks per (q head, 64-row block)");
   app.add_option("--columns", nc, "single columns per (q head, 64-row block)");
-  app.add_option("--patterns", patterns_arg, "comma-separated: same, band, scatter");
+  app.add_option("--patterns", patterns, "comma-separated: same, band, scatter")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"same", "band", "scatter"}));
   app.add_option("--iters", iters, "timed rounds (median) after one warm-up")
       ->check(CLI::Range(1, 1000000));
   app.add_option("--seed", seed, "input and index seed");
   CLI11_PARSE(app, argc, argv);
-  const std::vector<std::string> patterns = Split(patterns_arg);
-  for (const std::string& p : patterns) {
-    if (p != "same" && p != "band" && p != "scatter") {
-      std::fprintf(stderr, "--patterns: unknown pattern '%s' (same, band, scatter)\n", p.c_str());
-      return 2;
-    }
-  }
   const int64_t query_begin = keys - kChunk;
   // Room for the blocks and columns of every pattern before the queries (see MakeIndex).
   if (keys % 64 != 0 || query_begin < 4 * 64 * (nb + 1) || nb < 0 || nc < 0 ||
