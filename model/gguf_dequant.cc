@@ -1,6 +1,5 @@
 #include "model/gguf_dequant.h"
 
-#include <bit>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -51,29 +50,6 @@ void DequantQ4_1(const uint8_t* src, int64_t blocks, float* dst) {
 }
 
 }  // namespace
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h >> 15) << 31;
-  const uint32_t exponent = (h >> 10) & 0x1F;
-  const uint32_t mantissa = h & 0x3FF;
-  uint32_t bits;
-  if (exponent == 0x1F) {
-    bits = sign | 0x7F800000u | (mantissa << 13);  // inf / NaN
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;  // +-0
-  } else {
-    // Subnormal: mantissa * 2^-24, exact in f32.
-    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
-    return sign ? -magnitude : magnitude;
-  }
-  return std::bit_cast<float>(bits);
-}
-
-float BFloat16ToFloat(uint16_t bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-}
 
 bool CanDequantize(GgmlType type) {
   switch (type) {

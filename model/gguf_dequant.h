@@ -14,10 +14,6 @@
 
 namespace mp {
 
-// IEEE binary16 / bfloat16 bit patterns to f32 (exact; NaNs stay NaN, infinities stay infinite).
-float HalfToFloat(uint16_t bits);
-float BFloat16ToFloat(uint16_t bits);
-
 // Whether DequantizeToF32 handles `type`.
 bool CanDequantize(GgmlType type);
 

@@ -105,9 +105,9 @@ class CpuBackend final : public Backend {
         float* dst = out.data_as<float>();
         const int64_t n = host.numel();
         if (host.dtype() == DType::kBF16) {
-          for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(src[i]);
+          for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16ToFloat(src[i]);
         } else {
-          for (int64_t i = 0; i < n; ++i) dst[i] = F16BitsToFloat(src[i]);
+          for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
         }
         return out;
       }

@@ -295,9 +295,9 @@ absl::StatusOr<Tensor> CudaBackend::ToHostF32(const Tensor& src) {
   MP_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(stream_), "ToHostF32: synchronize"));
   float* dst = out.data_as<float>();
   if (type == cuda::ElementType::kBF16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(raw[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16ToFloat(raw[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = F16BitsToFloat(raw[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(raw[i]);
   }
   return out;
 }

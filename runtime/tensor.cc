@@ -1,6 +1,6 @@
 #include "runtime/tensor.h"
 
-#include <cmath>
+#include <bit>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -34,30 +34,28 @@ const char* DTypeName(DType dtype) {
   return "?";
 }
 
-namespace {
-
-float FloatFromBits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-}  // namespace
-
-float F16BitsToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0) {
-    // Zero or subnormal: mantissa * 2^-24.
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign != 0 ? -magnitude : magnitude;
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h >> 15) << 31;
+  const uint32_t exponent = (h >> 10) & 0x1F;
+  const uint32_t mantissa = h & 0x3FF;
+  uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);  // inf / NaN
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;  // +-0
+  } else {
+    // Subnormal: mantissa * 2^-24, exact in f32.
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    return sign ? -magnitude : magnitude;
   }
-  if (exponent == 31) return FloatFromBits(sign | 0x7f800000u | (mantissa << 13));
-  return FloatFromBits(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  return std::bit_cast<float>(bits);
 }
 
-float Bf16BitsToFloat(uint16_t h) { return FloatFromBits(static_cast<uint32_t>(h) << 16); }
+float BFloat16ToFloat(uint16_t bits) {
+  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
+}
 
 const char* DeviceName(DeviceKind device) {
   return device == DeviceKind::kCpu ? "cpu" : "cuda";

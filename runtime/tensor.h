@@ -21,9 +21,9 @@ enum class DeviceKind : uint8_t { kCpu, kCuda };
 size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);
 const char* DeviceName(DeviceKind device);
-// The float value of one IEEE half (f16) or bfloat16 element given as its bits.
-float F16BitsToFloat(uint16_t bits);
-float Bf16BitsToFloat(uint16_t bits);
+// IEEE binary16 / bfloat16 bit patterns to f32 (exact; NaNs stay NaN, infinities stay infinite).
+float HalfToFloat(uint16_t bits);
+float BFloat16ToFloat(uint16_t bits);
 
 class Tensor {
  public:
