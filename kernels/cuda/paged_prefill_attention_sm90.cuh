@@ -204,10 +204,8 @@ struct PrefillConfig {
     uint64_t v_full[kStages];
     uint64_t v_empty[kStages];
     // Sparse only: the sequence position of each column of the tile in a K stage (INT32_MAX:
-    // no key), its row in the paged cache ([num_blocks, kv_heads, block_size] rows; -1: none),
-    // and per producer warp whether the tile needs a mask.
+    // no key), and per producer warp whether the tile needs a mask.
     alignas(16) int32_t keys[kSparseStages][kSparseKeys];
-    alignas(16) int32_t rows[kSparseStages][kSparseKeys];
     alignas(16) int32_t key_flags[kSparseStages][4];
   };
   // +1024: the dynamic shared memory base is rounded up to the swizzle atom.

@@ -70,15 +70,23 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   using cutlass::arch::ClusterTransactionBarrier;
   constexpr int S = Cfg::kStages;
   constexpr int kN = Cfg::kBlockN;
-  constexpr int kChunks = Cfg::kHeadDim / 8;  // 16-byte chunks per key row
-  constexpr int kRowsPerCopy = 32 / kChunks;  // rows one warp covers per copy instruction
-  constexpr int kRowsPerWarp = kN / 4;
-  constexpr int kCopies = kRowsPerWarp / kRowsPerCopy;
-  static_assert(kN == 128 && Cfg::kThreads == 384, "one producer thread per key column");
+  // Copy layout: 4 lanes per key row, each copying 16-byte chunks lane%4 + 4j (j < kSteps), so
+  // one warp instruction moves 8 rows x 64 contiguous bytes; warp w covers the tile's columns
+  // 32w .. 32w + 31 as 4 groups of 8 rows. A thread thus copies the rows of 4 columns only,
+  // whose cache rows it resolves itself (no exchange through shared memory), and each copy is
+  // one cp.async whose addresses are a per-column register plus a constant.
+  constexpr int kLanesPerRow = 4;
+  constexpr int kGroups = 4;                                 // row groups per warp
+  constexpr int kSteps = Cfg::kHeadDim / 8 / kLanesPerRow;   // copies per row and thread
+  constexpr int kRowBytes = Cfg::kHeadDim * 2;
+  constexpr int kPanelBytes = kN * 128;                      // 64 dims of every tile row
+  static_assert(kN == 128 && Cfg::kThreads == 384, "one producer warp per 32 key columns");
+  static_assert(kSteps >= 1 && 32 / kLanesPerRow * kGroups == 32, "copy layout");
   const int T = plan.total();
   if (T == 0) return;
   const int tid = threadIdx.x;  // 0..127
   const int warp = tid / 32, lane = tid % 32;
+  const int r8 = lane / kLanesPerRow, quad = lane % kLanesPerRow;
 
   if (tid == 0) {
     ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, Cfg::kQBytes);
@@ -93,20 +101,19 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
 
   // Keys of row block m's first row: positions <= first_limit are visible to every row.
   const int first_limit = p.key_end - p.num_queries + m * Cfg::kWgRows;
-  const int chunk = lane % kChunks;
-  const int sub = lane / kChunks;
-  const int panel = chunk / 8, in_panel = chunk % 8;
   const int64_t rb = int64_t(q_head) * p.sparse.row_blocks + m;
+  const int bs = p.block_size;
+  const int bs_shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;  // -1: not a power of two
 
-  // Column tid of tile i: its sequence position and its row in the paged cache (-1: no key, or
-  // a key whose cache block is missing). Two dependent loads (index, block table): issued one
-  // tile ahead of the copies that need them.
-  struct Column {
-    int key = INT_MAX;
-    int row = -1;
+  // The columns this thread copies: 32 warp + 8 g + r8 for g < kGroups; their sequence
+  // positions (INT_MAX: none) and paged-cache rows (-1: no key, or its cache block is missing).
+  // Two dependent loads (index, block table) per column: resolved one tile ahead.
+  struct Columns {
+    int key[kGroups];
+    int row[kGroups];
   };
-  auto column_of = [&](int i) {
-    Column col;
+  auto columns_of = [&](int i) {
+    Columns c;
     // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
     int seg = 0, seg_begin = 0, entries = plan.entries[0];
 #pragma unroll
@@ -117,69 +124,100 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
         entries = plan.entries[s + 1];
       }
     }
-    const int part = seg / 2;
     const int t = i - seg_begin;  // tile within the segment
-    const SparsePartParams& x = p.sparse.parts[part];
-    bool valid;
-    int local = 0;
-    if (seg % 2 == 0) {  // two 64-key blocks
-      const int b = 2 * t + tid / 64;
-      valid = b < entries;
-      if (valid) local = __ldg(x.block_offset + rb * x.max_blocks + b) + tid % 64;
+    const SparsePartParams& x = p.sparse.parts[seg / 2];
+    int local[kGroups];
+    bool valid[kGroups];
+    if (seg % 2 == 0) {  // two 64-key blocks: warps 0-1 take the first, warps 2-3 the second
+      const int b = 2 * t + warp / 2;
+      const int first = b < entries ? __ldg(x.block_offset + rb * x.max_blocks + b) : 0;
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        valid[g] = b < entries;
+        local[g] = first + (warp % 2) * 32 + g * 8 + r8;
+      }
     } else {  // 128 columns
-      const int c = 128 * t + tid;
-      valid = c < entries;
-      if (valid) local = __ldg(x.column_index + rb * x.max_columns + c);
-    }
-    if (valid && local >= 0 && local < x.kv_len) {
-      const int key = x.key_begin + local;
-      const int blk = __ldg(p.block_table + key / p.block_size);
-      if (blk >= 0 && blk < p.sparse.num_blocks) {
-        col.key = key;
-        col.row = (blk * p.sparse.kv_heads + kv_head) * p.block_size + key % p.block_size;
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        const int col = kN * t + warp * 32 + g * 8 + r8;
+        valid[g] = col < entries;
+        local[g] = valid[g] ? __ldg(x.column_index + rb * x.max_columns + col) : 0;
       }
     }
-    return col;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      c.key[g] = INT_MAX;
+      c.row[g] = -1;
+      if (valid[g] && local[g] >= 0 && local[g] < x.kv_len) {
+        const int key = x.key_begin + local[g];
+        const int page = bs_shift >= 0 ? key >> bs_shift : key / bs;
+        const int blk = __ldg(p.block_table + page);
+        if (blk >= 0 && blk < p.sparse.num_blocks) {
+          c.key[g] = key;
+          c.row[g] = (blk * p.sparse.kv_heads + kv_head) * bs + (key - page * bs);
+        }
+      }
+    }
+    return c;
   };
 
-  // Gathers the rows of the tile in `stage` (cache rows from the stage's list) from `cache`.
-  auto gather = [&](typename Cfg::Element* tile, const __nv_bfloat16* cache, int stage) {
-    char* base = reinterpret_cast<char*>(tile);
-#pragma unroll 8
-    for (int c = 0; c < kCopies; ++c) {
-      const int row = warp * kRowsPerWarp + c * kRowsPerCopy + sub;
-      const int r = ss.rows[stage][row];
-      const __nv_bfloat16* src = r >= 0 ? cache + int64_t(r) * Cfg::kHeadDim + chunk * 8 : cache;
-      // 128B swizzle (the layout TMA writes): 16-byte chunk index XOR row % 8.
-      char* dst = base + panel * (kN * 128) + row * 128 + ((in_panel ^ (row % 8)) * 16);
-      internal::CpAsync16(dst, src, r >= 0);
+  // Shared address of this thread's chunk in row 32 warp + r8 of a tile, for even and odd j
+  // (the 128B swizzle, the layout TMA writes: 16-byte chunk index XOR row % 8, row % 8 = r8).
+  const uint32_t k_smem = static_cast<uint32_t>(__cvta_generic_to_shared(ss.k.data()));
+  const uint32_t v_smem = static_cast<uint32_t>(__cvta_generic_to_shared(ss.v.data()));
+  const uint32_t own = uint32_t(warp * 32 + r8) * 128u + uint32_t(quad ^ r8) * 16u;
+  // Gathers the rows of one tile (cache rows `row`, -1: zero fill) into the tile at `tile`.
+  auto gather = [&](uint32_t tile, const __nv_bfloat16* cache, const int (&row)[kGroups]) {
+    const char* base = reinterpret_cast<const char*>(cache) + quad * 16;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      const bool ok = row[g] >= 0;
+      const char* src = base + (ok ? int64_t(row[g]) * kRowBytes : 0);
+      const int bytes = ok ? 16 : 0;
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j) {
+        const uint32_t dst = tile + (own ^ uint32_t((j % 2) * 64)) +
+                             uint32_t((j / 2) * kPanelBytes + g * 8 * 128);
+        internal::CpAsync16(dst, src + j * 64, bytes);
+      }
     }
   };
 
   // Tile i: K(i) then V(i - 1). Each thread's copies complete asynchronously onto the stage's
   // full barrier (cp.async.mbarrier.arrive.noinc: one of its 128 arrivals per phase), so the
   // producer only ever waits for free stages, never for its own loads.
-  Column next = column_of(0);
+  Columns next = columns_of(0);
+  int prev_row[kGroups];  // cache rows of tile i - 1, whose V is gathered in iteration i
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) prev_row[g] = -1;
   for (int i = 0; i <= T; ++i) {
+    int cur_row[kGroups];
     if (i < T) {
       const int stage = i % S;
       if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], ((i / S) & 1) ^ 1);
-      const Column col = next;
-      ss.keys[stage][tid] = col.key;
-      ss.rows[stage][tid] = col.row;
-      const unsigned masked = __ballot_sync(0xffffffffu, col.row < 0 || col.key > first_limit);
-      if (lane == 0) ss.key_flags[stage][warp] = masked != 0u;
-      __syncwarp();
-      gather(ss.k.data() + stage * Cfg::kTileElems, p.sparse.k_cache, stage);
+      bool masked = false;
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        cur_row[g] = next.row[g];
+        masked |= next.row[g] < 0 || next.key[g] > first_limit;
+        if (quad == 0) ss.keys[stage][warp * 32 + g * 8 + r8] = next.key[g];
+      }
+      const unsigned any = __ballot_sync(0xffffffffu, masked);
+      if (lane == 0) ss.key_flags[stage][warp] = any != 0u;
+      gather(k_smem + uint32_t(stage * Cfg::kTileBytes), p.sparse.k_cache, cur_row);
       internal::CpAsyncArriveNoinc(&ss.k_full[stage]);
-      if (i + 1 < T) next = column_of(i + 1);
+      if (i + 1 < T) next = columns_of(i + 1);
     }
     if (i >= 1) {
       const int pi = i - 1;
       const int pstage = pi % S;
       if (pi >= S) ClusterBarrier::wait(&ss.v_empty[pstage], ((pi / S) & 1) ^ 1);
-      gather(ss.v.data() + pstage * Cfg::kTileElems, p.sparse.v_cache, pstage);
+      gather(v_smem + uint32_t(pstage * Cfg::kTileBytes), p.sparse.v_cache, prev_row);
       internal::CpAsyncArriveNoinc(&ss.v_full[pstage]);
+    }
+    if (i < T) {
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) prev_row[g] = cur_row[g];
     }
   }
   internal::CpAsyncWait<0>();
