@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 H, HKV, D, CHUNK, BLOCK = 28, 4, 128, 32768, 64
-CASES = {"32k": 0, "128k": 131072 - CHUNK, "512k": 524288 - CHUNK, "1m": 1048576 - CHUNK}
+CASES = {"32k": 0, "128k": 131072 - CHUNK, "256k": 262144 - CHUNK, "512k": 524288 - CHUNK,
+         "1m": 1048576 - CHUNK}
 QWEN_DCA = (253952, 262144, 1e7)  # chunk_len, chunk_size, rope_theta
 
 

@@ -399,7 +399,7 @@ __global__ void __launch_bounds__(kScoreThreads)
 // ---- selection -------------------------------------------------------------------------------
 
 constexpr int kSelThreads = 512;
-constexpr int kSelItems = 8;
+constexpr int kSelItems = 16;
 constexpr uint32_t kForcedKey = 0xFF800000u;  // OrderedKey(+inf)
 
 // Order-preserving map of a float (not NaN) to uint32: a > b <=> key(a) > key(b); -0 == +0.
@@ -437,7 +437,7 @@ struct SelectParams {
   SelectPart parts[2][3];            // [kind][part]
 };
 
-template <int kind>  // 0: vertical, 1: slash
+// One CTA per (q head, kind): blockIdx.x is the head, blockIdx.y the kind (0: vertical, 1: slash).
 __global__ void __launch_bounds__(kSelThreads)
     SelectKernel(const __grid_constant__ SelectParams p) {
   using IntScan = cub::BlockScan<int, kSelThreads>;
@@ -450,6 +450,7 @@ __global__ void __launch_bounds__(kSelThreads)
   __shared__ int found_bin, found_above;
 
   const int h = blockIdx.x;
+  const int kind = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % 32;
   const int e = p.e;
   const float* scores = p.scores[kind] + int64_t(h) * e;
@@ -785,10 +786,7 @@ cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& a, cudaStream_t s
       s.key_end = int(std::min(e, r.key_end + qn));
     }
   }
-  SelectKernel<0><<<unsigned(a.q_heads), kSelThreads, 0, stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  SelectKernel<1><<<unsigned(a.q_heads), kSelThreads, 0, stream>>>(p);
+  SelectKernel<<<dim3(unsigned(a.q_heads), 2), kSelThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

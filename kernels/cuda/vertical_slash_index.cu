@@ -1,6 +1,9 @@
-// The vertical-slash index builder kernel; see vertical_slash_index.h. The per-row-block walk is
-// the CPU reference's (kernels/cpu/vertical_slash_index.cc) line by line.
+// The vertical-slash index builder kernel; see vertical_slash_index.h. One thread per row block
+// of one part; its slash walk is the CPU reference's (kernels/cpu/vertical_slash_index.cc) line
+// by line, its vertical walk is merged into it (same result). All parts of a piece run in one
+// launch (blockIdx.z), so that their row blocks hide each other's latency.
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 
 #include "kernels/cuda/vertical_slash_index.h"
@@ -9,19 +12,25 @@ namespace mp::cuda {
 namespace {
 
 constexpr int kBlock = 64;
-constexpr int kThreads = 128;  // row blocks per CTA
+constexpr int kThreads = 64;   // row blocks per CTA
 constexpr int kStage = 2048;   // list entries staged in shared memory at a time
+constexpr int kUnroll = 4;     // slashes read per step (one 16-byte shared load)
 
-struct IndexParams {
+struct PartParams {
   VerticalSlashListsDev lists;
   VerticalSlashIndexDev index;
-  int q_heads, q_len, kv_len, row_blocks;
+  int q_len, kv_len, row_blocks;
   bool causal;
+};
+struct IndexParams {
+  PartParams parts[kVerticalSlashIndexMaxParts];
 };
 
 __global__ void __launch_bounds__(kThreads)
-    BuildIndexKernel(const __grid_constant__ IndexParams p) {
-  __shared__ int32_t staged[kStage];
+    BuildIndexKernel(const __grid_constant__ IndexParams params) {
+  __shared__ alignas(16) int32_t staged[kStage];
+  const PartParams& p = params.parts[blockIdx.z];
+  if (int64_t(blockIdx.x) * kThreads >= p.row_blocks) return;  // whole CTA past this part
   const int h = blockIdx.y;
   const int m = blockIdx.x * kThreads + threadIdx.x;
   const bool active = m < p.row_blocks;
@@ -32,15 +41,65 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t base = p.causal ? kv_len - p.q_len : kv_len;
   const int64_t end_m = min(int64_t(m + 1) * kBlock, int64_t(p.q_len));
   const int64_t limit = p.causal ? min(kv_len, base + end_m) : kv_len;
+  const int64_t top = base + end_m;  // slash d covers the keys [top - d - 64, top - d)
   const int64_t max_blocks = p.index.max_blocks;
+  const int64_t max_columns = p.index.max_columns;
+
+  // Verticals (ascending), walked together with the merged slash ranges (ascending, disjoint):
+  // when a range closes, the verticals below it are placed and those inside its emitted blocks
+  // skipped. The same outcome, check for check, as the reference's second walk over the
+  // finished block list, without reading that list back.
+  const int n_vertical = p.lists.vertical_count[h];
+  const int32_t* vertical = p.lists.vertical + int64_t(h) * p.lists.vertical_capacity;
+  int vi = 0;  // next vertical not yet placed or skipped; its value (loaded ahead) in v_next
+  int32_t v_next = n_vertical > 0 ? __ldg(vertical) : INT_MAX;
+  bool columns_done = false;
+  int64_t n_columns = 0;
+  int32_t last = 0;
+  // Takes the verticals below `bound`: placed as columns when `place`, else (covered) dropped.
+  auto take_below = [&](int64_t bound, bool place) {
+    while (!columns_done && vi < n_vertical) {
+      const int32_t v = v_next;
+      if (v >= bound) return;
+      ++vi;
+      v_next = vi < n_vertical ? __ldg(vertical + vi) : INT_MAX;
+      if (n_columns >= max_columns) {
+        columns_done = true;
+        return;
+      }
+      if (v < 0) continue;
+      if (v >= limit) {  // ascending: the rest are not visible either
+        columns_done = true;
+        return;
+      }
+      if (!place) continue;                      // covered by a block
+      if (n_columns > 0 && last == v) continue;  // duplicate input
+      columns[n_columns++] = v;
+      last = v;
+    }
+  };
 
   // Slashes -> merged ranges of whole 64-key blocks.
   int64_t n_blocks = 0;
   bool open = false;
   int64_t range_start = 0, range_end = 0;
   auto close = [&]() {
-    for (int64_t r = range_start; r < range_end && n_blocks < max_blocks; r += kBlock) {
-      blocks[n_blocks++] = int32_t(r);
+    int64_t r = range_start;
+    for (; r < range_end && n_blocks < max_blocks; r += kBlock) blocks[n_blocks++] = int32_t(r);
+    take_below(range_start, /*place=*/true);
+    take_below(r, /*place=*/false);  // inside the blocks emitted for this range
+  };
+  auto walk = [&](int64_t d) {
+    const int64_t hi = min(top - d, limit);
+    const int64_t lo = max(top - d - kBlock, int64_t(0));
+    if (lo >= hi) return;
+    if (open && lo <= range_end) {
+      if (hi > range_end) range_end += kBlock;  // hi <= range_end + 64: one more block covers it
+    } else {
+      if (open) close();
+      open = true;
+      range_start = lo;
+      range_end = lo + kBlock;
     }
   };
   const int n_slash = p.lists.slash_count[h];
@@ -51,88 +110,70 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < cnt; i += kThreads) staged[i] = slash[s0 + i];
     __syncthreads();
     if (!active) continue;
-    for (int i = 0; i < cnt; ++i) {
-      const int64_t d = staged[i];
-      const int64_t hi = min(base + end_m - d, limit);
-      const int64_t lo = max(base + end_m - d - kBlock, int64_t(0));
-      if (lo >= hi) continue;
-      if (open && lo <= range_end) {
-        if (hi > range_end) range_end += kBlock;
-      } else {
-        if (open) close();
-        open = true;
-        range_start = lo;
-        range_end = lo + kBlock;
-      }
+    int i = 0;
+    for (; i + kUnroll <= cnt; i += kUnroll) {
+      const int4 d4 = *reinterpret_cast<const int4*>(staged + i);
+      walk(d4.x);
+      walk(d4.y);
+      walk(d4.z);
+      walk(d4.w);
     }
+    for (; i < cnt; ++i) walk(staged[i]);
   }
-  if (active) {
-    if (open) close();
-    p.index.block_count[rb] = int32_t(n_blocks);
-  }
-
-  // Verticals not inside a block and visible to some row of the block.
-  int64_t n_columns = 0;
-  int64_t b = 0;
-  int32_t last = 0;
-  bool done = !active;
-  const int n_vertical = p.lists.vertical_count[h];
-  const int32_t* vertical = p.lists.vertical + int64_t(h) * p.lists.vertical_capacity;
-  for (int v0 = 0; v0 < n_vertical; v0 += kStage) {
-    const int cnt = min(kStage, n_vertical - v0);
-    __syncthreads();
-    for (int i = threadIdx.x; i < cnt; i += kThreads) staged[i] = vertical[v0 + i];
-    __syncthreads();
-    for (int i = 0; i < cnt && !done; ++i) {
-      if (n_columns >= p.index.max_columns) {
-        done = true;
-        break;
-      }
-      const int32_t v = staged[i];
-      if (v < 0) continue;
-      if (v >= limit) {  // ascending: the rest are not visible either
-        done = true;
-        break;
-      }
-      while (b < n_blocks && int64_t(blocks[b]) + kBlock <= v) ++b;
-      if (b < n_blocks && blocks[b] <= v) continue;  // covered by block b
-      if (n_columns > 0 && last == v) continue;      // duplicate input
-      columns[n_columns++] = v;
-      last = v;
-    }
-  }
-  if (active) p.index.column_count[rb] = int32_t(n_columns);
+  if (!active) return;
+  if (open) close();
+  take_below(INT64_MAX, /*place=*/true);
+  p.index.block_count[rb] = int32_t(n_blocks);
+  p.index.column_count[rb] = int32_t(n_columns);
 }
 
 }  // namespace
 
-cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs& a, cudaStream_t stream) {
+cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num_parts,
+                                    cudaStream_t stream) {
   constexpr int64_t kInt32Max = 2147483647;
-  if (a.q_heads < 0 || a.q_len < 0 || a.kv_len < 0 || a.q_len > kInt32Max ||
-      a.kv_len > kInt32Max - 2 * kBlock || a.q_heads > 65535) {
-    return cudaErrorInvalidValue;
-  }
-  const int64_t row_blocks = (a.q_len + kBlock - 1) / kBlock;
-  if (a.q_heads == 0 || row_blocks == 0) return cudaSuccess;
-  const VerticalSlashListsDev& l = a.lists;
-  const VerticalSlashIndexDev& x = a.index;
-  if (l.vertical == nullptr || l.vertical_count == nullptr || l.slash == nullptr ||
-      l.slash_count == nullptr || x.block_count == nullptr || x.block_offset == nullptr ||
-      x.column_count == nullptr || x.column_index == nullptr || x.max_blocks < 0 ||
-      x.max_columns < 0) {
+  if (num_parts < 0 || num_parts > kVerticalSlashIndexMaxParts || (num_parts > 0 && !parts)) {
     return cudaErrorInvalidValue;
   }
   IndexParams p{};
-  p.lists = l;
-  p.index = x;
-  p.q_heads = int(a.q_heads);
-  p.q_len = int(a.q_len);
-  p.kv_len = int(a.kv_len);
-  p.row_blocks = int(row_blocks);
-  p.causal = a.causal;
-  const dim3 grid(unsigned((row_blocks + kThreads - 1) / kThreads), unsigned(a.q_heads));
+  int launched = 0;
+  int64_t max_row_blocks = 0, max_heads = 0;
+  for (int i = 0; i < num_parts; ++i) {
+    const VerticalSlashIndexArgs& a = parts[i];
+    if (a.q_heads < 0 || a.q_len < 0 || a.kv_len < 0 || a.q_len > kInt32Max ||
+        a.kv_len > kInt32Max - 2 * kBlock || a.q_heads > 65535) {
+      return cudaErrorInvalidValue;
+    }
+    const int64_t row_blocks = (a.q_len + kBlock - 1) / kBlock;
+    if (a.q_heads == 0 || row_blocks == 0) continue;
+    const VerticalSlashListsDev& l = a.lists;
+    const VerticalSlashIndexDev& x = a.index;
+    if (l.vertical == nullptr || l.vertical_count == nullptr || l.slash == nullptr ||
+        l.slash_count == nullptr || x.block_count == nullptr || x.block_offset == nullptr ||
+        x.column_count == nullptr || x.column_index == nullptr || x.max_blocks < 0 ||
+        x.max_columns < 0) {
+      return cudaErrorInvalidValue;
+    }
+    if (launched > 0 && a.q_heads != max_heads) return cudaErrorInvalidValue;  // one grid.y
+    PartParams& q = p.parts[launched++];
+    q.lists = l;
+    q.index = x;
+    q.q_len = int(a.q_len);
+    q.kv_len = int(a.kv_len);
+    q.row_blocks = int(row_blocks);
+    q.causal = a.causal;
+    max_row_blocks = std::max(max_row_blocks, row_blocks);
+    max_heads = a.q_heads;
+  }
+  if (launched == 0) return cudaSuccess;
+  const dim3 grid(unsigned((max_row_blocks + kThreads - 1) / kThreads), unsigned(max_heads),
+                  unsigned(launched));
   BuildIndexKernel<<<grid, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs& args, cudaStream_t stream) {
+  return BuildVerticalSlashIndex(&args, 1, stream);
 }
 
 }  // namespace mp::cuda

@@ -36,4 +36,11 @@ struct VerticalSlashIndexArgs {
 // cudaErrorInvalidValue for negative sizes, null pointers or sizes past int32.
 cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs& args, cudaStream_t stream);
 
+// The parts of one prefill piece (up to kVerticalSlashIndexMaxParts, the same q_heads) in one
+// launch; the same result as one call per part. cudaErrorInvalidValue as above, or for more
+// parts or unequal q_heads.
+inline constexpr int kVerticalSlashIndexMaxParts = 3;
+cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num_parts,
+                                    cudaStream_t stream);
+
 }  // namespace mp::cuda

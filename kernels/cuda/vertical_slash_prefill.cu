@@ -264,20 +264,22 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     if ((err = mark(2)) != cudaSuccess) return err;
 
     VerticalSlashAttentionArgs at;
+    VerticalSlashIndexArgs ix[3];
+    int num_parts = 0;
     for (int part = 0; part < 3; ++part) {
       const VerticalSlashPartRange r = VerticalSlashPartKeys(x.e, x.p, a.chunk_len, part);
       if (!r.present) continue;
-      VerticalSlashIndexArgs ix;
-      ix.lists = buf.lists[part];
-      ix.q_heads = h;
-      ix.q_len = qn;
-      ix.kv_len = r.num_keys();
-      ix.causal = r.causal;
-      ix.index = buf.index[part];
-      err = BuildVerticalSlashIndex(ix, stream);
-      if (err != cudaSuccess) return err;
+      VerticalSlashIndexArgs& i = ix[num_parts++];
+      i.lists = buf.lists[part];
+      i.q_heads = h;
+      i.q_len = qn;
+      i.kv_len = r.num_keys();
+      i.causal = r.causal;
+      i.index = buf.index[part];
       at.index[part] = buf.index[part];
     }
+    err = BuildVerticalSlashIndex(ix, num_parts, stream);
+    if (err != cudaSuccess) return err;
     if ((err = mark(3)) != cudaSuccess) return err;
     const int64_t row0 = x.b - a.query_begin;
     at.q = a.q + row0 * h * d;

@@ -11,7 +11,7 @@
 //     every complete diagonal has the same sum on both sides, so the selections must be equal;
 //   * BuildVerticalSlashIndex: equal to the CPU builder for causal and non-causal parts, row
 //     counts that are not multiples of 64, truncation at small capacities, duplicate and negative
-//     inputs.
+//     inputs; the parts of a piece in one launch equal to one call per part.
 // Needs an sm_90 GPU (label gpu); fails without one.
 #include "kernels/cuda/vertical_slash_estimate.h"
 
@@ -25,6 +25,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/vertical_slash_index.h"
@@ -300,6 +301,62 @@ struct IndexCase {
   int64_t n_vertical, n_slash, slash_range, cap_blocks;  // cap_blocks 0: the full capacity
 };
 
+// One index case on the device: random sorted lists, the CPU builder's index, the arguments.
+struct PreparedIndex {
+  std::string what;
+  int64_t row_blocks = 0;
+  HostIndex want;
+  DeviceLists lists;
+  DeviceIndex index;
+  VerticalSlashIndexArgs args;
+};
+
+PreparedIndex PrepareIndex(const IndexCase& c, std::mt19937_64& rng) {
+  const std::string what = "heads " + std::to_string(c.heads) + " q_len " +
+                           std::to_string(c.q_len) + " kv_len " + std::to_string(c.kv_len) +
+                           (c.causal ? " causal" : " non-causal");
+  const int64_t cap = std::max(c.n_vertical, c.n_slash) + 5;
+  HostLists lists(c.heads, cap);
+  for (int64_t h = 0; h < c.heads; ++h) {
+    std::set<int32_t> vs, ss;
+    const int64_t nv = std::min(std::max<int64_t>(0, c.n_vertical - h), c.kv_len);
+    while (int64_t(vs.size()) < nv) vs.insert(int32_t(rng() % c.kv_len));
+    const int64_t ns = std::min(c.n_slash, c.slash_range);
+    while (int64_t(ss.size()) < ns) ss.insert(int32_t(rng() % c.slash_range));
+    std::vector<int32_t> v(vs.begin(), vs.end());
+    if (h == 1 && v.size() > 3) {  // a duplicate and a negative entry (skipped by both)
+      v[1] = v[0];
+      v.insert(v.begin(), -5);
+      v.resize(std::min<size_t>(v.size(), cap));
+    }
+    std::fill(lists.vertical.begin() + h * cap, lists.vertical.begin() + (h + 1) * cap,
+              INT32_MAX);
+    std::fill(lists.slash.begin() + h * cap, lists.slash.begin() + (h + 1) * cap, INT32_MIN);
+    std::copy(v.begin(), v.end(), lists.vertical.begin() + h * cap);
+    std::copy(ss.rbegin(), ss.rend(), lists.slash.begin() + h * cap);
+    lists.vertical_count[h] = int32_t(v.size());
+    lists.slash_count[h] = int32_t(ss.size());
+  }
+  const int64_t rb = cpu::VerticalSlashRowBlocks(c.q_len);
+  const int64_t mb =
+      c.cap_blocks > 0 ? c.cap_blocks : cpu::VerticalSlashBlockCapacity(cap, c.kv_len);
+  const int64_t mc = c.cap_blocks > 0 ? 7 : cap;  // small capacities truncate on both sides
+  HostIndex want(c.heads, rb, mb, mc);
+  cpu::BuildVerticalSlashIndex(lists.View(), {c.heads, c.q_len, c.kv_len, c.causal},
+                               want.Index());
+  DeviceLists dl(c.heads, cap);
+  dl.Upload(lists);
+  DeviceIndex di(HostIndex(c.heads, rb, mb, mc));
+  PreparedIndex out{what, rb, std::move(want), std::move(dl), std::move(di), {}};
+  out.args.lists = out.lists.Dev();
+  out.args.q_heads = c.heads;
+  out.args.q_len = c.q_len;
+  out.args.kv_len = c.kv_len;
+  out.args.causal = c.causal;
+  out.args.index = out.index.Dev();
+  return out;
+}
+
 TEST(VerticalSlashIndexGpuTest, EqualsTheCpuBuilder) {
   ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
   const std::vector<IndexCase> cases = {
@@ -317,53 +374,45 @@ TEST(VerticalSlashIndexGpuTest, EqualsTheCpuBuilder) {
   };
   std::mt19937_64 rng(11);
   for (const IndexCase& c : cases) {
-    const std::string what = "heads " + std::to_string(c.heads) + " q_len " +
-                             std::to_string(c.q_len) + " kv_len " + std::to_string(c.kv_len) +
-                             (c.causal ? " causal" : " non-causal");
-    SCOPED_TRACE(what);
-    const int64_t cap = std::max(c.n_vertical, c.n_slash) + 5;
-    HostLists lists(c.heads, cap);
-    for (int64_t h = 0; h < c.heads; ++h) {
-      std::set<int32_t> vs, ss;
-      const int64_t nv = std::min(std::max<int64_t>(0, c.n_vertical - h), c.kv_len);
-      while (int64_t(vs.size()) < nv) vs.insert(int32_t(rng() % c.kv_len));
-      const int64_t ns = std::min(c.n_slash, c.slash_range);
-      while (int64_t(ss.size()) < ns) ss.insert(int32_t(rng() % c.slash_range));
-      std::vector<int32_t> v(vs.begin(), vs.end());
-      if (h == 1 && v.size() > 3) {  // a duplicate and a negative entry (skipped by both)
-        v[1] = v[0];
-        v.insert(v.begin(), -5);
-        v.resize(std::min<size_t>(v.size(), cap));
-      }
-      std::fill(lists.vertical.begin() + h * cap, lists.vertical.begin() + (h + 1) * cap,
-                INT32_MAX);
-      std::fill(lists.slash.begin() + h * cap, lists.slash.begin() + (h + 1) * cap, INT32_MIN);
-      std::copy(v.begin(), v.end(), lists.vertical.begin() + h * cap);
-      std::copy(ss.rbegin(), ss.rend(), lists.slash.begin() + h * cap);
-      lists.vertical_count[h] = int32_t(v.size());
-      lists.slash_count[h] = int32_t(ss.size());
-    }
-    const int64_t rb = cpu::VerticalSlashRowBlocks(c.q_len);
-    const int64_t mb =
-        c.cap_blocks > 0 ? c.cap_blocks : cpu::VerticalSlashBlockCapacity(cap, c.kv_len);
-    const int64_t mc = c.cap_blocks > 0 ? 7 : cap;  // small capacities truncate on both sides
-    HostIndex want(c.heads, rb, mb, mc);
-    cpu::BuildVerticalSlashIndex(lists.View(), {c.heads, c.q_len, c.kv_len, c.causal},
-                                 want.Index());
-    DeviceLists dl(c.heads, cap);
-    dl.Upload(lists);
-    DeviceIndex di(HostIndex(c.heads, rb, mb, mc));
-    VerticalSlashIndexArgs a;
-    a.lists = dl.Dev();
-    a.q_heads = c.heads;
-    a.q_len = c.q_len;
-    a.kv_len = c.kv_len;
-    a.causal = c.causal;
-    a.index = di.Dev();
-    MP_CUDA_ASSERT(BuildVerticalSlashIndex(a, nullptr));
+    PreparedIndex x = PrepareIndex(c, rng);
+    SCOPED_TRACE(x.what);
+    MP_CUDA_ASSERT(BuildVerticalSlashIndex(x.args, nullptr));
     MP_CUDA_ASSERT(cudaDeviceSynchronize());
-    testing::ExpectSameIndex(testing::DownloadIndex(a.index, c.heads, rb), want, what);
+    testing::ExpectSameIndex(testing::DownloadIndex(x.args.index, c.heads, x.row_blocks), x.want,
+                             x.what);
   }
+}
+
+// The parts of a piece in one launch (different row counts, key counts and causality, one part
+// with truncating capacities) give each part's single-call result.
+TEST(VerticalSlashIndexGpuTest, PartsInOneLaunchEqualTheCpuBuilder) {
+  ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
+  const std::vector<IndexCase> cases = {
+      {4, 700, 60000, false, 2500, 2100, 60700, 0},
+      {4, 4100, 9000, true, 900, 1500, 9000, 0},
+      {4, 129, 2000, true, 300, 25, 2000, 3},
+  };
+  std::mt19937_64 rng(12);
+  std::vector<PreparedIndex> parts;
+  std::vector<VerticalSlashIndexArgs> args;
+  for (const IndexCase& c : cases) {
+    parts.push_back(PrepareIndex(c, rng));
+    args.push_back(parts.back().args);
+  }
+  MP_CUDA_ASSERT(BuildVerticalSlashIndex(args.data(), int(args.size()), nullptr));
+  MP_CUDA_ASSERT(cudaDeviceSynchronize());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    testing::ExpectSameIndex(
+        testing::DownloadIndex(parts[i].args.index, cases[i].heads, parts[i].row_blocks),
+        parts[i].want, parts[i].what);
+  }
+  // More parts than a piece has, or unequal head counts: rejected.
+  std::vector<VerticalSlashIndexArgs> four(4, args[0]);
+  EXPECT_EQ(BuildVerticalSlashIndex(four.data(), 4, nullptr), cudaErrorInvalidValue);
+  VerticalSlashIndexArgs other = args[1];
+  other.q_heads = 3;
+  const VerticalSlashIndexArgs mixed[2] = {args[0], other};
+  EXPECT_EQ(BuildVerticalSlashIndex(mixed, 2, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
