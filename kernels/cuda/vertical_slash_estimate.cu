@@ -137,6 +137,23 @@ template <int HD>
 __device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int tile,
                                             __nv_bfloat16* dst) {
   constexpr int kChunks = HD / 8;
+  if (p.block_size % kTile == 0) {
+    // The tile lies in one cache block: one block-table lookup per tile, not per copy.
+    const int key0 = tile * kTile;
+    const int page = key0 < p.e ? __ldg(p.table + key0 / p.block_size) : -1;
+    const bool page_ok = page >= 0 && page < p.num_blocks;
+    const __nv_bfloat16* rows =
+        p.k + ((int64_t(page_ok ? page : 0) * p.kv_heads + kvh) * p.block_size +
+               key0 % p.block_size) * HD;
+#pragma unroll
+    for (int c = threadIdx.x; c < kTile * kChunks; c += kScoreThreads) {
+      const int row = c / kChunks, ch = c % kChunks;
+      const bool valid = page_ok && key0 + row < p.e;
+      CpAsync16(dst + row * ScoreSmem<HD>::kKStride + ch * 8,
+                valid ? rows + row * HD + ch * 8 : p.k, valid);
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < kTile * kChunks; c += kScoreThreads) {
     const int row = c / kChunks, ch = c % kChunks;
     const int key = tile * kTile + row;
