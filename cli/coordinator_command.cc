@@ -87,7 +87,8 @@ void RegisterCoordinatorCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--min-chunk", o.planner.min_chunk, "smallest planned prefill chunk");
   cmd->add_option("--chunk-align", o.planner.align, "planned chunks are multiples of this");
   cmd->add_option("--sparse-budget", o.planner.cost.sparse_budget_tokens,
-                  "cost model: keys per query of sparse attention (0: dense)");
+                  "cost model: keys per query of sparse attention (0: the dense shape, which "
+                  "also fits vertical-slash sparse attention; docs/distributed.md)");
   cmd->add_option("--rebuild-wait", f->rebuild_wait,
                   "seconds to wait for lost workers before rebuilding with fewer stages");
   cmd->add_option("--health-interval", f->health_interval, "seconds between worker checks");
