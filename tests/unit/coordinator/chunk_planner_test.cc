@@ -32,9 +32,22 @@ struct Plan {
   std::vector<std::pair<int64_t, int64_t>> chunks;  // (history, size)
 };
 
+// Vertical-slash sparse attention as measured with Qwen's 7B budgets (docs/distributed.md): each
+// isolated slash costs a 64-key block per row block, so a query attends
+// min(h + c/2, 37K + 0.11 (h + c/2)) keys rather than the nominal ~11.6K of its budgets.
+struct MeasuredSparseCost {
+  double a, b, t0;
+  double operator()(int64_t h, int64_t c) const {
+    const double x = static_cast<double>(h) + static_cast<double>(c) / 2;
+    return a * static_cast<double>(c) * std::min(x, 37000 + 0.11 * x) +
+           b * static_cast<double>(c) + t0;
+  }
+};
+
 // Plans a prompt of `total` tokens; chunk k's time is observed only after chunk k + lag is
 // planned (steps in flight), multiplied by (1 + noise * N(0, 1)).
-Plan Simulate(ChunkPlanner& planner, const TrueCost& cost, int64_t total, int lag, double noise,
+template <class Cost>
+Plan Simulate(ChunkPlanner& planner, const Cost& cost, int64_t total, int lag, double noise,
               uint64_t seed) {
   Plan plan;
   std::mt19937_64 rng(seed);
@@ -164,6 +177,38 @@ TEST(ChunkPlannerTest, SparseAttentionKeepsChunksLarger) {
   }
   // Per-query work is capped, so chunk sizes level off instead of shrinking forever.
   EXPECT_GT(plan.chunks[plan.chunks.size() - 2].second, 16000);
+}
+
+// The dense shape of the model fits the measured vertical-slash cost once the first chunks (where
+// min() still picks h + c/2) have faded from the fit: the constant part lands in the linear
+// term, and chunks shrink to equal times. The budget shape with the nominal keys per query
+// predicts no growth with the history, keeps every chunk at max_chunk and lets step times grow.
+TEST(ChunkPlannerTest, VerticalSlashCostFitsTheDenseShape) {
+  const MeasuredSparseCost cost = {2e-10, 5e-5, 0.01};
+  auto chunk_times = [&](int64_t budget, size_t from) {
+    ChunkPlannerOptions o = Options(ChunkMode::kDynamic);
+    o.cost.sparse_budget_tokens = budget;
+    ChunkPlanner planner(o);
+    const Plan plan = Simulate(planner, cost, 1 << 20, 3, 0.0, 4);
+    std::vector<double> t;
+    for (size_t i = from; i + 1 < plan.chunks.size(); ++i) {
+      const auto [h, c] = plan.chunks[i];
+      t.push_back(cost(h, c));
+      if (std::getenv("MP_PLANNER_TRACE")) {
+        std::printf("budget %lld chunk %zu at %lld: %lld tokens, %.4f s\n",
+                    static_cast<long long>(budget), i, static_cast<long long>(h),
+                    static_cast<long long>(c), t.back());
+      }
+    }
+    EXPECT_GT(t.size(), 10u);
+    return t;
+  };
+  auto spread = [](const std::vector<double>& t) {
+    return *std::max_element(t.begin(), t.end()) / *std::min_element(t.begin(), t.end());
+  };
+  EXPECT_LT(spread(chunk_times(0, 9)), 1.10);
+  EXPECT_LT(spread(chunk_times(0, 20)), 1.02);
+  EXPECT_GT(spread(chunk_times(11600, 9)), 1.20);
 }
 
 TEST(ChunkPlannerTest, ColdStartAndBounds) {
