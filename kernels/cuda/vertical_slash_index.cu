@@ -137,7 +137,7 @@ cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num
   }
   IndexParams p{};
   int launched = 0;
-  int64_t max_row_blocks = 0, max_heads = 0;
+  int64_t max_row_blocks = 0, heads = 0;  // heads: the parts' common q_heads
   for (int i = 0; i < num_parts; ++i) {
     const VerticalSlashIndexArgs& a = parts[i];
     if (a.q_heads < 0 || a.q_len < 0 || a.kv_len < 0 || a.q_len > kInt32Max ||
@@ -154,7 +154,7 @@ cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num
         x.max_columns < 0) {
       return cudaErrorInvalidValue;
     }
-    if (launched > 0 && a.q_heads != max_heads) return cudaErrorInvalidValue;  // one grid.y
+    if (launched > 0 && a.q_heads != heads) return cudaErrorInvalidValue;  // one grid.y
     PartParams& q = p.parts[launched++];
     q.lists = l;
     q.index = x;
@@ -163,10 +163,10 @@ cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num
     q.row_blocks = int(row_blocks);
     q.causal = a.causal;
     max_row_blocks = std::max(max_row_blocks, row_blocks);
-    max_heads = a.q_heads;
+    heads = a.q_heads;
   }
   if (launched == 0) return cudaSuccess;
-  const dim3 grid(unsigned((max_row_blocks + kThreads - 1) / kThreads), unsigned(max_heads),
+  const dim3 grid(unsigned((max_row_blocks + kThreads - 1) / kThreads), unsigned(heads),
                   unsigned(launched));
   BuildIndexKernel<<<grid, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
