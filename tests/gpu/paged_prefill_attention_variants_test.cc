@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -24,53 +23,14 @@
 #include "kernels/cuda/paged_prefill_dca_attention.h"
 #include "tests/gpu/attention_reference.h"
 #include "tests/gpu/kernel_test_util.h"
+#include "tests/gpu/prefill_test_util.h"
 
 namespace mp::cuda {
 namespace {
 
 using bench::PrefillVariant;
 using testing::Bf;
-using testing::DeviceBuffer;
-using testing::PagedCache;
-
-// Keys [begin, end) of every KV head scaled by `scale` (logits that jump far above the running
-// max when their tile is visited: the key walk goes from the last tile down).
-struct KeySpike {
-  int64_t begin = 0;
-  int64_t end = 0;
-  float scale = 1.0f;
-};
-
-struct Case {
-  int64_t head_dim = 128;
-  int64_t q_heads = 28;
-  int64_t kv_heads = 4;
-  int64_t num_queries = 0;
-  int64_t key_begin = 0;
-  int64_t key_end = 0;
-  int64_t block_size = 64;
-  bool causal = true;
-  DcaParams dca = {.chunk_len = 192, .chunk_size = 256, .rope_theta = 10000.0};
-  float key_std = 1.0f;
-  std::vector<KeySpike> spikes;
-  uint64_t seed = 1;
-};
-
-std::string Describe(const Case& c, bool dca) {
-  std::string s = "hd" + std::to_string(c.head_dim) + " heads " + std::to_string(c.q_heads) +
-                  "/" + std::to_string(c.kv_heads) + " n=" + std::to_string(c.num_queries) +
-                  " keys [" + std::to_string(c.key_begin) + ", " + std::to_string(c.key_end) +
-                  ") block " + std::to_string(c.block_size) +
-                  (c.causal ? " causal" : " non-causal");
-  if (dca) {
-    s += " C=" + std::to_string(c.dca.chunk_len) + " S=" + std::to_string(c.dca.chunk_size);
-  }
-  for (const KeySpike& k : c.spikes) {
-    s += " keys [" + std::to_string(k.begin) + ", " + std::to_string(k.end) + ") x" +
-         std::to_string(static_cast<int>(k.scale));
-  }
-  return s;
-}
+using Case = testing::PrefillCase;
 
 const PrefillVariant* Find(const char* name) {
   int count = 0;
@@ -81,51 +41,16 @@ const PrefillVariant* Find(const char* name) {
   return nullptr;
 }
 
-struct Outputs {
-  std::vector<__nv_bfloat16> out;
-  std::vector<float> lse;
-};
-
-// Runs `v` on the case with NaN-poisoned outputs.
-void RunVariant(const PrefillVariant& v, const Case& c, const PagedCache& cache,
-         const std::vector<__nv_bfloat16>& q, Outputs* r) {
-  DeviceBuffer<__nv_bfloat16> dq(q.size()), dk(cache.k.size()), dv(cache.v.size());
-  DeviceBuffer<int32_t> table(cache.tables.size());
-  DeviceBuffer<__nv_bfloat16> out(q.size());
-  DeviceBuffer<float> lse(c.q_heads * c.num_queries);
-  MP_CUDA_ASSERT(dq.Upload(q));
-  MP_CUDA_ASSERT(dk.Upload(cache.k));
-  MP_CUDA_ASSERT(dv.Upload(cache.v));
-  MP_CUDA_ASSERT(table.Upload(cache.tables));
-  MP_CUDA_ASSERT(out.Poison());
-  MP_CUDA_ASSERT(lse.Poison());
-  PagedPrefillAttentionArgs a;
-  a.q = dq.get();
-  a.k_cache = dk.get();
-  a.v_cache = dv.get();
-  a.block_table = table.get();
-  a.out = out.get();
-  a.lse = lse.get();
-  a.num_queries = c.num_queries;
-  a.q_heads = c.q_heads;
-  a.kv_heads = c.kv_heads;
-  a.head_dim = c.head_dim;
-  a.num_blocks = cache.num_blocks;
-  a.block_size = c.block_size;
-  a.key_begin = c.key_begin;
-  a.key_end = c.key_end;
-  a.causal = c.causal;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  if (v.dca) {
-    ASSERT_EQ(PagedPrefillDcaAttentionUnsupported(a, c.dca), "");
-  } else {
-    ASSERT_EQ(PagedPrefillAttentionUnsupported(a), "");
+// A candidate as testing::RunPrefill's `kernel`.
+struct VariantKernel {
+  const PrefillVariant& v;
+  DcaParams dca;
+  std::string Unsupported(const PagedPrefillAttentionArgs& a) const {
+    return v.dca ? PagedPrefillDcaAttentionUnsupported(a, dca)
+                 : PagedPrefillAttentionUnsupported(a);
   }
-  MP_CUDA_ASSERT(v.launch(a, c.dca, nullptr));
-  MP_CUDA_ASSERT(cudaDeviceSynchronize());
-  MP_CUDA_ASSERT(out.Download(&r->out));
-  MP_CUDA_ASSERT(lse.Download(&r->lse));
-}
+  cudaError_t Launch(const PagedPrefillAttentionArgs& a) const { return v.launch(a, dca, nullptr); }
+};
 
 class PrefillVariantTest : public ::testing::TestWithParam<int> {
  protected:
@@ -139,53 +64,33 @@ class PrefillVariantTest : public ::testing::TestWithParam<int> {
   void Check(const Case& c, bool vs_baseline) {
     ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
     const PrefillVariant& v = variant();
-    PagedCache cache = testing::MakePagedCache({{c.key_begin, c.key_end}}, c.kv_heads,
-                                               c.head_dim, c.block_size, c.key_std, c.seed);
-    for (const KeySpike& k : c.spikes) {
-      for (int64_t pos = std::max(k.begin, c.key_begin); pos < std::min(k.end, c.key_end); ++pos) {
-        for (int64_t h = 0; h < c.kv_heads; ++h) {
-          __nv_bfloat16* key = &cache.k[cache.Offset(0, pos, h)];
-          for (int64_t x = 0; x < c.head_dim; ++x) key[x] = __float2bfloat16(Bf(key[x]) * k.scale);
-        }
-      }
-    }
-    std::mt19937_64 rng(c.seed + 1000);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<__nv_bfloat16> q(static_cast<size_t>(c.num_queries * c.q_heads * c.head_dim));
-    for (auto& x : q) x = __float2bfloat16(normal(rng));
-    testing::ReferenceProblem pr;
-    pr.cache = &cache;
-    pr.q = &q;
-    pr.q_heads = c.q_heads;
-    pr.num_queries = c.num_queries;
-    pr.key_begin = c.key_begin;
-    pr.key_end = c.key_end;
+    const testing::PagedCache cache = testing::MakeCaseCache(c);
+    testing::DevicePagedCache dcache(cache);
+    MP_CUDA_ASSERT(dcache.Upload());
+    const std::vector<__nv_bfloat16> q = testing::MakeCaseQueries(c);
+    const testing::ReferenceProblem pr = testing::MakeReferenceProblem(c, cache, q);
     std::vector<double> ref_out, ref_lse;
     if (v.dca) {
       testing::DcaReference(pr, c.dca, &ref_out, &ref_lse);
     } else {
       testing::PlainReference(pr, c.causal, &ref_out, &ref_lse);
     }
-    Outputs got;
-    RunVariant(v, c, cache, q, &got);
+    testing::PrefillOutputs got;
+    testing::RunPrefill(VariantKernel{v, c.dca}, dcache, q, c, &got);
     if (HasFatalFailure()) return;
-    const int64_t n = c.num_queries, heads = c.q_heads;
-    const std::string what = std::string(v.name) + " " + Describe(c, v.dca);
+    const std::string what = std::string(v.name) + " " + testing::Describe(c, v.dca);
     // DCA kernels round the rotated Q to bf16 for the tensor cores (the reference rotates in
     // double), so their logit error grows with the logits: keys scaled x60 give logits of
     // ~100-200 and LSE errors ~1e-2. Dense kernels keep the usual bound.
     double spike = 1.0;
-    for (const KeySpike& k : c.spikes) spike = std::max(spike, double(k.scale));
+    for (const testing::KeySpike& k : c.spikes) spike = std::max(spike, double(k.scale));
     const double lse_tolerance = v.dca ? 1e-2 * std::max(1.0, spike / 30.0) : 1e-2;
-    testing::ExpectAttentionNear(
-        ref_out, ref_lse, got.out, got.lse, n * heads, c.head_dim,
-        [n, heads](int64_t row) { return (row % heads) * n + row / heads; }, what,
-        lse_tolerance);
+    testing::ExpectPrefillNear(ref_out, ref_lse, got, c, what, lse_tolerance);
     if (!vs_baseline || std::string(v.name) == v.baseline) return;
     const PrefillVariant* base = Find(v.baseline);
     ASSERT_NE(base, nullptr) << v.baseline;
-    Outputs want;
-    RunVariant(*base, c, cache, q, &want);
+    testing::PrefillOutputs want;
+    testing::RunPrefill(VariantKernel{*base, c.dca}, dcache, q, c, &want);
     if (HasFatalFailure()) return;
     double worst = 0, worst_lse = 0;
     for (size_t i = 0; i < got.out.size(); ++i) {

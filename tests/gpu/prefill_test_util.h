@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -19,6 +20,14 @@
 #include "tests/gpu/kernel_test_util.h"
 
 namespace mp::cuda::testing {
+
+// Keys [begin, end) of every KV head scaled by `scale` (logits that jump far above the running
+// max when their tile is visited: the key walk goes from the last tile down).
+struct KeySpike {
+  int64_t begin = 0;
+  int64_t end = 0;
+  float scale = 1.0f;
+};
 
 // The queries [key_end - num_queries, key_end) of sequence 0 over its keys [key_begin, key_end),
 // in a paged cache of kv_heads x head_dim rows in blocks of block_size.
@@ -34,6 +43,7 @@ struct PrefillCase {
   DcaParams dca = {.chunk_len = 192, .chunk_size = 256, .rope_theta = 10000.0};  // DCA kernels
   int64_t extra_blocks = 3;  // unused cache blocks (filled with NaN) mixed into the pool
   float key_std = 1.0f;      // larger values make the softmax peakier
+  std::vector<KeySpike> spikes;
   uint64_t seed = 1;
 };
 
@@ -46,13 +56,26 @@ inline std::string Describe(const PrefillCase& c, bool dca) {
   if (dca) {
     s += " C=" + std::to_string(c.dca.chunk_len) + " S=" + std::to_string(c.dca.chunk_size);
   }
+  for (const KeySpike& k : c.spikes) {
+    s += " keys [" + std::to_string(k.begin) + ", " + std::to_string(k.end) + ") x" +
+         std::to_string(static_cast<int>(k.scale));
+  }
   return s;
 }
 
-// The case's keys in a PagedCache (MakePagedCache with seed c.seed).
+// The case's keys in a PagedCache (MakePagedCache with seed c.seed), spikes applied.
 inline PagedCache MakeCaseCache(const PrefillCase& c) {
-  return MakePagedCache({{c.key_begin, c.key_end}}, c.kv_heads, c.head_dim, c.block_size, c.key_std,
-                        c.seed, c.extra_blocks);
+  PagedCache cache = MakePagedCache({{c.key_begin, c.key_end}}, c.kv_heads, c.head_dim,
+                                    c.block_size, c.key_std, c.seed, c.extra_blocks);
+  for (const KeySpike& k : c.spikes) {
+    for (int64_t pos = std::max(k.begin, c.key_begin); pos < std::min(k.end, c.key_end); ++pos) {
+      for (int64_t h = 0; h < c.kv_heads; ++h) {
+        __nv_bfloat16* key = &cache.k[cache.Offset(0, pos, h)];
+        for (int64_t x = 0; x < c.head_dim; ++x) key[x] = __float2bfloat16(Bf(key[x]) * k.scale);
+      }
+    }
+  }
+  return cache;
 }
 
 // The case's queries [num_queries, q_heads, head_dim] (seed c.seed + 1000).
@@ -129,11 +152,12 @@ void RunPrefill(const Kernel& kernel, const DevicePagedCache& cache,
 // out[(i * q_heads + h) * head_dim] and its LSE at lse[h * num_queries + i].
 inline void ExpectPrefillNear(const std::vector<double>& ref_out,
                               const std::vector<double>& ref_lse, const PrefillOutputs& got,
-                              const PrefillCase& c, const std::string& what) {
+                              const PrefillCase& c, const std::string& what,
+                              double lse_tolerance = 1e-2) {
   const int64_t n = c.num_queries, heads = c.q_heads;
   ExpectAttentionNear(
       ref_out, ref_lse, got.out, got.lse, n * heads, c.head_dim,
-      [n, heads](int64_t row) { return (row % heads) * n + row / heads; }, what);
+      [n, heads](int64_t row) { return (row % heads) * n + row / heads; }, what, lse_tolerance);
 }
 
 }  // namespace mp::cuda::testing
