@@ -5,6 +5,7 @@
 //   mp_ttft_bench [--preset Qwen2.5-7B-Instruct-1M] [--lengths 32768,131072,262144]
 //                 [--chunk-size 32768] [--mlp-block-rows 8192] [--seed 1] [--json FILE]
 //                 [--attention dense|dca|sparse] [--sparse-config FILE] [--sparse-threshold N]
+//                 [--attention-locality X]
 //
 // --attention dense (the default): causal attention over the whole prompt with plain RoPE (the
 // model's dual chunk attention is switched off), so positions run past the model's 1,010,000
@@ -25,11 +26,19 @@
 // bounds its [rows, 2 * inter] intermediate; 0 runs it over the whole chunk.
 // Lengths whose weights + KV + chunk activations do not fit in free device memory are skipped
 // (reported as such).
+// --attention-locality X gives the attention the structure of mp_sparse_bench's `local` inputs
+// (bench/cuda/sparse_bench.cu): every layer's q and k biases are set to a * u_g, u_g a seeded
+// unit vector per KV head g shared by the q heads of its group, so that after RoPE each logit
+// carries X * u_g.R(i - j)u_g (a term that decays with the distance) on top of the random
+// weights' noise; a = sqrt(X / scale) with the logit scale m(L)^2 / sqrt(head_dim) of the longest
+// length. Without it (X = 0) random weights give attention without structure, which makes the
+// sparse selection pick noise.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -39,6 +48,7 @@
 #include <CLI/CLI.hpp>
 
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/dca_positions.h"
 #include "kernels/cuda/random_fill.h"
 #include "model/config.h"
 #include "model/presets.h"
@@ -139,6 +149,41 @@ std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
+// The q/k biases of --attention-locality (see the header): a * u_g in both, per KV head g.
+absl::Status SetLocalityBiases(const mp::ModelConfig& c, int64_t length, double locality,
+                               uint64_t seed, mp::ModelWeights& weights) {
+  const int64_t d = c.head_dim, kv = c.num_key_value_heads, group = c.num_attention_heads / kv;
+  const double m = c.dual_chunk.has_value()
+                       ? mp::cpu::YarnTemperature(length, c.dual_chunk->original_max_position_embeddings)
+                       : 1.0;
+  const double a = std::sqrt(locality / (m * m / std::sqrt(static_cast<double>(d))));
+  std::mt19937_64 rng(seed + 7);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (mp::LayerWeights& layer : weights.layer) {
+    if (!layer.q_bias.defined() || !layer.k_bias.defined()) {
+      return absl::FailedPreconditionError("--attention-locality needs q/k biases (Qwen2)");
+    }
+    std::vector<__nv_bfloat16> kb(static_cast<size_t>(kv * d)), qb(static_cast<size_t>(kv * group * d));
+    for (int64_t g = 0; g < kv; ++g) {
+      std::vector<double> u(static_cast<size_t>(d));
+      double norm = 0;
+      for (double& x : u) norm += (x = normal(rng)) * x;
+      for (int64_t i = 0; i < d; ++i) {
+        const __nv_bfloat16 b = __float2bfloat16(static_cast<float>(a * u[i] / std::sqrt(norm)));
+        kb[g * d + i] = b;
+        for (int64_t j = 0; j < group; ++j) qb[(g * group + j) * d + i] = b;
+      }
+    }
+    if (cudaMemcpy(layer.q_bias.data_as<__nv_bfloat16>(), qb.data(), qb.size() * 2,
+                   cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(layer.k_bias.data_as<__nv_bfloat16>(), kb.data(), kb.size() * 2,
+                   cudaMemcpyHostToDevice) != cudaSuccess) {
+      return absl::InternalError("upload of the locality biases failed");
+    }
+  }
+  return absl::OkStatus();
+}
+
 struct Row {
   int64_t tokens = 0;
   bool skipped = false;
@@ -160,6 +205,7 @@ int main(int argc, char** argv) {
   std::string attention = "dense";
   std::string sparse_config;
   int64_t sparse_threshold = -1;
+  double locality = 0;
   app.add_option("--preset", preset, "model architecture (model/presets)");
   app.add_option("--lengths", lengths, "prompt lengths in tokens (1M: 1048576)")->delimiter(',');
   app.add_option("--chunk-size", chunk, "prefill chunk size");
@@ -176,10 +222,14 @@ int main(int argc, char** argv) {
                  "sparse_attention_config.json of the model (Qwen's per-head budgets)");
   app.add_option("--sparse-threshold", sparse_threshold,
                  "sparse prefill only for prompts longer than this (default: the model's, 32768)");
+  app.add_option("--attention-locality", locality,
+                 "strength of a distance-decaying logit term built into the q/k biases "
+                 "(0: none; the sparse bench's default inputs use 12)");
   CLI11_PARSE(app, argc, argv);
-  if (chunk <= 0 || lengths.empty() || mlp_block_rows < 0) {
+  if (chunk <= 0 || lengths.empty() || mlp_block_rows < 0 || !(locality >= 0)) {
     std::fprintf(stderr,
-                 "--chunk-size must be positive, --lengths non-empty, --mlp-block-rows >= 0\n");
+                 "--chunk-size must be positive, --lengths non-empty, --mlp-block-rows >= 0, "
+                 "--attention-locality >= 0\n");
     return 2;
   }
   std::sort(lengths.begin(), lengths.end());
@@ -233,6 +283,10 @@ int main(int argc, char** argv) {
   const auto t_init = std::chrono::steady_clock::now();
   mp::ModelWeights weights =
       OrDie(mp::RandomModelWeightsOnDevice(*gpu, config, load, seed), "random weights");
+  if (locality > 0) {
+    OrDie(gpu->Synchronize(), "init");  // the fills run on the backend's stream
+    OrDie(SetLocalityBiases(config, lengths.back(), locality, seed, weights), "locality biases");
+  }
   OrDie(gpu->Synchronize(), "init");
   const double init_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count();
@@ -297,13 +351,13 @@ int main(int argc, char** argv) {
     row.scratch_gib = engine->executors()[0]->scratch_bytes() / kGiB;
     rows.push_back(row);
     emit(absl::StrFormat(
-        "{\"bench\":\"ttft\",\"model\":\"%s\",\"attention\":\"%s\",\"tokens\":%d,"
+        "{\"bench\":\"ttft\",\"model\":\"%s\",\"attention\":\"%s\",\"locality\":%.1f,\"tokens\":%d,"
         "\"chunk\":%d,\"mlp_block_rows\":%d,\"ttft_s\":%.3f,\"prefill_s\":%.3f,\"tokens_per_s\":%.1f,"
         "\"linear_pflop\":%.2f,\"attention_pflop\":%.2f,\"model_tflops\":%.1f,"
         "\"mfu_of_989\":%.3f,\"of_gemm\":%.3f,\"gemm_tflops\":%.1f,\"peak_gib\":%.2f,"
         "\"weights_gib\":%.2f,\"kv_gib\":%.2f,\"above_weights_kv_gib\":%.2f,"
         "\"scratch_gib\":%.2f,\"device_used_gib\":%.2f}",
-        preset, attention, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
+        preset, attention, locality, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
         AttentionFlops(config, t) / 1e15, row.tflops, row.tflops / kPeakTflops,
         row.tflops / gemm_tflops, gemm_tflops, row.peak_gib, row.weights_gib, row.kv_gib,
         row.peak_gib - row.weights_gib - row.kv_gib, row.scratch_gib, row.device_used_gib));
@@ -311,8 +365,9 @@ int main(int argc, char** argv) {
     OrDie(pool.ReleaseCached(), "release");
   }
 
-  std::printf("\n%s, %s attention, %lld-token chunks, on %s (cuBLAS bf16 8192^3: %.0f TFLOP/s)\n",
-              preset.c_str(), attention.c_str(), static_cast<long long>(chunk),
+  std::printf("\n%s, %s attention (locality %.1f), %lld-token chunks, on %s (cuBLAS bf16 8192^3: "
+              "%.0f TFLOP/s)\n",
+              preset.c_str(), attention.c_str(), locality, static_cast<long long>(chunk),
               gpu->name().c_str(), gemm_tflops);
   std::printf("| tokens | TTFT s | tokens/s | model TFLOP/s | of 989 | of GEMM | peak GiB | "
               "weights + KV GiB | above |\n");
