@@ -475,13 +475,13 @@ int main(int argc, char** argv) {
         "\"dense_tflops\":%.1f,\"dca_ms\":%.3f,\"sparse_ms\":%.3f,\"estimate_ms\":%.3f,"
         "\"select_ms\":%.3f,\"index_ms\":%.3f,\"attend_ms\":%.3f,\"speedup_vs_dense\":%.2f,"
         "\"speedup_vs_dca\":%.2f,\"overhead_fraction\":%.4f,\"density\":%.5f,"
-        "\"recall_vs_dca\":%.4f,\"attend_computed_tflops\":%.1f,\"runs\":%d}",
+        "\"recall_vs_dca\":%.4f,\"attend_computed_tflops\":%.1f,\"workspace_gib\":%.3f,\"runs\":%d}",
         c.name, (long long)L, (long long)kChunk, (long long)pieces, pattern.c_str(),
         budget_source.c_str(), mean_v, mean_s, row.dense, dense_flops / (row.dense * 1e-3) / 1e12,
         row.dca, row.sparse, row.estimate, row.select, row.index, row.attend,
         row.dense / row.sparse, row.dca / row.sparse,
         (row.estimate + row.select + row.index) / row.sparse, row.density, row.recall,
-        row.computed_tflops, iters);
+        row.computed_tflops, double(ws_bytes) / (1024.0 * 1024.0 * 1024.0), iters);
     std::printf("%s\n", buf);
     std::fflush(stdout);
     lines.push_back(buf);

@@ -93,8 +93,8 @@ void SelectVerticalSlash(const float* vertical, const float* slash, int64_t q_he
     std::fill(v_scores.begin(), v_scores.begin() + std::min(e, kVerticalSlashSinks), kInf);
     std::fill(s_scores.begin() + std::max<int64_t>(0, e - kVerticalSlashLocalBand),
               s_scores.end(), kInf);
-    const int64_t kv = std::min(e, std::max(budgets[2 * h], kVerticalSlashSinks));
-    const int64_t ks = std::min(e, std::max(budgets[2 * h + 1], kVerticalSlashLocalBand));
+    const int64_t kv = VerticalSlashVerticalK(budgets[2 * h], e);
+    const int64_t ks = VerticalSlashSlashK(budgets[2 * h + 1], e);
     TopKIndices(v_scores.data(), e, kv, top_v.data());
     TopKIndices(s_scores.data(), e, ks, top_s.data());
 

@@ -66,6 +66,17 @@ struct VerticalSlashLists {
   int64_t slash_capacity = 0;
 };
 
+// The top-k sizes of one head for a piece ending at e (step 4): its effective budgets raised to
+// the forced minimums (30 sinks, 100 local diagonals), at most e.
+inline int64_t VerticalSlashVerticalK(int64_t vertical_budget, int64_t e) {
+  const int64_t k = vertical_budget > kVerticalSlashSinks ? vertical_budget : kVerticalSlashSinks;
+  return k < e ? k : e;
+}
+inline int64_t VerticalSlashSlashK(int64_t slash_budget, int64_t e) {
+  const int64_t k = slash_budget > kVerticalSlashLocalBand ? slash_budget : kVerticalSlashLocalBand;
+  return k < e ? k : e;
+}
+
 // The list capacity that holds any selection for budgets up to max_budget (forced minimums and
 // the fallback included).
 inline int64_t VerticalSlashListCapacity(int64_t max_budget) {

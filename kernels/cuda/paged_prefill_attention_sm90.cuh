@@ -72,6 +72,7 @@
 #include "kernels/cuda/prefill_work_order.h"
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
+#include "kernels/cuda/vertical_slash_parts.h"
 
 namespace mp::cuda::sm90 {
 
@@ -221,6 +222,7 @@ struct SparsePartParams {
   const int32_t* column_index = nullptr;  // [q_heads, row_blocks, max_columns], local keys
   int64_t max_blocks = 0;
   int64_t max_columns = 0;
+  const VerticalSlashHeadSpan* heads = nullptr;  // [q_heads] per-head layout, or null: uniform
   int key_begin = 0;  // local key k is the sequence position key_begin + k
   int kv_len = 0;     // local keys [0, kv_len)
   int present = 0;

@@ -49,10 +49,15 @@ __device__ __forceinline__ SparseTilePlan MakeSparseTilePlan(const PrefillParams
     const SparsePartParams& x = p.sparse.parts[part];
     // Counts clamped to the index's capacity, so that a corrupt index cannot send the walk
     // outside its lists (or give a segment a negative tile count).
+    int64_t max_blocks = x.max_blocks, max_columns = x.max_columns;
+    if (x.present && x.heads != nullptr) {
+      max_blocks = __ldg(&x.heads[q_head].max_blocks);
+      max_columns = __ldg(&x.heads[q_head].max_columns);
+    }
     const int nb =
-        x.present ? int(min(int64_t(max(__ldg(x.block_count + rb), 0)), x.max_blocks)) : 0;
+        x.present ? int(min(int64_t(max(__ldg(x.block_count + rb), 0)), max_blocks)) : 0;
     const int nc =
-        x.present ? int(min(int64_t(max(__ldg(x.column_count + rb), 0)), x.max_columns)) : 0;
+        x.present ? int(min(int64_t(max(__ldg(x.column_count + rb), 0)), max_columns)) : 0;
     plan.entries[2 * part] = nb;
     plan.entries[2 * part + 1] = nc;
     end += (nb + 1) / 2;
@@ -112,6 +117,10 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
     int key[kGroups];
     int row[kGroups];
   };
+  // The current segment's list of this row block (block starts or columns), found once per
+  // segment: tiles are resolved in order.
+  int list_seg = -1;
+  const int32_t* list = nullptr;
   auto columns_of = [&](int i) {
     Columns c;
     // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
@@ -128,9 +137,20 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
     const SparsePartParams& x = p.sparse.parts[seg / 2];
     int local[kGroups];
     bool valid[kGroups];
-    if (seg % 2 == 0) {  // two 64-key blocks: warps 0-1 take the first, warps 2-3 the second
+    const bool blocks_seg = seg % 2 == 0;
+    if (seg != list_seg) {  // uniform or per-head layout
+      list_seg = seg;
+      int64_t start = rb * (blocks_seg ? x.max_blocks : x.max_columns);
+      if (x.heads != nullptr) {
+        const VerticalSlashHeadSpan* span = x.heads + q_head;
+        start = blocks_seg ? __ldg(&span->block_base) + int64_t(m) * __ldg(&span->max_blocks)
+                           : __ldg(&span->column_base) + int64_t(m) * __ldg(&span->max_columns);
+      }
+      list = (blocks_seg ? x.block_offset : x.column_index) + start;
+    }
+    if (blocks_seg) {  // two 64-key blocks: warps 0-1 take the first, warps 2-3 the second
       const int b = 2 * t + warp / 2;
-      const int first = b < entries ? __ldg(x.block_offset + rb * x.max_blocks + b) : 0;
+      const int first = b < entries ? __ldg(list + b) : 0;
 #pragma unroll
       for (int g = 0; g < kGroups; ++g) {
         valid[g] = b < entries;
@@ -141,7 +161,7 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
       for (int g = 0; g < kGroups; ++g) {
         const int col = kN * t + warp * 32 + g * 8 + r8;
         valid[g] = col < entries;
-        local[g] = valid[g] ? __ldg(x.column_index + rb * x.max_columns + col) : 0;
+        local[g] = valid[g] ? __ldg(list + col) : 0;
       }
     }
 #pragma unroll
@@ -333,6 +353,7 @@ cudaError_t LaunchVerticalSlashAttention(const VerticalSlashAttentionArgs& a, cu
     s.column_index = x.column_index;
     s.max_blocks = x.max_blocks;
     s.max_columns = x.max_columns;
+    s.heads = x.heads;
     s.key_begin = int(r.key_begin);
     s.kv_len = int(r.num_keys());
     s.present = 1;

@@ -762,8 +762,8 @@ cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& a, cudaStream_t s
   p.scores[1] = a.slash;
   p.e = int(e);
   for (int64_t h = 0; h < a.q_heads; ++h) {
-    const int64_t kv = std::min(e, std::max(a.budgets[2 * h], cpu::kVerticalSlashSinks));
-    const int64_t ks = std::min(e, std::max(a.budgets[2 * h + 1], cpu::kVerticalSlashLocalBand));
+    const int64_t kv = cpu::VerticalSlashVerticalK(a.budgets[2 * h], e);
+    const int64_t ks = cpu::VerticalSlashSlashK(a.budgets[2 * h + 1], e);
     p.k[h][0] = int(kv);
     p.k[h][1] = int(ks);
   }

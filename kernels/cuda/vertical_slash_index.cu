@@ -1,7 +1,8 @@
-// The vertical-slash index builder kernel; see vertical_slash_index.h. One thread per row block
-// of one part; its slash walk is the CPU reference's (kernels/cpu/vertical_slash_index.cc) line
-// by line, its vertical walk is merged into it (same result). All parts of a piece run in one
-// launch (blockIdx.z), so that their row blocks hide each other's latency.
+// The vertical-slash index builder kernel and the per-head layout; see vertical_slash_index.h.
+// One thread per row block of one part; its slash walk is the CPU reference's
+// (kernels/cpu/vertical_slash_index.cc) line by line, its vertical walk is merged into it (same
+// result). All parts of a piece run in one launch (blockIdx.z), so that their row blocks hide
+// each other's latency.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -35,15 +36,22 @@ __global__ void __launch_bounds__(kThreads)
   const int m = blockIdx.x * kThreads + threadIdx.x;
   const bool active = m < p.row_blocks;
   const int64_t rb = int64_t(h) * p.row_blocks + m;
-  int32_t* blocks = p.index.block_offset + rb * p.index.max_blocks;
-  int32_t* columns = p.index.column_index + rb * p.index.max_columns;
+  int64_t block_start = rb * p.index.max_blocks, column_start = rb * p.index.max_columns;
+  int64_t max_blocks = p.index.max_blocks, max_columns = p.index.max_columns;
+  if (p.index.heads != nullptr) {
+    const VerticalSlashHeadSpan span = p.index.heads[h];
+    max_blocks = span.max_blocks;
+    max_columns = span.max_columns;
+    block_start = span.block_base + int64_t(m) * max_blocks;
+    column_start = span.column_base + int64_t(m) * max_columns;
+  }
+  int32_t* blocks = p.index.block_offset + block_start;
+  int32_t* columns = p.index.column_index + column_start;
   const int64_t kv_len = p.kv_len;
   const int64_t base = p.causal ? kv_len - p.q_len : kv_len;
   const int64_t end_m = min(int64_t(m + 1) * kBlock, int64_t(p.q_len));
   const int64_t limit = p.causal ? min(kv_len, base + end_m) : kv_len;
   const int64_t top = base + end_m;  // slash d covers the keys [top - d - 64, top - d)
-  const int64_t max_blocks = p.index.max_blocks;
-  const int64_t max_columns = p.index.max_columns;
 
   // Verticals (ascending), walked together with the merged slash ranges (ascending, disjoint):
   // when a range closes, the verticals below it are placed and those inside its emitted blocks
@@ -127,7 +135,73 @@ __global__ void __launch_bounds__(kThreads)
   p.index.column_count[rb] = int32_t(n_columns);
 }
 
+struct SpanParams {
+  int32_t k[kVerticalSlashMaxHeads][2];
+  int64_t kv_len[kVerticalSlashIndexMaxParts];
+  VerticalSlashHeadSpan* spans[kVerticalSlashIndexMaxParts];
+  int64_t row_blocks;
+  int q_heads, num_parts;
+};
+
+// Thread h: head h's span in every part (its base: the heads before it, summed).
+__global__ void WriteSpansKernel(const __grid_constant__ SpanParams p) {
+  const int h = threadIdx.x;
+  if (h >= p.q_heads) return;
+  for (int part = 0; part < p.num_parts; ++part) {
+    const int64_t kv_len = p.kv_len[part];
+    int64_t blocks = 0, columns = 0;
+    for (int g = 0; g < h; ++g) {
+      blocks += VerticalSlashHeadMaxBlocks(p.k[g][1], kv_len);
+      columns += VerticalSlashHeadMaxColumns(p.k[g][0], kv_len);
+    }
+    VerticalSlashHeadSpan span;
+    span.block_base = blocks * p.row_blocks;
+    span.column_base = columns * p.row_blocks;
+    span.max_blocks = int32_t(VerticalSlashHeadMaxBlocks(p.k[h][1], kv_len));
+    span.max_columns = int32_t(VerticalSlashHeadMaxColumns(p.k[h][0], kv_len));
+    p.spans[part][h] = span;
+  }
+}
+
 }  // namespace
+
+VerticalSlashSpanEntries VerticalSlashHeadSpanEntries(const int64_t* k, int64_t q_heads,
+                                                      int64_t row_blocks, int64_t kv_len) {
+  VerticalSlashSpanEntries n;
+  for (int64_t h = 0; h < q_heads; ++h) {
+    n.blocks += VerticalSlashHeadMaxBlocks(k[2 * h + 1], kv_len) * row_blocks;
+    n.columns += VerticalSlashHeadMaxColumns(k[2 * h], kv_len) * row_blocks;
+  }
+  return n;
+}
+
+cudaError_t WriteVerticalSlashHeadSpans(const VerticalSlashHeadSpanArgs& a, cudaStream_t stream) {
+  constexpr int64_t kInt32Max = 2147483647;
+  if (a.k == nullptr || a.q_heads <= 0 || a.q_heads > kVerticalSlashMaxHeads ||
+      a.row_blocks < 0 || a.num_parts < 0 || a.num_parts > kVerticalSlashIndexMaxParts) {
+    return cudaErrorInvalidValue;
+  }
+  SpanParams p{};
+  p.q_heads = int(a.q_heads);
+  p.num_parts = a.num_parts;
+  p.row_blocks = a.row_blocks;
+  for (int64_t h = 0; h < a.q_heads; ++h) {
+    for (int i = 0; i < 2; ++i) {
+      if (a.k[2 * h + i] < 0 || a.k[2 * h + i] > kInt32Max) return cudaErrorInvalidValue;
+      p.k[h][i] = int32_t(a.k[2 * h + i]);
+    }
+  }
+  for (int i = 0; i < a.num_parts; ++i) {
+    if (a.spans[i] == nullptr || a.kv_len[i] < 0 || a.kv_len[i] > kInt32Max) {
+      return cudaErrorInvalidValue;
+    }
+    p.kv_len[i] = a.kv_len[i];
+    p.spans[i] = a.spans[i];
+  }
+  if (a.num_parts == 0) return cudaSuccess;
+  WriteSpansKernel<<<1, kVerticalSlashMaxHeads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
 
 cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num_parts,
                                     cudaStream_t stream) {
@@ -150,8 +224,8 @@ cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num
     const VerticalSlashIndexDev& x = a.index;
     if (l.vertical == nullptr || l.vertical_count == nullptr || l.slash == nullptr ||
         l.slash_count == nullptr || x.block_count == nullptr || x.block_offset == nullptr ||
-        x.column_count == nullptr || x.column_index == nullptr || x.max_blocks < 0 ||
-        x.max_columns < 0) {
+        x.column_count == nullptr || x.column_index == nullptr ||
+        (x.heads == nullptr && (x.max_blocks < 0 || x.max_columns < 0))) {
       return cudaErrorInvalidValue;
     }
     if (launched > 0 && a.q_heads != heads) return cudaErrorInvalidValue;  // one grid.y

@@ -54,4 +54,28 @@ MP_CUDA_HD inline VerticalSlashPartRange VerticalSlashPartKeys(int64_t piece_end
   return r;
 }
 
+// Where one q head's row blocks lie in a part's index under the per-head layout
+// (VerticalSlashIndexDev::heads): row block m of the head at block_offset + block_base +
+// m * max_blocks and column_index + column_base + m * max_columns. Each head's capacities come
+// from its own list lengths, so a head with small budgets does not pay for the largest one.
+struct VerticalSlashHeadSpan {
+  int64_t block_base = 0;
+  int64_t column_base = 0;
+  int32_t max_blocks = 0;
+  int32_t max_columns = 0;
+};
+
+// Capacities of one row block of a head in a part of kv_len keys, from the head's top-k sizes
+// (the empty-set fallback of a part has at most 9 entries): every slash adds at most one block and
+// blocks are disjoint 64-key spans starting in [0, kv_len); columns are distinct keys.
+MP_CUDA_HD inline int64_t VerticalSlashHeadMaxBlocks(int64_t slash_k, int64_t kv_len) {
+  const int64_t list = slash_k > 9 ? slash_k : 9;
+  const int64_t spans = (kv_len + 63) / 64;
+  return list < spans ? list : spans;
+}
+MP_CUDA_HD inline int64_t VerticalSlashHeadMaxColumns(int64_t vertical_k, int64_t kv_len) {
+  const int64_t list = vertical_k > 9 ? vertical_k : 9;
+  return list < kv_len ? list : kv_len;
+}
+
 }  // namespace mp::cuda

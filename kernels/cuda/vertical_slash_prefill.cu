@@ -43,13 +43,25 @@ int64_t MaxBudget(const VerticalSlashPrefillArgs& a) {
   return m;
 }
 
+// The heads' top-k sizes for a piece ending at e ([q_heads, 2]: vertical, slash).
+std::vector<int64_t> TopKSizes(const VerticalSlashPrefillArgs& a, int64_t e) {
+  std::vector<int64_t> k(size_t(2 * a.q_heads));
+  for (int64_t h = 0; h < a.q_heads; ++h) {
+    k[2 * h] = cpu::VerticalSlashVerticalK(a.budgets[2 * h], e);
+    k[2 * h + 1] = cpu::VerticalSlashSlashK(a.budgets[2 * h + 1], e);
+  }
+  return k;
+}
+
 // Offsets of one piece's buffers from the workspace start; `total` is the size.
 struct Layout {
   int64_t q_rot, vertical, slash, score_ws, total;
   int64_t list_capacity;
   int64_t list[3];   // per part: vertical, vertical_count, slash, slash_count
   int64_t index[3];  // per part: block_count, column_count, block_offset, column_index
+  int64_t spans[3];  // per part: the per-head layout of its index, [q_heads]
   int64_t max_blocks[3];
+  int64_t index_blocks[3];  // block_offset entries of the part (per-head layout)
   bool present[3];
   int64_t row_blocks, nl;
 };
@@ -78,6 +90,7 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   s.succ_begin = succ.present ? succ.key_begin : x.p;
   l.score_ws = off;
   off += Up(VerticalSlashScoresWorkspaceBytes(s));
+  const std::vector<int64_t> k = TopKSizes(a, e);
   for (int part = 0; part < 3; ++part) {
     const VerticalSlashPartRange r = VerticalSlashPartKeys(e, x.p, a.chunk_len, part);
     l.present[part] = r.present;
@@ -85,9 +98,14 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
     l.list[part] = off;
     off += Up((2 * h * l.list_capacity + 2 * h) * 4);
     l.max_blocks[part] = cpu::VerticalSlashBlockCapacity(l.list_capacity, r.num_keys());
+    l.spans[part] = off;
+    off += Up(h * int64_t(sizeof(VerticalSlashHeadSpan)));
+    // Per-head layout: each head's row blocks sized by its own top-k sizes.
+    const VerticalSlashSpanEntries n =
+        VerticalSlashHeadSpanEntries(k.data(), h, l.row_blocks, r.num_keys());
+    l.index_blocks[part] = n.blocks;
     l.index[part] = off;
-    off +=
-        Up((2 * h * l.row_blocks + h * l.row_blocks * (l.max_blocks[part] + l.list_capacity)) * 4);
+    off += Up((2 * h * l.row_blocks + n.blocks + n.columns) * 4);
   }
   l.total = off;
   return l;
@@ -122,9 +140,11 @@ VerticalSlashPieceBuffers Buffers(const VerticalSlashPrefillArgs& a, const Piece
     index.block_count = ix;
     index.column_count = ix + h * rbs;
     index.block_offset = ix + 2 * h * rbs;
-    index.column_index = index.block_offset + h * rbs * l.max_blocks[part];
+    index.column_index = index.block_offset + l.index_blocks[part];
     index.max_blocks = l.max_blocks[part];
     index.max_columns = cap;
+    p.head_spans[part] = reinterpret_cast<VerticalSlashHeadSpan*>(base + l.spans[part]);
+    index.heads = p.head_spans[part];
   }
   return p;
 }
@@ -265,10 +285,17 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
 
     VerticalSlashAttentionArgs at;
     VerticalSlashIndexArgs ix[3];
+    const std::vector<int64_t> k = TopKSizes(a, x.e);
+    VerticalSlashHeadSpanArgs spans;
+    spans.k = k.data();
+    spans.q_heads = h;
+    spans.row_blocks = cpu::VerticalSlashRowBlocks(qn);
     int num_parts = 0;
     for (int part = 0; part < 3; ++part) {
       const VerticalSlashPartRange r = VerticalSlashPartKeys(x.e, x.p, a.chunk_len, part);
       if (!r.present) continue;
+      spans.kv_len[num_parts] = r.num_keys();
+      spans.spans[num_parts] = buf.head_spans[part];
       VerticalSlashIndexArgs& i = ix[num_parts++];
       i.lists = buf.lists[part];
       i.q_heads = h;
@@ -278,6 +305,9 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
       i.index = buf.index[part];
       at.index[part] = buf.index[part];
     }
+    spans.num_parts = num_parts;
+    err = WriteVerticalSlashHeadSpans(spans, stream);
+    if (err != cudaSuccess) return err;
     err = BuildVerticalSlashIndex(ix, num_parts, stream);
     if (err != cudaSuccess) return err;
     if ((err = mark(3)) != cudaSuccess) return err;

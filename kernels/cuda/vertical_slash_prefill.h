@@ -11,7 +11,10 @@
 //   4. BuildVerticalSlashIndex for every part of the piece; 5. VerticalSlashAttention (all parts
 //      in one kernel, one online softmax: the exact LSE merge of the parts).
 // Pieces run one after the other on `stream` and reuse one workspace; after the call it holds
-// the last piece's selection and index (VerticalSlashPieceBuffers, for tests and tools).
+// the last piece's selection and index (VerticalSlashPieceBuffers, for tests and tools). The
+// index is in the per-head layout (vertical_slash_index.h): each head's lists are sized by its
+// own budgets, not by the largest one (at 1M keys with Qwen's 7B budgets, ~1.4 GB instead of
+// ~5 GB for a 32K chunk).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -65,7 +68,8 @@ struct VerticalSlashPieceBuffers {
   void* score_workspace = nullptr;
   int64_t list_capacity = 0;       // vertical and slash capacity of every part
   VerticalSlashListsDev lists[3];  // parts that do not exist have null pointers
-  VerticalSlashIndexDev index[3];
+  VerticalSlashIndexDev index[3];  // in the per-head layout (index[part].heads)
+  VerticalSlashHeadSpan* head_spans[3] = {};  // = index[part].heads, writable
 };
 // Pieces of the run (DCA chunk boundaries split it).
 int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& args);

@@ -415,5 +415,79 @@ TEST(VerticalSlashIndexGpuTest, PartsInOneLaunchEqualTheCpuBuilder) {
   EXPECT_EQ(BuildVerticalSlashIndex(mixed, 2, nullptr), cudaErrorInvalidValue);
 }
 
+// The per-head layout (each head's row blocks sized by its own top-k sizes, heads packed in
+// order) gives the CPU builder's index; the span table is that packing.
+TEST(VerticalSlashIndexGpuTest, PerHeadLayoutEqualsTheCpuBuilder) {
+  ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
+  const std::vector<IndexCase> cases = {
+      {28, 100, 300, true, 40, 30, 300, 0},
+      {5, 200, 517, true, 100, 150, 517, 0},
+      {2, 190, 333, false, 80, 200, 523, 0},
+      {3, 300, 301, true, 0, 100, 301, 0},
+      {28, 2000, 40000, true, 3000, 4500, 40000, 0},
+      {4, 700, 60000, false, 2500, 2100, 60700, 0},
+  };
+  std::mt19937_64 rng(13);
+  for (const IndexCase& c : cases) {
+    PreparedIndex x = PrepareIndex(c, rng);
+    SCOPED_TRACE(x.what);
+    // Top-k sizes per head: at least what PrepareIndex put in its lists (n_vertical - h
+    // verticals, one more with the duplicate-and-negative head, min(n_slash, slash_range)
+    // slashes), some heads with room to spare.
+    std::vector<int64_t> k(2 * c.heads);
+    for (int64_t h = 0; h < c.heads; ++h) {
+      k[2 * h] = std::max<int64_t>(0, c.n_vertical - h) + 1 + (h % 3) * 17;
+      k[2 * h + 1] = std::min(c.n_slash, c.slash_range) + (h % 2) * 40;
+    }
+    const VerticalSlashSpanEntries n =
+        VerticalSlashHeadSpanEntries(k.data(), c.heads, x.row_blocks, c.kv_len);
+    DeviceBuffer<VerticalSlashHeadSpan> spans(c.heads);
+    DeviceBuffer<int32_t> blocks(std::max<int64_t>(1, n.blocks)),
+        columns(std::max<int64_t>(1, n.columns));
+    VerticalSlashHeadSpanArgs sa;
+    sa.k = k.data();
+    sa.q_heads = c.heads;
+    sa.row_blocks = x.row_blocks;
+    sa.num_parts = 1;
+    sa.kv_len[0] = c.kv_len;
+    sa.spans[0] = spans.get();
+    MP_CUDA_ASSERT(WriteVerticalSlashHeadSpans(sa, nullptr));
+    VerticalSlashIndexArgs a = x.args;
+    a.index.block_offset = blocks.get();
+    a.index.column_index = columns.get();
+    a.index.heads = spans.get();
+    a.index.max_blocks = a.index.max_columns = 0;  // the download's uniform layout: the largest
+    for (int64_t h = 0; h < c.heads; ++h) {
+      a.index.max_blocks = std::max(a.index.max_blocks,
+                                    VerticalSlashHeadMaxBlocks(k[2 * h + 1], c.kv_len));
+      a.index.max_columns = std::max(a.index.max_columns,
+                                     VerticalSlashHeadMaxColumns(k[2 * h], c.kv_len));
+    }
+    MP_CUDA_ASSERT(BuildVerticalSlashIndex(a, nullptr));
+    MP_CUDA_ASSERT(cudaDeviceSynchronize());
+
+    std::vector<VerticalSlashHeadSpan> got(c.heads);
+    ASSERT_EQ(cudaMemcpy(got.data(), spans.get(), got.size() * sizeof(got[0]), cudaMemcpyDefault),
+              cudaSuccess);
+    int64_t block_base = 0, column_base = 0;
+    for (int64_t h = 0; h < c.heads; ++h) {
+      const int64_t mb = std::min((c.kv_len + 63) / 64, std::max<int64_t>(k[2 * h + 1], 9));
+      const int64_t mc = std::min(c.kv_len, std::max<int64_t>(k[2 * h], 9));
+      EXPECT_EQ(got[h].block_base, block_base) << "head " << h;
+      EXPECT_EQ(got[h].column_base, column_base) << "head " << h;
+      EXPECT_EQ(got[h].max_blocks, mb) << "head " << h;
+      EXPECT_EQ(got[h].max_columns, mc) << "head " << h;
+      block_base += mb * x.row_blocks;
+      column_base += mc * x.row_blocks;
+    }
+    EXPECT_EQ(block_base, n.blocks);
+    EXPECT_EQ(column_base, n.columns);
+    testing::ExpectSameIndex(testing::DownloadIndex(a.index, c.heads, x.row_blocks), x.want,
+                             x.what + " (per-head layout)");
+  }
+  VerticalSlashHeadSpanArgs bad;
+  EXPECT_EQ(WriteVerticalSlashHeadSpans(bad, nullptr), cudaErrorInvalidValue);
+}
+
 }  // namespace
 }  // namespace mp::cuda

@@ -193,6 +193,8 @@ struct DeviceIndex {
   }
 };
 
+// In the CPU (uniform) layout with d's max_blocks / max_columns, also from the per-head layout
+// (d.heads); there every head's capacity must fit in the uniform one.
 inline HostIndex DownloadIndex(const VerticalSlashIndexDev& d, int64_t heads, int64_t row_blocks) {
   HostIndex h(heads, row_blocks, d.max_blocks, d.max_columns);
   auto get = [](std::vector<int32_t>* dst, const int32_t* src) {
@@ -200,8 +202,36 @@ inline HostIndex DownloadIndex(const VerticalSlashIndexDev& d, int64_t heads, in
   };
   get(&h.block_count, d.block_count);
   get(&h.column_count, d.column_count);
-  if (heads * row_blocks * d.max_blocks > 0) get(&h.block_offset, d.block_offset);
-  if (heads * row_blocks * d.max_columns > 0) get(&h.column_index, d.column_index);
+  if (d.heads == nullptr) {
+    if (heads * row_blocks * d.max_blocks > 0) get(&h.block_offset, d.block_offset);
+    if (heads * row_blocks * d.max_columns > 0) get(&h.column_index, d.column_index);
+    return h;
+  }
+  std::vector<VerticalSlashHeadSpan> spans(static_cast<size_t>(heads));
+  EXPECT_EQ(cudaMemcpy(spans.data(), d.heads, spans.size() * sizeof(VerticalSlashHeadSpan),
+                       cudaMemcpyDefault),
+            cudaSuccess);
+  for (int64_t x = 0; x < heads; ++x) {
+    const VerticalSlashHeadSpan& s = spans[x];
+    EXPECT_LE(s.max_blocks, d.max_blocks) << "head " << x;
+    EXPECT_LE(s.max_columns, d.max_columns) << "head " << x;
+    if (s.max_blocks > d.max_blocks || s.max_columns > d.max_columns) return h;
+    for (int64_t m = 0; m < row_blocks; ++m) {
+      const int64_t rb = x * row_blocks + m;
+      if (s.max_blocks > 0) {
+        EXPECT_EQ(cudaMemcpy(h.block_offset.data() + rb * d.max_blocks,
+                             d.block_offset + s.block_base + m * s.max_blocks,
+                             size_t(s.max_blocks) * 4, cudaMemcpyDefault),
+                  cudaSuccess);
+      }
+      if (s.max_columns > 0) {
+        EXPECT_EQ(cudaMemcpy(h.column_index.data() + rb * d.max_columns,
+                             d.column_index + s.column_base + m * s.max_columns,
+                             size_t(s.max_columns) * 4, cudaMemcpyDefault),
+                  cudaSuccess);
+      }
+    }
+  }
   return h;
 }
 
