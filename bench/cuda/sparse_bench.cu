@@ -31,6 +31,12 @@
 // between the stages). Goal (issue 5): >= 10x faster than dense at 1M, estimate + select +
 // index <= 10% of the sparse time.
 //
+// Key sharing within a KV group (group_union_fraction, pair_union_fraction in the JSON): on 4
+// sampled row blocks of every piece and layer, the distinct attended keys of the group's q heads
+// (or of head pairs) over the sum of their attended keys -- 1: nothing in common, 1/7 (1/2):
+// every head of the group (pair) attends the same keys. It bounds what a kernel loading each
+// key once for several heads of a group could save in gather traffic.
+//
 // Output: one JSON line per case (also to --json), then a table.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -167,6 +173,88 @@ double Median(std::vector<double> v) {
 }
 
 }  // namespace
+
+// How much of the attended keys the q heads of a KV group have in common (what a kernel that
+// loads a key once for several heads of the group could save), on 4 sampled row blocks of a
+// piece: sum over heads of |keys| against |union| for the whole group and for head pairs
+// (2i, 2i + 1) of a group. Keys of a row block: its blocks' 64-key spans and its columns.
+struct KeySharing {
+  double sum = 0, group_union = 0, pair_sum = 0, pair_union = 0;
+};
+
+void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs, KeySharing* out) {
+  const int64_t group = kHeads / kKvHeads, e = pb.piece_end;
+  std::vector<std::vector<int32_t>> blocks(3), columns(3);
+  std::vector<std::vector<int32_t>> nb(3), nc(3);
+  std::vector<std::vector<mp::cuda::VerticalSlashHeadSpan>> spans(3);
+  int64_t key_begin[3] = {};
+  for (int part = 0; part < 3; ++part) {
+    const mp::cuda::VerticalSlashIndexDev& x = pb.index[part];
+    if (x.block_count == nullptr) continue;
+    const mp::cuda::VerticalSlashPartRange r =
+        mp::cuda::VerticalSlashPartKeys(pb.piece_end, pb.chunk_begin, kC, part);
+    key_begin[part] = r.key_begin;
+    nb[part].resize(kHeads * rbs);
+    nc[part].resize(kHeads * rbs);
+    spans[part].resize(kHeads);
+    BENCH_CHECK(
+        cudaMemcpy(nb[part].data(), x.block_count, nb[part].size() * 4, cudaMemcpyDeviceToHost));
+    BENCH_CHECK(
+        cudaMemcpy(nc[part].data(), x.column_count, nc[part].size() * 4, cudaMemcpyDeviceToHost));
+    BENCH_CHECK(cudaMemcpy(spans[part].data(), x.heads, kHeads * sizeof(spans[part][0]),
+                           cudaMemcpyDeviceToHost));
+  }
+  std::vector<uint8_t> count(static_cast<size_t>(e)), pair(static_cast<size_t>(e));
+  for (int64_t m : {rbs - 1, rbs * 3 / 4, rbs / 2, rbs / 4}) {
+    for (int64_t g = 0; g < kKvHeads; ++g) {
+      std::fill(count.begin(), count.end(), 0);
+      std::vector<std::vector<int32_t>> keys(group);
+      for (int64_t j = 0; j < group; ++j) {
+        const int64_t h = g * group + j, rb = h * rbs + m;
+        for (int part = 0; part < 3; ++part) {
+          if (nb[part].empty()) continue;
+          const mp::cuda::VerticalSlashHeadSpan& sp = spans[part][h];
+          std::vector<int32_t> list(size_t(std::max(nb[part][rb], 0)));
+          if (!list.empty()) {
+            BENCH_CHECK(cudaMemcpy(list.data(),
+                                   pb.index[part].block_offset + sp.block_base + m * sp.max_blocks,
+                                   list.size() * 4, cudaMemcpyDeviceToHost));
+          }
+          for (int32_t off : list) {
+            for (int64_t k = off; k < off + 64; ++k)
+              keys[j].push_back(int32_t(key_begin[part] + k));
+          }
+          list.assign(size_t(std::max(nc[part][rb], 0)), 0);
+          if (!list.empty()) {
+            BENCH_CHECK(cudaMemcpy(
+                list.data(), pb.index[part].column_index + sp.column_base + m * sp.max_columns,
+                list.size() * 4, cudaMemcpyDeviceToHost));
+          }
+          for (int32_t k : list) keys[j].push_back(int32_t(key_begin[part] + k));
+        }
+        for (int32_t k : keys[j]) {
+          if (k >= 0 && k < e) count[size_t(k)] = uint8_t(std::min(count[size_t(k)] + 1, 255));
+        }
+      }
+      for (int64_t k = 0; k < e; ++k) {
+        out->sum += count[size_t(k)];
+        out->group_union += count[size_t(k)] > 0;
+      }
+      for (int64_t j = 0; j + 1 < group; j += 2) {
+        std::fill(pair.begin(), pair.end(), 0);
+        for (int64_t i = j; i < j + 2; ++i) {
+          for (int32_t k : keys[i]) {
+            if (k >= 0 && k < e) {
+              pair[size_t(k)] = 1;
+              out->pair_sum += 1;
+            }
+          }
+        }
+        for (int64_t k = 0; k < e; ++k) out->pair_union += pair[size_t(k)];
+      }
+    }
+  }
+}
 
 int main(int argc, char** argv) {
   std::string cases_arg = "128k,256k,512k,1m", config_path, layer_arg, pattern = "local";
@@ -350,6 +438,7 @@ int main(int argc, char** argv) {
     BENCH_CHECK(mp::cuda::PagedPrefillAttention(d, nullptr));
     BENCH_CHECK(mp::cuda::PagedPrefillDcaAttention(dd, dca, nullptr));
     double recall = 0, attended = 0, causal = 0, computed_flops = 0;
+    KeySharing sharing;
     for (const auto& b : layer_budgets) {
       s.budgets = b.data();
       BENCH_CHECK(cudaMemset(out, 0xFF, q_elems * 2));
@@ -393,6 +482,7 @@ int main(int argc, char** argv) {
             attended_per_cta[i] += 64 * int64_t(nb[i]) + nc[i];
           }
         }
+        CountKeySharing(pb, rbs, &sharing);
         for (int64_t i = 0; i < kHeads * rbs; ++i) {
           const int64_t rows_in = std::min<int64_t>(64, qn - (i % rbs) * 64);
           attended += double(attended_per_cta[i]) * rows_in / layer_budgets.size();
@@ -475,13 +565,17 @@ int main(int argc, char** argv) {
         "\"dense_tflops\":%.1f,\"dca_ms\":%.3f,\"sparse_ms\":%.3f,\"estimate_ms\":%.3f,"
         "\"select_ms\":%.3f,\"index_ms\":%.3f,\"attend_ms\":%.3f,\"speedup_vs_dense\":%.2f,"
         "\"speedup_vs_dca\":%.2f,\"overhead_fraction\":%.4f,\"density\":%.5f,"
-        "\"recall_vs_dca\":%.4f,\"attend_computed_tflops\":%.1f,\"workspace_gib\":%.3f,\"runs\":%d}",
+        "\"recall_vs_dca\":%.4f,\"attend_computed_tflops\":%.1f,\"workspace_gib\":%.3f,\"group_"
+        "union_fraction\":%.4f,"
+        "\"pair_union_fraction\":%.4f,\"runs\":%d}",
         c.name, (long long)L, (long long)kChunk, (long long)pieces, pattern.c_str(),
         budget_source.c_str(), mean_v, mean_s, row.dense, dense_flops / (row.dense * 1e-3) / 1e12,
         row.dca, row.sparse, row.estimate, row.select, row.index, row.attend,
         row.dense / row.sparse, row.dca / row.sparse,
         (row.estimate + row.select + row.index) / row.sparse, row.density, row.recall,
-        row.computed_tflops, double(ws_bytes) / (1024.0 * 1024.0 * 1024.0), iters);
+        row.computed_tflops, double(ws_bytes) / (1024.0 * 1024.0 * 1024.0),
+        sharing.group_union / std::max(sharing.sum, 1.0),
+        sharing.pair_union / std::max(sharing.pair_sum, 1.0), iters);
     std::printf("%s\n", buf);
     std::fflush(stdout);
     lines.push_back(buf);

@@ -36,6 +36,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -45,18 +46,16 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
-
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/dca_positions.h"
 #include "kernels/cuda/random_fill.h"
 #include "model/config.h"
 #include "model/presets.h"
+#include "model/sparse_attention_config.h"
 #include "model/weights.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/cuda_random_weights.h"
 #include "runtime/engine.h"
-#include "model/sparse_attention_config.h"
 #include "runtime/stage_executor.h"
 
 namespace {
@@ -85,10 +84,8 @@ double GemmTflops(mp::CudaBackend& gpu, int64_t n, int iters) {
   mp::Tensor x = OrDie(gpu.Allocate({n, n}, mp::DType::kBF16), "gemm x");
   mp::Tensor w = OrDie(gpu.Allocate({n, n}, mp::DType::kBF16), "gemm w");
   mp::Tensor y = OrDie(gpu.Allocate({n, n}, mp::DType::kBF16), "gemm y");
-  mp::cuda::FillRandomNormalishBf16(x.data_as<__nv_bfloat16>(), n * n, 1, 1.0f, 0.0f,
-                                    gpu.stream());
-  mp::cuda::FillRandomNormalishBf16(w.data_as<__nv_bfloat16>(), n * n, 2, 1.0f, 0.0f,
-                                    gpu.stream());
+  mp::cuda::FillRandomNormalishBf16(x.data_as<__nv_bfloat16>(), n * n, 1, 1.0f, 0.0f, gpu.stream());
+  mp::cuda::FillRandomNormalishBf16(w.data_as<__nv_bfloat16>(), n * n, 2, 1.0f, 0.0f, gpu.stream());
   for (int i = 0; i < 3; ++i) OrDie(gpu.Linear(x, w, nullptr, y), "gemm");
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
@@ -136,8 +133,8 @@ std::unique_ptr<mp::Engine> MakeEngine(const mp::ModelConfig& config,
   ex.kv_cache.max_tokens = tokens;
   ex.mlp_block_rows = mlp_block_rows;
   std::vector<std::unique_ptr<mp::StageExecutor>> chain;
-  chain.push_back(OrDie(mp::StageExecutor::Create(config, weights, std::move(backend), ex),
-                        "stage executor"));
+  chain.push_back(
+      OrDie(mp::StageExecutor::Create(config, weights, std::move(backend), ex), "stage executor"));
   return OrDie(mp::Engine::Create(std::move(chain), options), "engine");
 }
 
@@ -153,9 +150,10 @@ std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab, uint64_t seed) {
 absl::Status SetLocalityBiases(const mp::ModelConfig& c, int64_t length, double locality,
                                uint64_t seed, mp::ModelWeights& weights) {
   const int64_t d = c.head_dim, kv = c.num_key_value_heads, group = c.num_attention_heads / kv;
-  const double m = c.dual_chunk.has_value()
-                       ? mp::cpu::YarnTemperature(length, c.dual_chunk->original_max_position_embeddings)
-                       : 1.0;
+  const double m =
+      c.dual_chunk.has_value()
+          ? mp::cpu::YarnTemperature(length, c.dual_chunk->original_max_position_embeddings)
+          : 1.0;
   const double a = std::sqrt(locality / (m * m / std::sqrt(static_cast<double>(d))));
   std::mt19937_64 rng(seed + 7);
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -163,7 +161,8 @@ absl::Status SetLocalityBiases(const mp::ModelConfig& c, int64_t length, double 
     if (!layer.q_bias.defined() || !layer.k_bias.defined()) {
       return absl::FailedPreconditionError("--attention-locality needs q/k biases (Qwen2)");
     }
-    std::vector<__nv_bfloat16> kb(static_cast<size_t>(kv * d)), qb(static_cast<size_t>(kv * group * d));
+    std::vector<__nv_bfloat16> kb(static_cast<size_t>(kv * d)),
+        qb(static_cast<size_t>(kv * group * d));
     for (int64_t g = 0; g < kv; ++g) {
       std::vector<double> u(static_cast<size_t>(d));
       double norm = 0;
@@ -264,11 +263,11 @@ int main(int argc, char** argv) {
     mp::SparsePrefillOverrides overrides;
     overrides.enabled = true;
     if (sparse_threshold >= 0) overrides.threshold = sparse_threshold;
-    sparse = std::make_shared<const mp::SparsePrefillSettings>(
-        OrDie(mp::ResolveSparsePrefillSettings(
-                  config, OrDie(mp::LoadSparseAttentionConfig(sparse_config, config), "sparse config"),
-                  overrides),
-              "sparse settings"));
+    sparse = std::make_shared<const mp::SparsePrefillSettings>(OrDie(
+        mp::ResolveSparsePrefillSettings(
+            config, OrDie(mp::LoadSparseAttentionConfig(sparse_config, config), "sparse config"),
+            overrides),
+        "sparse settings"));
   }
   if (attention == "dense") {
     config.dual_chunk.reset();  // dense attention over the whole prompt
@@ -291,9 +290,10 @@ int main(int argc, char** argv) {
   const double init_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_init).count();
   const int64_t weight_bytes = pool.stats().bytes_in_use - before_weights;
-  emit(absl::StrFormat("{\"bench\":\"weights\",\"model\":\"%s\",\"bytes\":%d,\"gib\":%.2f,"
-                       "\"init_s\":%.2f}",
-                       preset, weight_bytes, weight_bytes / kGiB, init_s));
+  emit(
+      absl::StrFormat("{\"bench\":\"weights\",\"model\":\"%s\",\"bytes\":%d,\"gib\":%.2f,"
+                      "\"init_s\":%.2f}",
+                      preset, weight_bytes, weight_bytes / kGiB, init_s));
 
   mp::EngineOptions options;
   options.chunk_size = chunk;
@@ -307,8 +307,7 @@ int main(int argc, char** argv) {
     auto engine = MakeEngine(config, weights, gpu, options, n + 1, mlp_block_rows, sparse);
     mp::GenerationOptions gen;
     gen.max_new_tokens = 1;
-    OrDie(engine->Generate(RandomPrompt(n, config.vocab_size, seed + 99), gen).status(),
-          "warm-up");
+    OrDie(engine->Generate(RandomPrompt(n, config.vocab_size, seed + 99), gen).status(), "warm-up");
   }
   OrDie(pool.ReleaseCached(), "release");
 
@@ -320,16 +319,15 @@ int main(int argc, char** argv) {
     cudaMemGetInfo(&free_bytes, &total_bytes);
     const int64_t kv_bytes = (t + 63) / 64 * 64 * kv_per_token;
     const int64_t chunk_rows = std::min(chunk, t);
-    const int64_t mlp_rows =
-        mlp_block_rows > 0 ? std::min(chunk_rows, mlp_block_rows) : chunk_rows;
-    const int64_t need =
-        kv_bytes + ScratchBytes(config, chunk_rows, mlp_rows) + (int64_t{1} << 30);
+    const int64_t mlp_rows = mlp_block_rows > 0 ? std::min(chunk_rows, mlp_block_rows) : chunk_rows;
+    const int64_t need = kv_bytes + ScratchBytes(config, chunk_rows, mlp_rows) + (int64_t{1} << 30);
     if (need > static_cast<int64_t>(free_bytes)) {
       row.skipped = true;
       rows.push_back(row);
-      emit(absl::StrFormat("{\"bench\":\"ttft\",\"model\":\"%s\",\"tokens\":%d,\"skipped\":"
-                           "\"needs %.1f GiB of KV + activations, %.1f GiB free\"}",
-                           preset, t, need / kGiB, free_bytes / kGiB));
+      emit(
+          absl::StrFormat("{\"bench\":\"ttft\",\"model\":\"%s\",\"tokens\":%d,\"skipped\":"
+                          "\"needs %.1f GiB of KV + activations, %.1f GiB free\"}",
+                          preset, t, need / kGiB, free_bytes / kGiB));
       continue;
     }
     auto engine = MakeEngine(config, weights, gpu, options, t, mlp_block_rows, sparse);
@@ -352,25 +350,29 @@ int main(int argc, char** argv) {
     rows.push_back(row);
     emit(absl::StrFormat(
         "{\"bench\":\"ttft\",\"model\":\"%s\",\"attention\":\"%s\",\"locality\":%.1f,\"tokens\":%d,"
-        "\"chunk\":%d,\"mlp_block_rows\":%d,\"ttft_s\":%.3f,\"prefill_s\":%.3f,\"tokens_per_s\":%.1f,"
+        "\"chunk\":%d,\"mlp_block_rows\":%d,\"ttft_s\":%.3f,\"prefill_s\":%.3f,\"tokens_per_s\":%."
+        "1f,"
         "\"linear_pflop\":%.2f,\"attention_pflop\":%.2f,\"model_tflops\":%.1f,"
         "\"mfu_of_989\":%.3f,\"of_gemm\":%.3f,\"gemm_tflops\":%.1f,\"peak_gib\":%.2f,"
         "\"weights_gib\":%.2f,\"kv_gib\":%.2f,\"above_weights_kv_gib\":%.2f,"
         "\"scratch_gib\":%.2f,\"device_used_gib\":%.2f}",
-        preset, attention, locality, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft, LinearFlops(config, t) / 1e15,
-        AttentionFlops(config, t) / 1e15, row.tflops, row.tflops / kPeakTflops,
-        row.tflops / gemm_tflops, gemm_tflops, row.peak_gib, row.weights_gib, row.kv_gib,
-        row.peak_gib - row.weights_gib - row.kv_gib, row.scratch_gib, row.device_used_gib));
+        preset, attention, locality, t, chunk, mlp_block_rows, row.ttft, row.prefill, t / row.ttft,
+        LinearFlops(config, t) / 1e15, AttentionFlops(config, t) / 1e15, row.tflops,
+        row.tflops / kPeakTflops, row.tflops / gemm_tflops, gemm_tflops, row.peak_gib,
+        row.weights_gib, row.kv_gib, row.peak_gib - row.weights_gib - row.kv_gib, row.scratch_gib,
+        row.device_used_gib));
     engine.reset();
     OrDie(pool.ReleaseCached(), "release");
   }
 
-  std::printf("\n%s, %s attention (locality %.1f), %lld-token chunks, on %s (cuBLAS bf16 8192^3: "
-              "%.0f TFLOP/s)\n",
-              preset.c_str(), attention.c_str(), locality, static_cast<long long>(chunk),
-              gpu->name().c_str(), gemm_tflops);
-  std::printf("| tokens | TTFT s | tokens/s | model TFLOP/s | of 989 | of GEMM | peak GiB | "
-              "weights + KV GiB | above |\n");
+  std::printf(
+      "\n%s, %s attention (locality %.1f), %lld-token chunks, on %s (cuBLAS bf16 8192^3: "
+      "%.0f TFLOP/s)\n",
+      preset.c_str(), attention.c_str(), locality, static_cast<long long>(chunk),
+      gpu->name().c_str(), gemm_tflops);
+  std::printf(
+      "| tokens | TTFT s | tokens/s | model TFLOP/s | of 989 | of GEMM | peak GiB | "
+      "weights + KV GiB | above |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
     if (r.skipped) {
