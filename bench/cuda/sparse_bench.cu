@@ -525,11 +525,11 @@ int main(int argc, char** argv) {
           float x;
           BENCH_CHECK(cudaEventElapsedTime(&x, e[0], e[1]));
           est += x;
-          BENCH_CHECK(cudaEventElapsedTime(&x, e[1], e[2]));
-          sel += x;
           BENCH_CHECK(cudaEventElapsedTime(&x, e[2], e[3]));
+          sel += x;
+          BENCH_CHECK(cudaEventElapsedTime(&x, e[4], e[5]));
           idx += x;
-          BENCH_CHECK(cudaEventElapsedTime(&x, e[3], e[4]));
+          BENCH_CHECK(cudaEventElapsedTime(&x, e[6], e[7]));
           att += x;
         }
       }

@@ -1,8 +1,8 @@
 // The vertical-slash index builder kernel and the per-head layout; see vertical_slash_index.h.
 // One thread per row block of one part; its slash walk is the CPU reference's
 // (kernels/cpu/vertical_slash_index.cc) line by line, its vertical walk is merged into it (same
-// result). All parts of a piece run in one launch (blockIdx.z), so that their row blocks hide
-// each other's latency.
+// result). The parts of a run's pieces go in one launch (blockIdx.z), so that their row blocks
+// hide each other's latency.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kThreads)
 
 struct SpanParams {
   int32_t k[kVerticalSlashMaxHeads][2];
-  int64_t kv_len[kVerticalSlashIndexMaxParts];
-  VerticalSlashHeadSpan* spans[kVerticalSlashIndexMaxParts];
+  int64_t kv_len[kVerticalSlashNumParts];
+  VerticalSlashHeadSpan* spans[kVerticalSlashNumParts];
   int64_t row_blocks;
   int q_heads, num_parts;
 };
@@ -178,7 +178,7 @@ VerticalSlashSpanEntries VerticalSlashHeadSpanEntries(const int64_t* k, int64_t 
 cudaError_t WriteVerticalSlashHeadSpans(const VerticalSlashHeadSpanArgs& a, cudaStream_t stream) {
   constexpr int64_t kInt32Max = 2147483647;
   if (a.k == nullptr || a.q_heads <= 0 || a.q_heads > kVerticalSlashMaxHeads ||
-      a.row_blocks < 0 || a.num_parts < 0 || a.num_parts > kVerticalSlashIndexMaxParts) {
+      a.row_blocks < 0 || a.num_parts < 0 || a.num_parts > kVerticalSlashNumParts) {
     return cudaErrorInvalidValue;
   }
   SpanParams p{};

@@ -20,7 +20,9 @@
 
 namespace mp::cuda {
 
-inline constexpr int kVerticalSlashIndexMaxParts = 3;
+// Parts one launch of the builder takes: every part of a piece, or of the two pieces of a
+// chunk that crosses a DCA chunk boundary.
+inline constexpr int kVerticalSlashIndexMaxParts = 6;
 
 struct VerticalSlashIndexDev {
   int32_t* block_count = nullptr;   // [q_heads, row_blocks]
@@ -46,8 +48,8 @@ struct VerticalSlashIndexArgs {
 // cudaErrorInvalidValue for negative sizes, null pointers or sizes past int32.
 cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs& args, cudaStream_t stream);
 
-// The parts of one prefill piece (up to kVerticalSlashIndexMaxParts, the same q_heads) in one
-// launch; the same result as one call per part. cudaErrorInvalidValue as above, or for more
+// Several parts (up to kVerticalSlashIndexMaxParts, the same q_heads; of one or more pieces) in
+// one launch; the same result as one call per part. cudaErrorInvalidValue as above, or for more
 // parts or unequal q_heads.
 cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num_parts,
                                     cudaStream_t stream);
@@ -62,9 +64,9 @@ struct VerticalSlashHeadSpanArgs {
   const int64_t* k = nullptr;  // host [q_heads, 2]
   int64_t q_heads = 0;         // <= kVerticalSlashMaxHeads
   int64_t row_blocks = 0;
-  int num_parts = 0;  // <= kVerticalSlashIndexMaxParts
-  int64_t kv_len[kVerticalSlashIndexMaxParts] = {};
-  VerticalSlashHeadSpan* spans[kVerticalSlashIndexMaxParts] = {};
+  int num_parts = 0;  // <= kVerticalSlashNumParts
+  int64_t kv_len[kVerticalSlashNumParts] = {};
+  VerticalSlashHeadSpan* spans[kVerticalSlashNumParts] = {};
 };
 struct VerticalSlashSpanEntries {
   int64_t blocks = 0, columns = 0;  // entries of block_offset and column_index

@@ -53,9 +53,11 @@ std::vector<int64_t> TopKSizes(const VerticalSlashPrefillArgs& a, int64_t e) {
   return k;
 }
 
-// Offsets of one piece's buffers from the workspace start; `total` is the size.
+// Offsets of one piece's buffers; `total` is the size. [0, common_end) holds what the pieces
+// use one after the other (rotated queries, scores, score workspace); [common_end, total) what
+// each piece keeps until its attention ran (lists, span tables, index).
 struct Layout {
-  int64_t q_rot, vertical, slash, score_ws, total;
+  int64_t q_rot, vertical, slash, score_ws, common_end, total;
   int64_t list_capacity;
   int64_t list[3];   // per part: vertical, vertical_count, slash, slash_count
   int64_t index[3];  // per part: block_count, column_count, block_offset, column_index
@@ -90,6 +92,7 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   s.succ_begin = succ.present ? succ.key_begin : x.p;
   l.score_ws = off;
   off += Up(VerticalSlashScoresWorkspaceBytes(s));
+  l.common_end = off;
   const std::vector<int64_t> k = TopKSizes(a, e);
   for (int part = 0; part < 3; ++part) {
     const VerticalSlashPartRange r = VerticalSlashPartKeys(e, x.p, a.chunk_len, part);
@@ -111,18 +114,45 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   return l;
 }
 
-VerticalSlashPieceBuffers Buffers(const VerticalSlashPrefillArgs& a, const Piece& x, void* ws) {
+// The run's workspace: the common part of the largest piece, then every piece's own part.
+struct RunLayout {
+  std::vector<Piece> pieces;
+  std::vector<int64_t> own_shift;  // piece i's own offsets are at workspace + offset + shift
+  int64_t total = 0;
+};
+
+RunLayout MakeRunLayout(const VerticalSlashPrefillArgs& a) {
+  RunLayout r;
+  r.pieces = Pieces(a);
+  std::vector<Layout> layouts;
+  int64_t off = 0;
+  for (const Piece& x : r.pieces) {
+    layouts.push_back(MakeLayout(a, x));
+    off = std::max(off, layouts.back().common_end);
+  }
+  for (const Layout& l : layouts) {
+    r.own_shift.push_back(off - l.common_end);
+    off += l.total - l.common_end;
+  }
+  r.total = off;
+  return r;
+}
+
+VerticalSlashPieceBuffers Buffers(const VerticalSlashPrefillArgs& a, const RunLayout& run, int i,
+                                  void* ws) {
+  const Piece& x = run.pieces[size_t(i)];
   const Layout l = MakeLayout(a, x);
-  char* base = static_cast<char*>(ws);
+  char* common = static_cast<char*>(ws);
+  char* base = common + run.own_shift[size_t(i)];  // at l.common_end: this piece's own part
   VerticalSlashPieceBuffers p;
   p.piece_begin = x.b;
   p.piece_end = x.e;
   p.chunk_begin = x.p;
   p.estimate_rows = l.nl;
-  p.q_rot = reinterpret_cast<__nv_bfloat16*>(base + l.q_rot);
-  p.vertical = reinterpret_cast<float*>(base + l.vertical);
-  p.slash = reinterpret_cast<float*>(base + l.slash);
-  p.score_workspace = base + l.score_ws;
+  p.q_rot = reinterpret_cast<__nv_bfloat16*>(common + l.q_rot);
+  p.vertical = reinterpret_cast<float*>(common + l.vertical);
+  p.slash = reinterpret_cast<float*>(common + l.slash);
+  p.score_workspace = common + l.score_ws;
   p.list_capacity = l.list_capacity;
   const int64_t h = a.q_heads, cap = l.list_capacity, rbs = l.row_blocks;
   for (int part = 0; part < 3; ++part) {
@@ -196,9 +226,7 @@ std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& a) {
 
 int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& a) {
   if (!VerticalSlashPrefillUnsupported(a).empty()) return 0;
-  int64_t bytes = 0;
-  for (const Piece& x : Pieces(a)) bytes = std::max(bytes, MakeLayout(a, x).total);
-  return bytes;
+  return MakeRunLayout(a).total;
 }
 
 int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& a) {
@@ -207,33 +235,38 @@ int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& a) {
 
 VerticalSlashPieceBuffers VerticalSlashPrefillPiece(const VerticalSlashPrefillArgs& a,
                                                     void* workspace, int piece_index) {
-  const std::vector<Piece> pieces = Pieces(a);
-  if (pieces.empty()) return {};
-  const int i = piece_index < 0 ? int(pieces.size()) - 1 : piece_index;
-  if (i >= int(pieces.size())) return {};
-  return Buffers(a, pieces[i], workspace);
+  if (!VerticalSlashPrefillUnsupported(a).empty()) return {};
+  const RunLayout run = MakeRunLayout(a);
+  if (run.pieces.empty()) return {};
+  const int i = piece_index < 0 ? int(run.pieces.size()) - 1 : piece_index;
+  if (i >= int(run.pieces.size())) return {};
+  return Buffers(a, run, i, workspace);
 }
 
 cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* workspace,
                                  int64_t workspace_bytes, cudaStream_t stream) {
   if (!VerticalSlashPrefillUnsupported(a).empty()) return cudaErrorInvalidValue;
   if (a.num_queries == 0) return cudaSuccess;
-  if (workspace == nullptr || workspace_bytes < VerticalSlashPrefillWorkspaceBytes(a)) {
-    return cudaErrorInvalidValue;
-  }
+  const RunLayout run = MakeRunLayout(a);
+  if (workspace == nullptr || workspace_bytes < run.total) return cudaErrorInvalidValue;
   const int64_t h = a.q_heads, d = a.kv.head_dim;
   const bool dca = a.chunk_size > 0;
-  const std::vector<Piece> pieces = Pieces(a);
-  for (size_t pi = 0; pi < pieces.size(); ++pi) {
-    const Piece& x = pieces[pi];
-    auto mark = [&](int stage) -> cudaError_t {
-      if (a.stage_events == nullptr) return cudaSuccess;
-      return cudaEventRecord(a.stage_events[pi * kVerticalSlashStageEvents + stage], stream);
-    };
-    const VerticalSlashPieceBuffers buf = Buffers(a, x, workspace);
-    cudaError_t err = mark(0);
+  const int num_pieces = int(run.pieces.size());
+  auto mark = [&](int piece, int event) -> cudaError_t {
+    if (a.stage_events == nullptr) return cudaSuccess;
+    return cudaEventRecord(a.stage_events[piece * kVerticalSlashStageEvents + event], stream);
+  };
+  std::vector<VerticalSlashPieceBuffers> bufs;
+  for (int pi = 0; pi < num_pieces; ++pi) bufs.push_back(Buffers(a, run, pi, workspace));
+
+  // 1-3. Per piece: rotation, scores and selection (they share the common buffers, so one piece
+  // after the other); each piece's lists stay in its own part of the workspace.
+  for (int pi = 0; pi < num_pieces; ++pi) {
+    const Piece& x = run.pieces[size_t(pi)];
+    const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
+    cudaError_t err = mark(pi, 0);
     if (err != cudaSuccess) return err;
-    const int64_t qn = x.e - x.b, nl = buf.estimate_rows;
+    const int64_t nl = buf.estimate_rows;
     const VerticalSlashPartRange succ =
         VerticalSlashPartKeys(x.e, x.p, a.chunk_len, kVerticalSlashSucc);
     const VerticalSlashPartRange inter =
@@ -267,7 +300,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     sc.slash = buf.slash;
     err = VerticalSlashScores(sc, buf.score_workspace, stream);
     if (err != cudaSuccess) return err;
-    if ((err = mark(1)) != cudaSuccess) return err;
+    if ((err = mark(pi, 1)) != cudaSuccess || (err = mark(pi, 2)) != cudaSuccess) return err;
 
     VerticalSlashSelectArgs sel;
     sel.vertical = buf.vertical;
@@ -281,36 +314,61 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     for (int part = 0; part < 3; ++part) sel.parts[part] = buf.lists[part];
     err = VerticalSlashSelect(sel, stream);
     if (err != cudaSuccess) return err;
-    if ((err = mark(2)) != cudaSuccess) return err;
+    if ((err = mark(pi, 3)) != cudaSuccess) return err;
+  }
 
-    VerticalSlashAttentionArgs at;
-    VerticalSlashIndexArgs ix[3];
+  // 4. The index of every part of every piece: span tables per piece, then the parts in as few
+  // launches as the builder takes (a chunk that crosses a DCA chunk boundary is two pieces, up to
+  // 4 parts: one launch). The time is reported on the last piece.
+  for (int pi = 0; pi + 1 < num_pieces; ++pi) {
+    cudaError_t err = mark(pi, 4);
+    if (err != cudaSuccess || (err = mark(pi, 5)) != cudaSuccess) return err;
+  }
+  cudaError_t err = mark(num_pieces - 1, 4);
+  if (err != cudaSuccess) return err;
+  std::vector<VerticalSlashIndexArgs> parts;
+  for (int pi = 0; pi < num_pieces; ++pi) {
+    const Piece& x = run.pieces[size_t(pi)];
+    const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
+    const int64_t qn = x.e - x.b;
     const std::vector<int64_t> k = TopKSizes(a, x.e);
     VerticalSlashHeadSpanArgs spans;
     spans.k = k.data();
     spans.q_heads = h;
     spans.row_blocks = cpu::VerticalSlashRowBlocks(qn);
-    int num_parts = 0;
     for (int part = 0; part < 3; ++part) {
       const VerticalSlashPartRange r = VerticalSlashPartKeys(x.e, x.p, a.chunk_len, part);
       if (!r.present) continue;
-      spans.kv_len[num_parts] = r.num_keys();
-      spans.spans[num_parts] = buf.head_spans[part];
-      VerticalSlashIndexArgs& i = ix[num_parts++];
+      spans.kv_len[spans.num_parts] = r.num_keys();
+      spans.spans[spans.num_parts++] = buf.head_spans[part];
+      VerticalSlashIndexArgs i;
       i.lists = buf.lists[part];
       i.q_heads = h;
       i.q_len = qn;
       i.kv_len = r.num_keys();
       i.causal = r.causal;
       i.index = buf.index[part];
-      at.index[part] = buf.index[part];
+      parts.push_back(i);
     }
-    spans.num_parts = num_parts;
-    err = WriteVerticalSlashHeadSpans(spans, stream);
-    if (err != cudaSuccess) return err;
-    err = BuildVerticalSlashIndex(ix, num_parts, stream);
-    if (err != cudaSuccess) return err;
-    if ((err = mark(3)) != cudaSuccess) return err;
+    if ((err = WriteVerticalSlashHeadSpans(spans, stream)) != cudaSuccess) return err;
+  }
+  for (size_t i = 0; i < parts.size(); i += kVerticalSlashIndexMaxParts) {
+    const int n = int(std::min<size_t>(kVerticalSlashIndexMaxParts, parts.size() - i));
+    if ((err = BuildVerticalSlashIndex(parts.data() + i, n, stream)) != cudaSuccess) return err;
+  }
+  if ((err = mark(num_pieces - 1, 5)) != cudaSuccess) return err;
+
+  // 5. Attention, piece by piece (all parts of a piece in one kernel).
+  for (int pi = 0; pi < num_pieces; ++pi) {
+    const Piece& x = run.pieces[size_t(pi)];
+    const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
+    if ((err = mark(pi, 6)) != cudaSuccess) return err;
+    VerticalSlashAttentionArgs at;
+    for (int part = 0; part < 3; ++part) {
+      if (VerticalSlashPartKeys(x.e, x.p, a.chunk_len, part).present) {
+        at.index[part] = buf.index[part];
+      }
+    }
     const int64_t row0 = x.b - a.query_begin;
     at.q = a.q + row0 * h * d;
     at.kv = a.kv;
@@ -327,7 +385,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     at.scale = a.scale;
     err = VerticalSlashAttention(at, stream);
     if (err != cudaSuccess) return err;
-    if ((err = mark(4)) != cudaSuccess) return err;
+    if ((err = mark(pi, 7)) != cudaSuccess) return err;
   }
   return cudaSuccess;
 }

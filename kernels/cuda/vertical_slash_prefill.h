@@ -10,11 +10,14 @@
 //      positions; 2. VerticalSlashScores; 3. VerticalSlashSelect with the per-head budgets;
 //   4. BuildVerticalSlashIndex for every part of the piece; 5. VerticalSlashAttention (all parts
 //      in one kernel, one online softmax: the exact LSE merge of the parts).
-// Pieces run one after the other on `stream` and reuse one workspace; after the call it holds
-// the last piece's selection and index (VerticalSlashPieceBuffers, for tests and tools). The
-// index is in the per-head layout (vertical_slash_index.h): each head's lists are sized by its
-// own budgets, not by the largest one (at 1M keys with Qwen's 7B budgets, ~1.4 GB instead of
-// ~5 GB for a 32K chunk).
+// Steps 1-3 run piece after piece and share the score buffers; step 4 runs once for the parts of
+// all pieces (a chunk that crosses a DCA chunk boundary is two pieces: one launch instead of
+// two); step 5 piece after piece. After the call the workspace holds every piece's selection and
+// index and the last piece's rotated queries and scores (VerticalSlashPieceBuffers, for tests
+// and tools). The index is in the per-head layout (vertical_slash_index.h): each head's lists
+// are sized by its own budgets, not by the largest one (at 1M keys with Qwen's 7B budgets,
+// 2.2 GiB instead of 5.0 GiB for a 32K chunk).
+
 #pragma once
 
 #include <cuda_bf16.h>
@@ -42,12 +45,14 @@ struct VerticalSlashPrefillArgs {
   float scale = 0.0f;                // logit scale, YaRN m^2 included
   int64_t last_q = 64;               // estimation rows per piece, [1, 64]
   const int64_t* budgets = nullptr;  // host [q_heads, 2]: effective (vertical, slash), > 0
-  // Optional (benchmarks): kVerticalSlashStageEvents events per piece, recorded on `stream`
-  // before the rotation, after the scores, after the selection, after the index and after the
-  // attention of each piece ([pieces, 5]; VerticalSlashPrefillNumPieces gives the count).
+  // Optional (benchmarks): kVerticalSlashStageEvents events per piece ([pieces, 8];
+  // VerticalSlashPrefillNumPieces gives the count), recorded on `stream` as (start, end) pairs
+  // around the piece's estimation (rotation + scores), selection, index and attention. The index
+  // of all pieces is built together: its pair is the last piece's, the other pieces' pairs are
+  // recorded back to back (zero time).
   cudaEvent_t* stage_events = nullptr;
 };
-inline constexpr int kVerticalSlashStageEvents = 5;
+inline constexpr int kVerticalSlashStageEvents = 8;
 
 // Empty when supported; else the offending argument and the limit.
 std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& args);

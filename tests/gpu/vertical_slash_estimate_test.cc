@@ -11,7 +11,7 @@
 //     every complete diagonal has the same sum on both sides, so the selections must be equal;
 //   * BuildVerticalSlashIndex: equal to the CPU builder for causal and non-causal parts, row
 //     counts that are not multiples of 64, truncation at small capacities, duplicate and negative
-//     inputs; the parts of a piece in one launch equal to one call per part.
+//     inputs; the parts of pieces in one launch equal to one call per part.
 // Needs an sm_90 GPU (label gpu); fails without one.
 #include "kernels/cuda/vertical_slash_estimate.h"
 
@@ -383,7 +383,7 @@ TEST(VerticalSlashIndexGpuTest, EqualsTheCpuBuilder) {
   }
 }
 
-// The parts of a piece in one launch (different row counts, key counts and causality, one part
+// Parts of pieces in one launch (different row counts, key counts and causality, one part
 // with truncating capacities) give each part's single-call result.
 TEST(VerticalSlashIndexGpuTest, PartsInOneLaunchEqualTheCpuBuilder) {
   ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
@@ -391,6 +391,8 @@ TEST(VerticalSlashIndexGpuTest, PartsInOneLaunchEqualTheCpuBuilder) {
       {4, 700, 60000, false, 2500, 2100, 60700, 0},
       {4, 4100, 9000, true, 900, 1500, 9000, 0},
       {4, 129, 2000, true, 300, 25, 2000, 3},
+      {4, 300, 5000, false, 400, 300, 5300, 0},  // a second piece's parts
+      {4, 64, 64, true, 10, 5, 64, 0},
   };
   std::mt19937_64 rng(12);
   std::vector<PreparedIndex> parts;
@@ -406,9 +408,10 @@ TEST(VerticalSlashIndexGpuTest, PartsInOneLaunchEqualTheCpuBuilder) {
         testing::DownloadIndex(parts[i].args.index, cases[i].heads, parts[i].row_blocks),
         parts[i].want, parts[i].what);
   }
-  // More parts than a piece has, or unequal head counts: rejected.
-  std::vector<VerticalSlashIndexArgs> four(4, args[0]);
-  EXPECT_EQ(BuildVerticalSlashIndex(four.data(), 4, nullptr), cudaErrorInvalidValue);
+  // More parts than one launch takes, or unequal head counts: rejected.
+  std::vector<VerticalSlashIndexArgs> many(kVerticalSlashIndexMaxParts + 1, args[0]);
+  EXPECT_EQ(BuildVerticalSlashIndex(many.data(), int(many.size()), nullptr),
+            cudaErrorInvalidValue);
   VerticalSlashIndexArgs other = args[1];
   other.q_heads = 3;
   const VerticalSlashIndexArgs mixed[2] = {args[0], other};
