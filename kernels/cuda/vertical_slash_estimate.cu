@@ -447,14 +447,18 @@ struct SelectPart {
   bool causal = false;
 };
 
-struct SelectParams {
+struct SelectPiece {
   const float* scores[2];  // vertical, slash: [heads, e]
   int e;
-  int k[kVerticalSlashMaxHeads][2];  // top-k size per head and kind
-  SelectPart parts[2][3];            // [kind][part]
+  SelectPart parts[2][3];  // [kind][part]
+};
+struct SelectParams {
+  int k[kVerticalSlashMaxHeads][2];  // top-k size per head and kind, before the cap at e
+  SelectPiece piece[kVerticalSlashSelectMaxPieces];
 };
 
-// One CTA per (q head, kind): blockIdx.x is the head, blockIdx.y the kind (0: vertical, 1: slash).
+// One CTA per (q head, kind, piece): blockIdx.x is the head, blockIdx.y the kind (0: vertical,
+// 1: slash), blockIdx.z the piece.
 __global__ void __launch_bounds__(kSelThreads)
     SelectKernel(const __grid_constant__ SelectParams p) {
   using IntScan = cub::BlockScan<int, kSelThreads>;
@@ -469,14 +473,15 @@ __global__ void __launch_bounds__(kSelThreads)
   const int h = blockIdx.x;
   const int kind = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % 32;
-  const int e = p.e;
-  const float* scores = p.scores[kind] + int64_t(h) * e;
+  const SelectPiece& piece = p.piece[blockIdx.z];
+  const int e = piece.e;
+  const float* scores = piece.scores[kind] + int64_t(h) * e;
   const int f_lo = kind == 0 ? 0 : max(0, e - int(cpu::kVerticalSlashLocalBand));
   const int f_hi = kind == 0 ? min(e, int(cpu::kVerticalSlashSinks)) : e;
   auto key_of = [&](int j) -> uint32_t {
     return (j >= f_lo && j < f_hi) ? kForcedKey : OrderedKey(scores[j]);
   };
-  const int k = p.k[h][kind];
+  const int k = min(p.k[h][kind], e);
 
   // Radix select: the k-th largest key, 11 + 11 + 10 bits.
   uint32_t prefix = 0, mask = 0;
@@ -532,7 +537,7 @@ __global__ void __launch_bounds__(kSelThreads)
   const int take_eq = remaining;  // keys == tau taken, lowest indices first
 
   // Ordered compaction into the parts.
-  const SelectPart(&parts)[3] = p.parts[kind];
+  const SelectPart(&parts)[3] = piece.parts[kind];
   int eq_seen = 0;
   int part_off[3] = {0, 0, 0};
   for (int base = 0; base < e && k > 0; base += kSelThreads * kSelItems) {
@@ -750,23 +755,20 @@ cudaError_t VerticalSlashScores(const VerticalSlashScoreArgs& a, void* workspace
                               : LaunchScores<64>(p, num_ranges, stream);
 }
 
-cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& a, cudaStream_t stream) {
+namespace {
+
+// One piece's launch parameters; false for invalid arguments.
+bool MakeSelectPiece(const VerticalSlashSelectArgs& a, SelectPiece* out) {
   const int64_t e = a.piece_end;
   if (a.q_heads <= 0 || a.q_heads > kVerticalSlashMaxHeads || e <= 0 || e > (int64_t(1) << 30) ||
       a.piece_begin < a.chunk_begin || a.piece_begin >= e || a.vertical == nullptr ||
       a.slash == nullptr || a.budgets == nullptr) {
-    return cudaErrorInvalidValue;
+    return false;
   }
-  SelectParams p{};
+  SelectPiece& p = *out;
   p.scores[0] = a.vertical;
   p.scores[1] = a.slash;
   p.e = int(e);
-  for (int64_t h = 0; h < a.q_heads; ++h) {
-    const int64_t kv = cpu::VerticalSlashVerticalK(a.budgets[2 * h], e);
-    const int64_t ks = cpu::VerticalSlashSlashK(a.budgets[2 * h + 1], e);
-    p.k[h][0] = int(kv);
-    p.k[h][1] = int(ks);
-  }
   const int64_t qn = e - a.piece_begin;
   for (int q = 0; q < 3; ++q) {
     const VerticalSlashPartRange r = VerticalSlashPartKeys(e, a.chunk_begin, a.chunk_len, q);
@@ -775,7 +777,7 @@ cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& a, cudaStream_t s
     if (l.vertical == nullptr || l.vertical_count == nullptr || l.slash == nullptr ||
         l.slash_count == nullptr || l.vertical_capacity <= 0 || l.slash_capacity <= 0 ||
         l.vertical_capacity > (int64_t(1) << 30) || l.slash_capacity > (int64_t(1) << 30)) {
-      return cudaErrorInvalidValue;
+      return false;
     }
     SelectPart& v = p.parts[0][q];
     v.list = l.vertical;
@@ -803,8 +805,42 @@ cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& a, cudaStream_t s
       s.key_end = int(std::min(e, r.key_end + qn));
     }
   }
-  SelectKernel<<<dim3(unsigned(a.q_heads), 2), kSelThreads, 0, stream>>>(p);
+  return true;
+}
+
+}  // namespace
+
+cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs* pieces, int num_pieces,
+                                cudaStream_t stream) {
+  if (num_pieces < 0 || num_pieces > kVerticalSlashSelectMaxPieces ||
+      (num_pieces > 0 && pieces == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  if (num_pieces == 0) return cudaSuccess;
+  SelectParams p{};
+  const VerticalSlashSelectArgs& first = pieces[0];
+  for (int i = 0; i < num_pieces; ++i) {
+    const VerticalSlashSelectArgs& a = pieces[i];
+    if (!MakeSelectPiece(a, &p.piece[i]) || a.q_heads != first.q_heads) {
+      return cudaErrorInvalidValue;
+    }
+    // One k table for the launch: the pieces' budgets must agree.
+    for (int64_t j = 0; j < 2 * a.q_heads; ++j) {
+      if (a.budgets[j] != first.budgets[j]) return cudaErrorInvalidValue;
+    }
+  }
+  constexpr int64_t kNoCap = int64_t(1) << 30;  // the kernel caps each k at its piece's e
+  for (int64_t h = 0; h < first.q_heads; ++h) {
+    p.k[h][0] = int(cpu::VerticalSlashVerticalK(first.budgets[2 * h], kNoCap));
+    p.k[h][1] = int(cpu::VerticalSlashSlashK(first.budgets[2 * h + 1], kNoCap));
+  }
+  SelectKernel<<<dim3(unsigned(first.q_heads), 2, unsigned(num_pieces)), kSelThreads, 0,
+                 stream>>>(p);
   return cudaGetLastError();
+}
+
+cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& args, cudaStream_t stream) {
+  return VerticalSlashSelect(&args, 1, stream);
 }
 
 }  // namespace mp::cuda

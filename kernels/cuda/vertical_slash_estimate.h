@@ -110,6 +110,11 @@ struct VerticalSlashSelectArgs {
   VerticalSlashListsDev parts[3];
 };
 cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs& args, cudaStream_t stream);
+// Several pieces of a run in one launch (up to kVerticalSlashSelectMaxPieces, each with its own
+// scores and lists; the same q_heads and budgets): the same result as one call per piece.
+inline constexpr int kVerticalSlashSelectMaxPieces = 4;
+cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs* pieces, int num_pieces,
+                                cudaStream_t stream);
 
 // Empty when the shapes are supported, else a message naming the argument and the limit.
 std::string VerticalSlashEstimateUnsupported(const VerticalSlashScoreArgs& args);

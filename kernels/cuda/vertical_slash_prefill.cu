@@ -54,8 +54,8 @@ std::vector<int64_t> TopKSizes(const VerticalSlashPrefillArgs& a, int64_t e) {
 }
 
 // Offsets of one piece's buffers; `total` is the size. [0, common_end) holds what the pieces
-// use one after the other (rotated queries, scores, score workspace); [common_end, total) what
-// each piece keeps until its attention ran (lists, span tables, index).
+// use one after the other (rotated queries, score workspace); [common_end, total) what each
+// piece keeps until its selection or attention ran (scores, lists, span tables, index).
 struct Layout {
   int64_t q_rot, vertical, slash, score_ws, common_end, total;
   int64_t list_capacity;
@@ -78,10 +78,6 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   int64_t off = 0;
   l.q_rot = off;
   off += Up(kVerticalSlashVariants * l.nl * h * d * 2);
-  l.vertical = off;
-  off += Up(h * e * 4);
-  l.slash = off;
-  off += Up(h * e * 4);
   VerticalSlashScoreArgs s;
   s.num_queries = l.nl;
   s.q_heads = h;
@@ -93,6 +89,10 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   l.score_ws = off;
   off += Up(VerticalSlashScoresWorkspaceBytes(s));
   l.common_end = off;
+  l.vertical = off;
+  off += Up(h * e * 4);
+  l.slash = off;
+  off += Up(h * e * 4);
   const std::vector<int64_t> k = TopKSizes(a, e);
   for (int part = 0; part < 3; ++part) {
     const VerticalSlashPartRange r = VerticalSlashPartKeys(e, x.p, a.chunk_len, part);
@@ -150,8 +150,8 @@ VerticalSlashPieceBuffers Buffers(const VerticalSlashPrefillArgs& a, const RunLa
   p.chunk_begin = x.p;
   p.estimate_rows = l.nl;
   p.q_rot = reinterpret_cast<__nv_bfloat16*>(common + l.q_rot);
-  p.vertical = reinterpret_cast<float*>(common + l.vertical);
-  p.slash = reinterpret_cast<float*>(common + l.slash);
+  p.vertical = reinterpret_cast<float*>(base + l.vertical);
+  p.slash = reinterpret_cast<float*>(base + l.slash);
   p.score_workspace = common + l.score_ws;
   p.list_capacity = l.list_capacity;
   const int64_t h = a.q_heads, cap = l.list_capacity, rbs = l.row_blocks;
@@ -243,6 +243,21 @@ VerticalSlashPieceBuffers VerticalSlashPrefillPiece(const VerticalSlashPrefillAr
   return Buffers(a, run, i, workspace);
 }
 
+namespace {
+
+// A stage run once for all pieces: the (start, end) pair `event` of every piece but the last
+// recorded back to back (zero time), then the last piece's start.
+template <class Mark>
+cudaError_t MarkEmpty(const Mark& mark, int num_pieces, int event) {
+  for (int pi = 0; pi + 1 < num_pieces; ++pi) {
+    cudaError_t err = mark(pi, event);
+    if (err != cudaSuccess || (err = mark(pi, event + 1)) != cudaSuccess) return err;
+  }
+  return mark(num_pieces - 1, event);
+}
+
+}  // namespace
+
 cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* workspace,
                                  int64_t workspace_bytes, cudaStream_t stream) {
   if (!VerticalSlashPrefillUnsupported(a).empty()) return cudaErrorInvalidValue;
@@ -259,8 +274,8 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
   std::vector<VerticalSlashPieceBuffers> bufs;
   for (int pi = 0; pi < num_pieces; ++pi) bufs.push_back(Buffers(a, run, pi, workspace));
 
-  // 1-3. Per piece: rotation, scores and selection (they share the common buffers, so one piece
-  // after the other); each piece's lists stay in its own part of the workspace.
+  // 1-2. Per piece: rotation and scores (they share the rotated queries and the score
+  // workspace, so one piece after the other); each piece's scores stay in its own part.
   for (int pi = 0; pi < num_pieces; ++pi) {
     const Piece& x = run.pieces[size_t(pi)];
     const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
@@ -300,31 +315,39 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     sc.slash = buf.slash;
     err = VerticalSlashScores(sc, buf.score_workspace, stream);
     if (err != cudaSuccess) return err;
-    if ((err = mark(pi, 1)) != cudaSuccess || (err = mark(pi, 2)) != cudaSuccess) return err;
-
-    VerticalSlashSelectArgs sel;
-    sel.vertical = buf.vertical;
-    sel.slash = buf.slash;
-    sel.q_heads = h;
-    sel.piece_begin = x.b;
-    sel.piece_end = x.e;
-    sel.chunk_begin = x.p;
-    sel.chunk_len = a.chunk_len;
-    sel.budgets = a.budgets;
-    for (int part = 0; part < 3; ++part) sel.parts[part] = buf.lists[part];
-    err = VerticalSlashSelect(sel, stream);
-    if (err != cudaSuccess) return err;
-    if ((err = mark(pi, 3)) != cudaSuccess) return err;
+    if ((err = mark(pi, 1)) != cudaSuccess) return err;
   }
+
+  // 3. The selection of every piece, up to kVerticalSlashSelectMaxPieces per launch (its time
+  // reported on the last piece).
+  std::vector<VerticalSlashSelectArgs> sel(static_cast<size_t>(num_pieces));
+  for (int pi = 0; pi < num_pieces; ++pi) {
+    const Piece& x = run.pieces[size_t(pi)];
+    const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
+    VerticalSlashSelectArgs& s = sel[size_t(pi)];
+    s.vertical = buf.vertical;
+    s.slash = buf.slash;
+    s.q_heads = h;
+    s.piece_begin = x.b;
+    s.piece_end = x.e;
+    s.chunk_begin = x.p;
+    s.chunk_len = a.chunk_len;
+    s.budgets = a.budgets;
+    for (int part = 0; part < 3; ++part) s.parts[part] = buf.lists[part];
+  }
+  if (cudaError_t err = MarkEmpty(mark, num_pieces, 2); err != cudaSuccess) return err;
+  for (int i = 0; i < num_pieces; i += kVerticalSlashSelectMaxPieces) {
+    const int n = std::min(kVerticalSlashSelectMaxPieces, num_pieces - i);
+    if (cudaError_t err = VerticalSlashSelect(sel.data() + i, n, stream); err != cudaSuccess) {
+      return err;
+    }
+  }
+  if (cudaError_t err = mark(num_pieces - 1, 3); err != cudaSuccess) return err;
 
   // 4. The index of every part of every piece: span tables per piece, then the parts in as few
   // launches as the builder takes (a chunk that crosses a DCA chunk boundary is two pieces, up to
-  // 4 parts: one launch). The time is reported on the last piece.
-  for (int pi = 0; pi + 1 < num_pieces; ++pi) {
-    cudaError_t err = mark(pi, 4);
-    if (err != cudaSuccess || (err = mark(pi, 5)) != cudaSuccess) return err;
-  }
-  cudaError_t err = mark(num_pieces - 1, 4);
+  // 4 parts: one launch). Its time is reported on the last piece.
+  cudaError_t err = MarkEmpty(mark, num_pieces, 4);
   if (err != cudaSuccess) return err;
   std::vector<VerticalSlashIndexArgs> parts;
   for (int pi = 0; pi < num_pieces; ++pi) {

@@ -217,6 +217,93 @@ TEST(VerticalSlashSelectGpuTest, ListsEqualTheCpuSelectionWithTies) {
   }
 }
 
+// The pieces of a run in one launch (their own scores, lists and e; the same budgets) give what
+// one call per piece gives, and that equals the CPU selection.
+TEST(VerticalSlashSelectGpuTest, PiecesInOneLaunchEqualOneCallEach) {
+  ASSERT_TRUE(testing::HaveSm90Gpu()) << "needs an sm_90 GPU (H100/H200)";
+  const int64_t heads = 7, c = 128;
+  // A run [200, 390) with DCA chunks of 128: pieces [200, 256) at P 128 and [256, 384) and
+  // [384, 390) at P 256 and 384.
+  const std::vector<SelectCase> pieces = {{heads, 200, 256, 128, c, 60, 140},
+                                          {heads, 256, 384, 256, c, 60, 140},
+                                          {heads, 384, 390, 384, c, 60, 140}};
+  std::vector<int64_t> budgets;
+  for (int64_t h = 0; h < heads; ++h) {
+    budgets.push_back(std::max<int64_t>(1, 60 + 37 * h - 20 * (h % 3)));
+    budgets.push_back(std::max<int64_t>(1, 140 + 23 * h - 30 * (h % 2)));
+  }
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> scores;
+  std::vector<std::unique_ptr<DeviceLists>> one, batched;
+  std::vector<VerticalSlashSelectArgs> args_one, args_batched;
+  std::vector<HostLists> want;
+  const int64_t cap = 400;
+  for (const SelectCase& x : pieces) {
+    std::vector<float> v(heads * x.e), sl(heads * x.e);
+    for (auto* arr : {&v, &sl}) {
+      for (float& y : *arr) y = u(rng) < 0.2f ? 0.25f : u(rng);  // ties at 0.25
+    }
+    cpu::VerticalSlashPiece piece{x.b, x.e, x.p, x.c};
+    HostLists cpu_lists[3];
+    cpu::VerticalSlashLists views[3];
+    VerticalSlashSelectArgs a;
+    for (int part = 0; part < 3; ++part) {
+      one.push_back(std::make_unique<DeviceLists>(heads, cap));
+      batched.push_back(std::make_unique<DeviceLists>(heads, cap));
+      cpu_lists[part] = HostLists(heads, cap);
+      views[part] = cpu_lists[part].Lists();
+      a.parts[part] = cpu::VerticalSlashPartKeyRange(piece, part).present
+                          ? one.back()->Dev()
+                          : VerticalSlashListsDev{};
+      want.push_back(cpu_lists[part]);
+    }
+    cpu::SelectVerticalSlash(v.data(), sl.data(), heads, piece, budgets.data(), views);
+    for (int part = 0; part < 3; ++part) want[want.size() - 3 + part] = cpu_lists[part];
+    scores.push_back(std::make_unique<DeviceBuffer<float>>(v.size()));
+    ASSERT_EQ(scores.back()->Upload(v), cudaSuccess);
+    a.vertical = scores.back()->get();
+    scores.push_back(std::make_unique<DeviceBuffer<float>>(sl.size()));
+    ASSERT_EQ(scores.back()->Upload(sl), cudaSuccess);
+    a.slash = scores.back()->get();
+    a.q_heads = heads;
+    a.piece_begin = x.b;
+    a.piece_end = x.e;
+    a.chunk_begin = x.p;
+    a.chunk_len = x.c;
+    a.budgets = budgets.data();
+    args_one.push_back(a);
+    for (int part = 0; part < 3; ++part) {
+      if (a.parts[part].vertical != nullptr) {
+        a.parts[part] = batched[batched.size() - 3 + part]->Dev();
+      }
+    }
+    args_batched.push_back(a);
+  }
+  for (const VerticalSlashSelectArgs& a : args_one) MP_CUDA_ASSERT(VerticalSlashSelect(a, nullptr));
+  MP_CUDA_ASSERT(VerticalSlashSelect(args_batched.data(), int(args_batched.size()), nullptr));
+  MP_CUDA_ASSERT(cudaDeviceSynchronize());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    for (int part = 0; part < 3; ++part) {
+      if (args_one[i].parts[part].vertical == nullptr) continue;
+      const std::string what = "piece " + std::to_string(i) + " part " + std::to_string(part);
+      const HostLists got_one = testing::DownloadLists(args_one[i].parts[part], heads);
+      const HostLists got = testing::DownloadLists(args_batched[i].parts[part], heads);
+      testing::ExpectSameLists(got, got_one, what + " (one launch vs one call each)");
+      testing::ExpectSameLists(got, want[3 * i + part], what + " (vs the CPU)");
+    }
+  }
+  // More pieces than a launch takes, unequal budgets: rejected.
+  std::vector<VerticalSlashSelectArgs> many(kVerticalSlashSelectMaxPieces + 1, args_one[0]);
+  EXPECT_EQ(VerticalSlashSelect(many.data(), int(many.size()), nullptr), cudaErrorInvalidValue);
+  std::vector<int64_t> other = budgets;
+  other[3] += 1;
+  VerticalSlashSelectArgs changed = args_batched[1];
+  changed.budgets = other.data();
+  const VerticalSlashSelectArgs mixed[2] = {args_batched[0], changed};
+  EXPECT_EQ(VerticalSlashSelect(mixed, 2, nullptr), cudaErrorInvalidValue);
+}
+
 // With every query zero, all logits are 0: every column seen by all rows has the same column
 // sum, every complete diagonal the same diagonal sum, on the CPU and on the GPU alike. The top-k
 // then hinges on the lower-index tie rule, and both selections must be equal.
