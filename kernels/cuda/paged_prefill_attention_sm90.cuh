@@ -67,6 +67,7 @@
 #include "cutlass/numeric_types.h"
 #include "kernels/cuda/paged_prefill_attention.h"
 #include "kernels/cuda/paged_prefill_attention_launch.h"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/prefill_key_visits.h"
 #include "kernels/cuda/prefill_work_order.h"
@@ -845,7 +846,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   // Sparse stages are filled by cp.async (generic proxy) and read by wgmma (async proxy): after
   // the full barrier shows the copies landed, a proxy fence orders them before the wgmma reads.
   auto sparse_fence = [&]() {
-    if constexpr (Cfg::kSparse) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    if constexpr (Cfg::kSparse) internal::FenceProxyAsyncShared();
   };
   auto wait_v_and_fix = [&](int i, const auto& v) {
     const int stage = i % S;

@@ -58,6 +58,7 @@ std::vector<int64_t> TopKSizes(const VerticalSlashPrefillArgs& a, int64_t e) {
 // piece keeps until its selection or attention ran (scores, lists, span tables, index).
 struct Layout {
   int64_t q_rot, vertical, slash, score_ws, common_end, total;
+  std::vector<int64_t> k;  // the heads' top-k sizes (TopKSizes)
   int64_t list_capacity;
   int64_t list[3];   // per part: vertical, vertical_count, slash, slash_count
   int64_t index[3];  // per part: block_count, column_count, block_offset, column_index
@@ -93,7 +94,7 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
   off += Up(h * e * 4);
   l.slash = off;
   off += Up(h * e * 4);
-  const std::vector<int64_t> k = TopKSizes(a, e);
+  l.k = TopKSizes(a, e);
   for (int part = 0; part < 3; ++part) {
     const VerticalSlashPartRange r = VerticalSlashPartKeys(e, x.p, a.chunk_len, part);
     l.present[part] = r.present;
@@ -105,7 +106,7 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
     off += Up(h * int64_t(sizeof(VerticalSlashHeadSpan)));
     // Per-head layout: each head's row blocks sized by its own top-k sizes.
     const VerticalSlashSpanEntries n =
-        VerticalSlashHeadSpanEntries(k.data(), h, l.row_blocks, r.num_keys());
+        VerticalSlashHeadSpanEntries(l.k.data(), h, l.row_blocks, r.num_keys());
     l.index_blocks[part] = n.blocks;
     l.index[part] = off;
     off += Up((2 * h * l.row_blocks + n.blocks + n.columns) * 4);
@@ -117,6 +118,7 @@ Layout MakeLayout(const VerticalSlashPrefillArgs& a, const Piece& x) {
 // The run's workspace: the common part of the largest piece, then every piece's own part.
 struct RunLayout {
   std::vector<Piece> pieces;
+  std::vector<Layout> layouts;     // one per piece
   std::vector<int64_t> own_shift;  // piece i's own offsets are at workspace + offset + shift
   int64_t total = 0;
 };
@@ -124,13 +126,12 @@ struct RunLayout {
 RunLayout MakeRunLayout(const VerticalSlashPrefillArgs& a) {
   RunLayout r;
   r.pieces = Pieces(a);
-  std::vector<Layout> layouts;
   int64_t off = 0;
   for (const Piece& x : r.pieces) {
-    layouts.push_back(MakeLayout(a, x));
-    off = std::max(off, layouts.back().common_end);
+    r.layouts.push_back(MakeLayout(a, x));
+    off = std::max(off, r.layouts.back().common_end);
   }
-  for (const Layout& l : layouts) {
+  for (const Layout& l : r.layouts) {
     r.own_shift.push_back(off - l.common_end);
     off += l.total - l.common_end;
   }
@@ -141,7 +142,7 @@ RunLayout MakeRunLayout(const VerticalSlashPrefillArgs& a) {
 VerticalSlashPieceBuffers Buffers(const VerticalSlashPrefillArgs& a, const RunLayout& run, int i,
                                   void* ws) {
   const Piece& x = run.pieces[size_t(i)];
-  const Layout l = MakeLayout(a, x);
+  const Layout& l = run.layouts[size_t(i)];
   char* common = static_cast<char*>(ws);
   char* base = common + run.own_shift[size_t(i)];  // at l.common_end: this piece's own part
   VerticalSlashPieceBuffers p;
@@ -354,9 +355,8 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     const Piece& x = run.pieces[size_t(pi)];
     const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
     const int64_t qn = x.e - x.b;
-    const std::vector<int64_t> k = TopKSizes(a, x.e);
     VerticalSlashHeadSpanArgs spans;
-    spans.k = k.data();
+    spans.k = run.layouts[size_t(pi)].k.data();
     spans.q_heads = h;
     spans.row_blocks = cpu::VerticalSlashRowBlocks(qn);
     for (int part = 0; part < 3; ++part) {
@@ -387,11 +387,7 @@ cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& a, void* worksp
     const VerticalSlashPieceBuffers& buf = bufs[size_t(pi)];
     if ((err = mark(pi, 6)) != cudaSuccess) return err;
     VerticalSlashAttentionArgs at;
-    for (int part = 0; part < 3; ++part) {
-      if (VerticalSlashPartKeys(x.e, x.p, a.chunk_len, part).present) {
-        at.index[part] = buf.index[part];
-      }
-    }
+    for (int part = 0; part < 3; ++part) at.index[part] = buf.index[part];  // null when absent
     const int64_t row0 = x.b - a.query_begin;
     at.q = a.q + row0 * h * d;
     at.kv = a.kv;
