@@ -125,6 +125,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
 
 CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  op_timer_.reset();
   inv_freq_.clear();
   staged_ints_ = Tensor();
   sample_out_ = Tensor();
@@ -140,6 +141,22 @@ CudaBackendStats CudaBackend::stats() const {
   CudaBackendStats s = stats_;
   s.gemm_plans = static_cast<int64_t>(gemm_->cached_plans());
   return s;
+}
+
+void CudaBackend::EnableOpTiming(bool on) {
+  if (!on) {
+    op_timer_.reset();
+  } else if (op_timer_ == nullptr) {
+    op_timer_ = std::make_unique<CudaOpTimer>(stream_);
+  }
+}
+
+absl::StatusOr<std::vector<CudaOpTime>> CudaBackend::TakeOpTimes() {
+  if (op_timer_ == nullptr) {
+    return absl::FailedPreconditionError("TakeOpTimes: op timing is off (EnableOpTiming)");
+  }
+  MP_RETURN_IF_ERROR(UseDevice(device_));
+  return op_timer_->Take();
 }
 
 absl::StatusOr<CudaEvent> CudaBackend::RecordEvent() {
@@ -325,6 +342,7 @@ absl::StatusOr<const int32_t*> CudaBackend::DeviceInts(const Tensor& t) {
 // ---- ops ------------------------------------------------------------------------------------
 
 absl::Status CudaBackend::Embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kElementwise);
   constexpr absl::string_view kOp = "Embedding";
   MP_RETURN_IF_ERROR(Expect(kOp, "ids", ids, DType::kI32, {kAny}, Placement::kCudaOrCpu));
   MP_RETURN_IF_ERROR(Expect(kOp, "table", table, DType::kBF16, {kAny, kAny}));
@@ -353,6 +371,7 @@ absl::Status CudaBackend::Embedding(const Tensor& ids, const Tensor& table, Tens
 }
 
 absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kElementwise);
   constexpr absl::string_view kOp = "RmsNorm";
   MP_RETURN_IF_ERROR(Expect(kOp, "x", x, DType::kBF16, {kAny, kAny}));
   const int64_t n = x.dim(0), d = x.dim(1);
@@ -369,6 +388,7 @@ absl::Status CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float e
 }
 
 absl::Status CudaBackend::Add(Tensor& x, const Tensor& y) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kElementwise);
   MP_RETURN_IF_ERROR(Expect("Add", "x", x, DType::kBF16, std::vector<int64_t>(x.rank(), kAny)));
   MP_RETURN_IF_ERROR(Expect("Add", "y", y, DType::kBF16, x.shape()));
   if (x.numel() == 0) return absl::OkStatus();
@@ -377,6 +397,7 @@ absl::Status CudaBackend::Add(Tensor& x, const Tensor& y) {
 }
 
 absl::Status CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kLinear);
   constexpr absl::string_view kOp = "Linear";
   MP_RETURN_IF_ERROR(Expect(kOp, "x", x, DType::kBF16, {kAny, kAny}));
   const int64_t n = x.dim(0), in = x.dim(1);
@@ -418,6 +439,7 @@ absl::StatusOr<const float*> CudaBackend::InvFreq(double theta, int64_t head_dim
 }
 
 absl::Status CudaBackend::Rope(Tensor& x, const Tensor& positions, double theta) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kElementwise);
   constexpr absl::string_view kOp = "Rope";
   MP_RETURN_IF_ERROR(Expect(kOp, "x", x, DType::kBF16, {kAny, kAny, kAny}));
   const int64_t n = x.dim(0), heads = x.dim(1), head_dim = x.dim(2);
@@ -438,6 +460,7 @@ absl::Status CudaBackend::Rope(Tensor& x, const Tensor& positions, double theta)
 }
 
 absl::Status CudaBackend::SiluMul(const Tensor& gate_up, Tensor& out) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kElementwise);
   constexpr absl::string_view kOp = "SiluMul";
   MP_RETURN_IF_ERROR(Expect(kOp, "gate_up", gate_up, DType::kBF16, {kAny, kAny}));
   const int64_t n = gate_up.dim(0);
@@ -455,6 +478,7 @@ absl::Status CudaBackend::SiluMul(const Tensor& gate_up, Tensor& out) {
 
 absl::Status CudaBackend::WriteKv(const Tensor& k, const Tensor& v, int64_t start,
                                   const KvLayerView& kv) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kElementwise);
   constexpr absl::string_view kOp = "WriteKv";
   MP_RETURN_IF_ERROR(Expect(kOp, "k", k, DType::kBF16, {kAny, kAny, kAny}));
   const int64_t n = k.dim(0), kv_heads = k.dim(1), head_dim = k.dim(2);
@@ -515,6 +539,7 @@ cuda::PagedPrefillAttentionArgs PrefillArgs(const Tensor& q, const KvLayerView& 
 }  // namespace
 
 absl::Status CudaBackend::Attention(const AttentionParams& p) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kAttention);
   constexpr absl::string_view kOp = "Attention";
   if (p.key_begin < 0 || p.key_end < p.key_begin) {
     return absl::InvalidArgumentError(
@@ -639,6 +664,7 @@ absl::Status CudaBackend::SingleQueryAttention(const AttentionParams& p,
 // themselves. Prefill chunks take kernels/cuda/paged_prefill_dca_attention.h, single queries
 // the split-KV DCA decode kernel (kernels/cuda/decode_attention.h).
 absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kDcaAttention);
   constexpr absl::string_view kOp = "DcaAttention";
   if (p.query_begin < 0) {
     return absl::InvalidArgumentError(
@@ -687,6 +713,7 @@ absl::Status CudaBackend::DcaAttention(const DcaAttentionParams& p) {
 }
 
 absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionParams& p) {
+  ScopedCudaOpTime timed(op_timer_.get(), CudaOpKind::kSparseAttention);
   constexpr absl::string_view kOp = "VerticalSlashAttention";
   if (p.q == nullptr || p.out == nullptr) {
     return absl::InvalidArgumentError("VerticalSlashAttention: q and out must be given");

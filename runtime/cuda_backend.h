@@ -34,6 +34,7 @@
 #include "runtime/backend.h"
 #include "runtime/cublaslt_gemm.h"
 #include "runtime/cuda_memory_pool.h"
+#include "runtime/cuda_op_timer.h"
 #include "runtime/tensor.h"
 
 namespace mp {
@@ -118,6 +119,10 @@ class CudaBackend final : public Backend {
   const std::shared_ptr<CudaMemoryPool>& shared_memory_pool() const { return pool_; }
   CublasLtGemm& gemm() const { return *gemm_; }
   CudaBackendStats stats() const;
+  // GPU time per op kind (runtime/cuda_op_timer.h): off by default; TakeOpTimes() waits for the
+  // ops recorded since it was switched on (or since the last Take) and returns their totals.
+  void EnableOpTiming(bool on);
+  absl::StatusOr<std::vector<CudaOpTime>> TakeOpTimes();
 
  private:
   CudaBackend() = default;
@@ -161,6 +166,7 @@ class CudaBackend final : public Backend {
   };
   absl::flat_hash_map<InvFreqKey, Tensor> inv_freq_;
   CudaBackendStats stats_;
+  std::unique_ptr<CudaOpTimer> op_timer_;  // null: ops are not timed
 };
 
 }  // namespace mp

@@ -5,7 +5,7 @@
 //   mp_ttft_bench [--preset Qwen2.5-7B-Instruct-1M] [--lengths 32768,131072,262144]
 //                 [--chunk-size 32768] [--mlp-block-rows 8192] [--seed 1] [--json FILE]
 //                 [--attention dense|dca|sparse] [--sparse-config FILE] [--sparse-threshold N]
-//                 [--attention-locality X]
+//                 [--attention-locality X] [--op-times]
 //
 // --attention dense (the default): causal attention over the whole prompt with plain RoPE (the
 // model's dual chunk attention is switched off), so positions run past the model's 1,010,000
@@ -33,6 +33,9 @@
 // weights' noise; a = sqrt(X / scale) with the logit scale m(L)^2 / sqrt(head_dim) of the longest
 // length. Without it (X = 0) random weights give attention without structure, which makes the
 // sparse selection pick noise.
+// --op-times also reports, per length, the GPU time of each kind of op during the request
+// (CudaBackend::EnableOpTiming: GEMMs, attention by kind, the elementwise ops), one JSON line
+// "ttft_ops" and a table; the rest of the TTFT is host time and gaps between ops.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -186,6 +189,7 @@ absl::Status SetLocalityBiases(const mp::ModelConfig& c, int64_t length, double 
 struct Row {
   int64_t tokens = 0;
   bool skipped = false;
+  std::vector<mp::CudaOpTime> ops;  // with --op-times
   double ttft = 0, prefill = 0, tflops = 0, peak_gib = 0, weights_gib = 0, kv_gib = 0;
   double device_used_gib = 0, scratch_gib = 0;
 };
@@ -205,6 +209,7 @@ int main(int argc, char** argv) {
   std::string sparse_config;
   int64_t sparse_threshold = -1;
   double locality = 0;
+  bool op_times = false;
   app.add_option("--preset", preset, "model architecture (model/presets)");
   app.add_option("--lengths", lengths, "prompt lengths in tokens (1M: 1048576)")->delimiter(',');
   app.add_option("--chunk-size", chunk, "prefill chunk size");
@@ -224,6 +229,7 @@ int main(int argc, char** argv) {
   app.add_option("--attention-locality", locality,
                  "strength of a distance-decaying logit term built into the q/k biases "
                  "(0: none; the sparse bench's default inputs use 12)");
+  app.add_flag("--op-times", op_times, "report the GPU time of each kind of op per length");
   CLI11_PARSE(app, argc, argv);
   if (chunk <= 0 || lengths.empty() || mlp_block_rows < 0 || !(locality >= 0)) {
     std::fprintf(stderr,
@@ -338,7 +344,12 @@ int main(int argc, char** argv) {
     pool.ResetPeak();
     mp::GenerationOptions gen;
     gen.max_new_tokens = 1;
+    gpu->EnableOpTiming(op_times);
     mp::GenerationResult result = OrDie(engine->Generate(prompt, gen), "generate");
+    if (op_times) {
+      row.ops = OrDie(gpu->TakeOpTimes(), "op times");
+      gpu->EnableOpTiming(false);
+    }
     row.ttft = result.timings.ttft_seconds;
     row.prefill = result.timings.prefill_seconds;
     row.peak_gib = pool.stats().peak_bytes_in_use / kGiB;
@@ -361,6 +372,21 @@ int main(int argc, char** argv) {
         row.tflops / kPeakTflops, row.tflops / gemm_tflops, gemm_tflops, row.peak_gib,
         row.weights_gib, row.kv_gib, row.peak_gib - row.weights_gib - row.kv_gib, row.scratch_gib,
         row.device_used_gib));
+    if (op_times) {
+      std::string line = absl::StrFormat(
+          "{\"bench\":\"ttft_ops\",\"model\":\"%s\",\"attention\":\"%s\",\"tokens\":%d,"
+          "\"ttft_s\":%.3f",
+          preset, attention, t, row.ttft);
+      double gpu_s = 0;
+      for (const mp::CudaOpTime& op : row.ops) {
+        absl::StrAppendFormat(&line, ",\"%s_s\":%.3f,\"%s_calls\":%d",
+                              mp::CudaOpKindName(op.kind), op.seconds,
+                              mp::CudaOpKindName(op.kind), op.calls);
+        gpu_s += op.seconds;
+      }
+      absl::StrAppendFormat(&line, ",\"ops_s\":%.3f,\"rest_s\":%.3f}", gpu_s, row.ttft - gpu_s);
+      emit(line);
+    }
     engine.reset();
     OrDie(pool.ReleaseCached(), "release");
   }
@@ -384,6 +410,25 @@ int main(int argc, char** argv) {
                 static_cast<long long>(r.tokens), r.ttft, r.tokens / r.ttft, r.tflops,
                 100.0 * r.tflops / kPeakTflops, 100.0 * r.tflops / gemm_tflops, r.peak_gib,
                 r.weights_gib + r.kv_gib, r.peak_gib - r.weights_gib - r.kv_gib);
+  }
+  if (op_times) {
+    std::printf("\nGPU time per kind of op (s) during the request\n| tokens | TTFT s |");
+    for (int k = 0; k < static_cast<int>(mp::CudaOpKind::kCount); ++k) {
+      std::printf(" %s |", std::string(mp::CudaOpKindName(static_cast<mp::CudaOpKind>(k))).c_str());
+    }
+    std::printf(" rest |\n|---|---|");
+    for (int k = 0; k <= static_cast<int>(mp::CudaOpKind::kCount); ++k) std::printf("---|");
+    std::printf("\n");
+    for (const Row& r : rows) {
+      if (r.skipped) continue;
+      double gpu_s = 0;
+      std::printf("| %lld | %.2f |", static_cast<long long>(r.tokens), r.ttft);
+      for (const mp::CudaOpTime& op : r.ops) {
+        std::printf(" %.2f |", op.seconds);
+        gpu_s += op.seconds;
+      }
+      std::printf(" %.2f |\n", r.ttft - gpu_s);
+    }
   }
   if (json != nullptr) std::fclose(json);
   return 0;

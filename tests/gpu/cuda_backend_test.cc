@@ -308,6 +308,50 @@ TEST_F(CudaBackendTest, LinearCachesOneGemmPlanPerShape) {
   EXPECT_EQ(gpu_->stats().gemm_plans, plans + 1);
 }
 
+TEST_F(CudaBackendTest, OpTimingSumsTheGpuTimeOfEachKind) {
+  MP_EXPECT_ERROR(gpu_->TakeOpTimes().status(), StatusCode::kFailedPrecondition, "off");
+  const int64_t n = 2048;
+  Bf16Input x = RandomBf16Input({n, n}, 3), w = RandomBf16Input({n, n}, 4);
+  Bf16Input g = RandomBf16Input({n}, 5);
+  Tensor dx = Device(x.bf16), dw = Device(w.bf16), dg = Device(g.bf16);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor y, gpu_->Allocate({n, n}, DType::kBF16));
+  MP_ASSERT_OK(gpu_->Linear(dx, dw, nullptr, y));  // the GEMM plan, outside the timing
+  MP_ASSERT_OK(gpu_->Synchronize());
+  gpu_->EnableOpTiming(true);
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ASSERT_EQ(cudaEventCreate(&start), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&stop), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(start, gpu_->stream()), cudaSuccess);
+  constexpr int kGemms = 6;
+  for (int i = 0; i < kGemms; ++i) MP_ASSERT_OK(gpu_->Linear(dx, dw, nullptr, y));
+  MP_ASSERT_OK(gpu_->RmsNorm(y, dg, 1e-6f, y));
+  ASSERT_EQ(cudaEventRecord(stop, gpu_->stream()), cudaSuccess);
+  MP_ASSERT_OK_AND_ASSIGN(std::vector<CudaOpTime> times, gpu_->TakeOpTimes());
+  float outer_ms = 0;
+  ASSERT_EQ(cudaEventElapsedTime(&outer_ms, start, stop), cudaSuccess);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  ASSERT_EQ(times.size(), static_cast<size_t>(CudaOpKind::kCount));
+  double sum = 0;
+  for (const CudaOpTime& t : times) {
+    const int64_t want = t.kind == CudaOpKind::kLinear ? kGemms
+                         : t.kind == CudaOpKind::kElementwise ? 1
+                                                               : 0;
+    EXPECT_EQ(t.calls, want) << CudaOpKindName(t.kind);
+    if (want == 0) EXPECT_EQ(t.seconds, 0.0) << CudaOpKindName(t.kind);
+    if (want > 0) EXPECT_GT(t.seconds, 0.0) << CudaOpKindName(t.kind);
+    sum += t.seconds;
+  }
+  // The ops run back to back inside the outer interval: their sum fills most of it, never more.
+  EXPECT_LE(sum * 1e3, outer_ms * 1.001 + 0.01);
+  EXPECT_GE(sum * 1e3, outer_ms * 0.5);
+  // Take() starts over; switching off stops the timing.
+  MP_ASSERT_OK_AND_ASSIGN(std::vector<CudaOpTime> again, gpu_->TakeOpTimes());
+  for (const CudaOpTime& t : again) EXPECT_EQ(t.calls, 0) << CudaOpKindName(t.kind);
+  gpu_->EnableOpTiming(false);
+  MP_EXPECT_ERROR(gpu_->TakeOpTimes().status(), StatusCode::kFailedPrecondition, "off");
+}
+
 TEST_F(CudaBackendTest, LinearRejectsBadShapesAndAliasing) {
   MP_ASSERT_OK_AND_ASSIGN(Tensor x, gpu_->Allocate({4, 8}, DType::kBF16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor w, gpu_->Allocate({6, 9}, DType::kBF16));
