@@ -78,6 +78,7 @@ absl::StatusOr<std::shared_ptr<Pipeline>> BuildPipeline(const std::vector<Worker
     *r.mutable_model() = spec.source;
     r.set_kv_tokens(static_cast<uint64_t>(p->kv_tokens));
     r.set_max_chunk_tokens(static_cast<uint32_t>(spec.max_chunk));
+    r.set_max_context_tokens(static_cast<uint64_t>(std::max<int64_t>(spec.max_context, 0)));
     *r.mutable_transport() = spec.transport;
     r.set_device(spec.device);
     r.set_kv_block_tokens(static_cast<uint32_t>(spec.kv_block_tokens));
@@ -103,6 +104,13 @@ absl::StatusOr<std::shared_ptr<Pipeline>> BuildPipeline(const std::vector<Worker
     p->stages[i].kv_blocks_total = static_cast<int64_t>(assigned[i].kv_blocks_total());
     p->stages[i].kv_block_tokens = static_cast<int64_t>(assigned[i].kv_block_tokens());
     p->stages[i].device = assigned[i].device();
+    p->stages[i].sparse_workspace_bytes =
+        static_cast<int64_t>(assigned[i].sparse_workspace_bytes());
+    if (p->stages[i].sparse_workspace_bytes > 0) {
+      MP_LOG(Info) << "stage " << i << " (" << p->stages[i].worker_id << ") holds "
+                   << p->stages[i].sparse_workspace_bytes
+                   << " bytes of sparse prefill workspace";
+    }
     p->blocks_total = std::min<int64_t>(p->blocks_total, p->stages[i].kv_blocks_total);
     if (p->stages[i].kv_block_tokens != p->block_tokens) {
       return fail(i, absl::InternalError("KV block sizes differ between stages"), "AssignLayers");

@@ -36,6 +36,7 @@ struct PipelineStage {
   int64_t kv_blocks_total = 0;
   int64_t kv_block_tokens = 0;
   std::string device;
+  int64_t sparse_workspace_bytes = 0;  // set aside by the stage for sparse prefill
 };
 
 struct Pipeline {
@@ -59,6 +60,7 @@ struct PipelineSpec {
   int64_t min_kv_tokens = 1;
   int64_t kv_block_tokens = 64;
   int64_t max_chunk = 4096;
+  int64_t max_context = 0;  // longest request admitted (0: not stated)
   absl::Duration load_timeout = absl::Minutes(15);
 };
 

@@ -111,6 +111,21 @@ struct VerticalSlashAttentionParams {
   Tensor* lse = nullptr;             // [q_heads, n] f32, may be null
 };
 
+// The largest vertical-slash prefill a stage will run, for Backend::ReserveVerticalSlashWorkspace:
+// runs of at most max_queries queries ending anywhere in [1, max_keys], with each budget set
+// (one per layer of the stage) and the DCA geometry of VerticalSlashAttentionParams.
+struct VerticalSlashReservation {
+  int64_t max_queries = 0;  // the longest chunk
+  int64_t max_keys = 0;     // the longest sequence
+  int64_t q_heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t chunk_size = 0;  // S; 0: no DCA
+  int64_t chunk_len = 0;   // C = chunk_size - local_size
+  int64_t last_q = 64;
+  std::vector<std::span<const int64_t>> budgets;  // per layer: [q_heads * 2] effective budgets
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -171,6 +186,17 @@ class Backend {
     return absl::UnimplementedError(
         "VerticalSlashAttention: sparse prefill attention is not implemented on the " + name() +
         " backend");
+  }
+
+  // Sets aside now the workspace the largest sparse prefill of `r` needs, so that a stage that
+  // cannot hold it fails when it is set up rather than at its first long prompt. Returns the
+  // bytes held for it (kept until the backend is destroyed; later calls grow it as needed).
+  // Backends that need no such workspace return 0 (the default); RESOURCE_EXHAUSTED when it does
+  // not fit, INVALID_ARGUMENT for a bad request.
+  virtual absl::StatusOr<int64_t> ReserveVerticalSlashWorkspace(
+      const VerticalSlashReservation& r) {
+    (void)r;
+    return 0;
   }
 
   // ---- sampling ----

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
@@ -140,6 +141,8 @@ CudaBackend::~CudaBackend() {
 CudaBackendStats CudaBackend::stats() const {
   CudaBackendStats s = stats_;
   s.gemm_plans = static_cast<int64_t>(gemm_->cached_plans());
+  s.sparse_workspace_bytes =
+      sparse_workspace_.defined() ? static_cast<int64_t>(sparse_workspace_.nbytes()) : 0;
   return s;
 }
 
@@ -751,16 +754,64 @@ absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionPar
   if (!unsupported.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: ", unsupported));
   }
-  const int64_t ws_bytes = cuda::VerticalSlashPrefillWorkspaceBytes(a);
-  if (!sparse_workspace_.defined() || static_cast<int64_t>(sparse_workspace_.nbytes()) < ws_bytes) {
-    sparse_workspace_ = Tensor();  // give the old one back to the pool first
-    MP_ASSIGN_OR_RETURN(sparse_workspace_, Allocate({ws_bytes}, DType::kU8));
-  }
+  MP_RETURN_IF_ERROR(GrowSparseWorkspace(cuda::VerticalSlashPrefillWorkspaceBytes(a)));
   ++stats_.sparse_prefill_calls;
   return CudaStatus(
       cuda::VerticalSlashPrefill(a, sparse_workspace_.data(),
                                  static_cast<int64_t>(sparse_workspace_.nbytes()), stream_),
       "VerticalSlashAttention");
+}
+
+absl::Status CudaBackend::GrowSparseWorkspace(int64_t bytes) {
+  if (sparse_workspace_.defined() && static_cast<int64_t>(sparse_workspace_.nbytes()) >= bytes) {
+    return absl::OkStatus();
+  }
+  sparse_workspace_ = Tensor();  // give the old one back to the pool first
+  MP_ASSIGN_OR_RETURN(sparse_workspace_, Allocate({bytes}, DType::kU8));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> CudaBackend::ReserveVerticalSlashWorkspace(
+    const VerticalSlashReservation& r) {
+  constexpr absl::string_view kOp = "ReserveVerticalSlashWorkspace";
+  if (r.max_queries < 1 || r.max_keys < 1 || r.budgets.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": max_queries (", r.max_queries, ") and max_keys (", r.max_keys,
+        ") must be positive and at least one budget set given"));
+  }
+  cuda::VerticalSlashPrefillArgs a;
+  a.q_heads = r.q_heads;
+  a.kv.kv_heads = r.kv_heads;
+  a.kv.head_dim = r.head_dim;
+  a.chunk_size = r.chunk_size;
+  a.chunk_len = r.chunk_size > 0 ? r.chunk_len : 0;
+  a.last_q = r.last_q;
+  int64_t need = 0;
+  for (size_t layer = 0; layer < r.budgets.size(); ++layer) {
+    const std::span<const int64_t> set = r.budgets[layer];
+    if (static_cast<int64_t>(set.size()) != 2 * r.q_heads) {
+      return absl::InvalidArgumentError(absl::StrCat(kOp, ": budget set ", layer, " has ",
+                                                     set.size(), " values, expected 2 * q_heads = ",
+                                                     2 * r.q_heads));
+    }
+    a.budgets = set.data();
+    a.num_queries = 0;
+    const std::string unsupported = cuda::VerticalSlashPrefillUnsupported(a);
+    if (!unsupported.empty()) return absl::InvalidArgumentError(absl::StrCat(kOp, ": ", unsupported));
+    need = std::max(need, cuda::VerticalSlashPrefillMaxWorkspaceBytes(a, r.max_queries, r.max_keys));
+  }
+  MP_RETURN_IF_ERROR(UseDevice(device_));
+  const absl::Status grown = GrowSparseWorkspace(need);
+  if (!grown.ok()) {
+    return absl::Status(
+        grown.code(),
+        absl::StrCat("the sparse prefill workspace (", need, " bytes, ",
+                     absl::StrFormat("%.2f", need / 1073741824.0), " GiB, for chunks of up to ",
+                     r.max_queries, " tokens over up to ", r.max_keys,
+                     " keys) does not fit next to the weights and the KV cache: ",
+                     grown.message()));
+  }
+  return static_cast<int64_t>(sparse_workspace_.nbytes());
 }
 
 absl::StatusOr<int32_t> CudaBackend::SampleToken(const Tensor& logits, float temperature,

@@ -54,6 +54,7 @@ struct CudaBackendStats {
   int64_t dca_prefill_calls = 0;        // fused sm_90a DCA prefill kernel
   int64_t dca_decode_calls = 0;         // split-KV DCA decode kernel
   int64_t sparse_prefill_calls = 0;     // vertical-slash sparse prefill (estimate, index, attend)
+  int64_t sparse_workspace_bytes = 0;   // held for it (grown by calls and reservations)
   int64_t gemm_plans = 0;               // distinct cuBLASLt plans built
 };
 
@@ -106,6 +107,9 @@ class CudaBackend final : public Backend {
   // Vertical-slash sparse prefill through kernels/cuda/vertical_slash_prefill.h (head_dim 64 or
   // 128, at most 256 q heads, positions below 2^30, chunk_len a multiple of 64).
   absl::Status VerticalSlashAttention(const VerticalSlashAttentionParams& params) override;
+  // Grows the sparse workspace to VerticalSlashPrefillMaxWorkspaceBytes of the largest set.
+  absl::StatusOr<int64_t> ReserveVerticalSlashWorkspace(
+      const VerticalSlashReservation& r) override;
   // Greedy argmax or top-p sampling on the device (kernels/cuda/sampling.h).
   absl::StatusOr<int32_t> SampleToken(const Tensor& logits, float temperature, float top_p,
                                       double uniform) override;
@@ -139,6 +143,8 @@ class CudaBackend final : public Backend {
                                                        Tensor* lse, int64_t key_begin,
                                                        int64_t key_end, float scale);
   absl::Status StageDecodeRange(int64_t key_begin, int64_t key_end);
+  // The sparse workspace at least `bytes` long (reallocated when shorter).
+  absl::Status GrowSparseWorkspace(int64_t bytes);
 
   int device_ = 0;
   std::string name_;

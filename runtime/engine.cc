@@ -75,6 +75,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     return absl::InvalidArgumentError(
         "engine: max_context is 0 and the model's max_position_embeddings is not set");
   }
+  // The sparse prefill workspace of the longest prompt, now: a context that cannot hold it
+  // fails here, not at its first long prompt.
+  for (const std::unique_ptr<StageExecutor>& ex : executors) {
+    MP_RETURN_IF_ERROR(
+        ex->ReserveSparseWorkspace(options.chunk_size, engine->max_context_).status());
+  }
   engine->executors_ = std::move(executors);
   return engine;
 }

@@ -73,7 +73,9 @@ struct GenerationResult {
 class Engine {
  public:
   // `executors` must be non-empty, share one backend, and hold consecutive layer slices
-  // starting at 0 and ending at config.num_hidden_layers.
+  // starting at 0 and ending at config.num_hidden_layers. With sparse prefill on, each executor
+  // sets aside the workspace of its largest sparse chunk (StageExecutor::ReserveSparseWorkspace
+  // with chunk_size and the maximum context): RESOURCE_EXHAUSTED here when it does not fit.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       std::vector<std::unique_ptr<StageExecutor>> executors, const EngineOptions& options);
   // One executor over all of `weights` (which must hold every layer, the embedding and the head)

@@ -382,6 +382,39 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
   return out;
 }
 
+absl::StatusOr<int64_t> StageExecutor::ReserveSparseWorkspace(int64_t max_chunk,
+                                                              int64_t max_context) {
+  if (max_chunk < 1 || max_context < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReserveSparseWorkspace: max_chunk must be positive and max_context >= 0, "
+                     "got ",
+                     max_chunk, " and ", max_context));
+  }
+  const int64_t capacity = kv_cache_->stats().tokens_total();
+  const int64_t longest = max_context > 0 ? std::min(max_context, capacity) : capacity;
+  if (options_.sparse == nullptr || sparse_budgets_.empty() ||
+      !options_.sparse->UseSparsePrefill(longest)) {
+    return 0;
+  }
+  VerticalSlashReservation r;
+  r.max_queries = max_chunk;
+  r.max_keys = longest;
+  r.q_heads = config_.num_attention_heads;
+  r.kv_heads = config_.num_key_value_heads;
+  r.head_dim = config_.head_dim;
+  if (config_.dual_chunk.has_value()) {
+    r.chunk_size = config_.dual_chunk->chunk_size;
+    r.chunk_len = config_.dual_chunk->chunk_len();
+  }
+  r.last_q = options_.sparse->last_q;
+  for (const std::vector<int64_t>& set : sparse_budgets_) r.budgets.emplace_back(set);
+  absl::StatusOr<int64_t> held = backend_->ReserveVerticalSlashWorkspace(r);
+  if (!held.ok()) {
+    return Annotate(held.status(), absl::StrCat("layers [", layers_.begin, ", ", layers_.end, ")"));
+  }
+  return held;
+}
+
 VerticalSlashAttentionParams StageExecutor::SparseParams(const Tensor& q3, const KvLayerView& kv,
                                                          int64_t start, float temperature,
                                                          Tensor& out) const {

@@ -120,6 +120,12 @@ class StageExecutor {
   // Bytes of activation scratch held now (a function of the largest chunk seen, not of the
   // sequence length).
   int64_t scratch_bytes() const;
+  // With sparse prefill on, has the backend set aside the workspace of its largest sparse run
+  // (Backend::ReserveVerticalSlashWorkspace over this stage's layers): chunks of up to
+  // `max_chunk` tokens of prompts of up to `max_context` tokens (0: the KV cache's capacity).
+  // Returns the bytes the backend holds for it; 0 when no prompt that long runs sparse, or the
+  // backend needs no workspace. RESOURCE_EXHAUSTED when it does not fit.
+  absl::StatusOr<int64_t> ReserveSparseWorkspace(int64_t max_chunk, int64_t max_context = 0);
 
  private:
   struct Layer {

@@ -121,6 +121,17 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
                  << absl::FormatDuration(absl::Now() - start);
   }
   StageExecutor& ex = *loaded_.executor;
+  // The sparse prefill workspace of the longest prompt, before the stage reports ready: a stage
+  // that cannot hold it fails its assignment, not its first long request.
+  absl::StatusOr<int64_t> sparse_workspace = ex.ReserveSparseWorkspace(
+      static_cast<int64_t>(r.max_chunk_tokens()), static_cast<int64_t>(r.max_context_tokens()));
+  if (!sparse_workspace.ok()) {
+    return absl::Status(
+        sparse_workspace.status().code(),
+        absl::StrCat("AssignLayers: ", sparse_workspace.status().message(),
+                     " (lower the KV budget or the maximum context, give the stage more memory "
+                     "or fewer layers, or run dense prefill with --no-sparse)"));
+  }
   const bool first = r.stage() == 0, last = r.stage() + 1 == r.num_stages();
   if (first != ex.is_first() || last != ex.is_last()) {
     return absl::InvalidArgumentError(absl::StrCat("AssignLayers: stage ", r.stage(), " of ",
@@ -185,6 +196,7 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   response->set_kv_block_tokens(static_cast<uint64_t>(loaded_.kv_block_tokens));
   response->set_load_seconds(absl::ToDoubleSeconds(absl::Now() - start));
   response->set_device(loaded_.device);
+  response->set_sparse_workspace_bytes(static_cast<uint64_t>(*sparse_workspace));
   if (metrics_ != nullptr) {
     metrics_->kv_blocks_total.Set(static_cast<double>(loaded_.kv_blocks_total));
     metrics_->SetStage(static_cast<int>(r.stage()), static_cast<int>(r.layers().begin()),

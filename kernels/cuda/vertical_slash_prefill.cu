@@ -230,6 +230,48 @@ int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& a) {
   return MakeRunLayout(a).total;
 }
 
+int64_t VerticalSlashPrefillMaxWorkspaceBytes(const VerticalSlashPrefillArgs& shape,
+                                              int64_t max_queries, int64_t max_keys) {
+  VerticalSlashPrefillArgs a = shape;
+  a.num_queries = 0;  // only the geometry is checked: the rest takes placeholders
+  a.query_begin = 0;
+  a.scale = 1.0f;
+  a.rope_theta = 10000.0;
+  a.kv.block_size = 64;
+  a.kv.num_blocks = 1;
+  if (max_queries < 1 || max_keys < 1 || !VerticalSlashPrefillUnsupported(a).empty()) return 0;
+  const int64_t n = std::min(max_queries, max_keys);
+  // Candidate ends. A run inside one DCA chunk needs more the later it ends: the chunk's end and
+  // max_keys. A run of n <= C queries that crosses the boundary B puts r queries after it and
+  // n - r before it. Where both pieces have 64 rows or more, their estimation rows are last_q,
+  // their row blocks ceil(r / 64) and ceil((n - r) / 64) are constant between the candidates
+  // r = 64 j and r = n - 1 - 64 i, and the rest grows with the end; the pieces with fewer than 64
+  // rows (r or n - r below 64) are taken one by one. Runs longer than a DCA chunk (three pieces
+  // or more: small DCA chunks) are taken at every end past the first chunk.
+  std::vector<int64_t> ends = {max_keys};
+  if (a.chunk_size > 0 && n > a.chunk_len) {
+    for (int64_t e = a.chunk_len; e < max_keys; ++e) ends.push_back(e);
+  } else if (a.chunk_size > 0) {
+    for (int64_t boundary = a.chunk_len; boundary < max_keys; boundary += a.chunk_len) {
+      ends.push_back(boundary);
+      for (int64_t r = 1; r < n; ++r) {
+        const bool edge = r <= 64 || r >= n - 64 || r % 64 == 0 || (n - 1 - r) % 64 == 0;
+        if (edge) ends.push_back(boundary + r);
+      }
+    }
+  }
+  std::sort(ends.begin(), ends.end());
+  ends.erase(std::unique(ends.begin(), ends.end()), ends.end());
+  int64_t need = 0;
+  for (const int64_t e : ends) {
+    if (e < 1 || e > max_keys) continue;
+    a.num_queries = std::min(n, e);
+    a.query_begin = e - a.num_queries;
+    need = std::max(need, MakeRunLayout(a).total);
+  }
+  return need;
+}
+
 int64_t VerticalSlashPrefillNumPieces(const VerticalSlashPrefillArgs& a) {
   return static_cast<int64_t>(Pieces(a).size());
 }

@@ -58,6 +58,13 @@ inline constexpr int kVerticalSlashStageEvents = 8;
 std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& args);
 // Bytes of device workspace the call needs (the largest piece's buffers).
 int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& args);
+// The workspace of the largest run of `shape`'s geometry (heads, head_dim, DCA, last_q and
+// budgets; its queries, pointers, scale and cache are not read): runs of at most max_queries
+// queries ending anywhere in [1, max_keys]. Evaluated at the ends where the need can peak (the
+// end of every DCA chunk, max_keys, and the splits of a run across a chunk boundary where a
+// piece's row-block count changes); 0 for an unsupported geometry.
+int64_t VerticalSlashPrefillMaxWorkspaceBytes(const VerticalSlashPrefillArgs& shape,
+                                              int64_t max_queries, int64_t max_keys);
 // cudaErrorInvalidValue for unsupported arguments or a workspace smaller than
 // VerticalSlashPrefillWorkspaceBytes; otherwise the first launch error.
 cudaError_t VerticalSlashPrefill(const VerticalSlashPrefillArgs& args, void* workspace,

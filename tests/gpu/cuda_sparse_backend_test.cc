@@ -16,10 +16,12 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "common/status_matchers.h"
+#include "kernels/cuda/vertical_slash_prefill.h"
 #include "model/sparse_attention_config.h"
 #include "runtime/backend.h"
 #include "runtime/cuda_backend.h"
@@ -124,6 +126,96 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(c.kv_heads) + "_d" + std::to_string(c.head_dim) + "_q" +
              std::to_string(c.query_begin) + "_S" + std::to_string(c.chunk_size);
     });
+
+// ReserveVerticalSlashWorkspace on a fresh backend: it holds the largest run of every budget
+// set (cuda::VerticalSlashPrefillMaxWorkspaceBytes, itself checked against every run on the
+// host in vertical_slash_attention_test), every chunk of a prompt within it runs without growing
+// it, and bad or impossible requests are errors.
+TEST(CudaSparseReservationTest, HoldsTheLargestRunAndChunksWithinItDoNotGrowIt) {
+  absl::StatusOr<std::unique_ptr<CudaBackend>> owned = CudaBackend::Create();
+  ASSERT_TRUE(owned.ok()) << owned.status();
+  CudaBackend& gpu = **owned;
+  const int64_t q_heads = 4, kv_heads = 2, hd = 64, chunk = 200, keys = 900;
+  std::mt19937_64 rng(17);
+  std::uniform_int_distribution<int64_t> budget(1, 300);
+  std::vector<std::vector<int64_t>> sets(2, std::vector<int64_t>(2 * q_heads));
+  for (auto& set : sets) {
+    for (int64_t& b : set) b = budget(rng);
+  }
+  VerticalSlashReservation r;
+  r.max_queries = chunk;
+  r.max_keys = keys;
+  r.q_heads = q_heads;
+  r.kv_heads = kv_heads;
+  r.head_dim = hd;
+  r.chunk_size = 320;
+  r.chunk_len = 256;
+  r.last_q = 64;
+  for (const auto& set : sets) r.budgets.emplace_back(set);
+  int64_t want = 0;
+  for (const auto& set : sets) {
+    cuda::VerticalSlashPrefillArgs a;
+    a.q_heads = q_heads;
+    a.kv.kv_heads = kv_heads;
+    a.kv.head_dim = hd;
+    a.chunk_size = 320;
+    a.chunk_len = 256;
+    a.budgets = set.data();
+    want = std::max(want, cuda::VerticalSlashPrefillMaxWorkspaceBytes(a, chunk, keys));
+  }
+  ASSERT_GT(want, 0);
+  EXPECT_EQ(gpu.stats().sparse_workspace_bytes, 0);
+  MP_ASSERT_OK_AND_ASSIGN(const int64_t held, gpu.ReserveVerticalSlashWorkspace(r));
+  EXPECT_EQ(held, want);
+  EXPECT_EQ(gpu.stats().sparse_workspace_bytes, want);
+
+  const PagedCache cache = MakeCache(gpu, keys, kv_heads, 64, hd, 5);
+  for (int64_t begin = 0; begin < keys; begin += chunk) {
+    const int64_t n = std::min(chunk, keys - begin);
+    Bf16Input q = RandomBf16Input({n, q_heads, hd}, 40 + begin);
+    MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(gpu, q.bf16));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu.Allocate({n, q_heads, hd}, DType::kBF16));
+    for (const auto& set : sets) {
+      VerticalSlashAttentionParams p;
+      p.q = &dq;
+      p.kv = cache.Gpu();
+      p.query_begin = begin;
+      p.chunk_size = 320;
+      p.chunk_len = 256;
+      p.scale = 0.125f;
+      p.budgets = set;
+      p.out = &out;
+      MP_ASSERT_OK(gpu.VerticalSlashAttention(p));
+      EXPECT_EQ(gpu.stats().sparse_workspace_bytes, want) << "chunk at " << begin;
+    }
+  }
+  MP_ASSERT_OK(gpu.Synchronize());
+
+  VerticalSlashReservation bad = r;
+  bad.budgets = {std::span<const int64_t>(sets[0]).subspan(0, 3)};
+  MP_EXPECT_ERROR(gpu.ReserveVerticalSlashWorkspace(bad).status(), StatusCode::kInvalidArgument,
+                  "expected 2 * q_heads");
+  bad = r;
+  bad.head_dim = 96;
+  MP_EXPECT_ERROR(gpu.ReserveVerticalSlashWorkspace(bad).status(), StatusCode::kInvalidArgument,
+                  "head_dim 96");
+  bad = r;
+  bad.max_queries = 0;
+  MP_EXPECT_ERROR(gpu.ReserveVerticalSlashWorkspace(bad).status(), StatusCode::kInvalidArgument,
+                  "max_queries");
+  // Terabytes: 64 heads with budgets of 2^30 keys each over 2^30 keys.
+  VerticalSlashReservation huge;
+  huge.max_queries = 32768;
+  huge.max_keys = (int64_t{1} << 30) - 32768;
+  huge.q_heads = 64;
+  huge.kv_heads = 8;
+  huge.head_dim = 128;
+  const std::vector<int64_t> big(2 * 64, int64_t{1} << 30);
+  huge.budgets = {big};
+  MP_EXPECT_ERROR(gpu.ReserveVerticalSlashWorkspace(huge).status(),
+                  StatusCode::kResourceExhausted, "does not fit");
+  EXPECT_EQ(gpu.stats().sparse_workspace_bytes, 0) << "a failed reservation holds nothing";
+}
 
 TEST(CudaSparseOpErrorsTest, RejectsBadArguments) {
   MP_REQUIRE_CUDA_BACKEND(gpu);

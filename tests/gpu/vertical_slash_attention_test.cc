@@ -551,5 +551,75 @@ TEST(VerticalSlashPrefillGpuTest, ChainEqualsTheCpuReferenceStepByStep) {
   }
 }
 
+// Host-only: the reservation bound against every run it covers. Each geometry (4 fixed, 60
+// random) is scanned over every end e in [1, max_keys] and every run length n' in
+// [1, min(max_queries, e)] (the runs a chunked prefill can issue), with random per-head budgets;
+// the bound must equal the largest of them.
+TEST(VerticalSlashPrefillWorkspaceTest, MaxEqualsTheLargestRunOfEveryEndAndLength) {
+  struct Geometry {
+    int64_t q_heads, kv_heads, head_dim, chunk_size, chunk_len, last_q, max_queries, max_keys;
+  };
+  const Geometry geometries[] = {
+      {4, 2, 64, 320, 256, 64, 200, 900},    // runs cross one DCA boundary at a time
+      {6, 3, 128, 192, 128, 16, 300, 700},   // runs longer than a DCA chunk: up to 4 pieces
+      {2, 1, 64, 0, 0, 64, 130, 500},        // no DCA
+      {4, 4, 128, 320, 256, 64, 256, 1100},  // max_queries a multiple of 64
+  };
+  std::mt19937_64 rng(7);
+  // Any non-null address: sizes are computed, nothing is read.
+  auto* fake = reinterpret_cast<__nv_bfloat16*>(uintptr_t{256});
+  std::vector<Geometry> all(std::begin(geometries), std::end(geometries));
+  for (int i = 0; i < 60; ++i) {
+    std::uniform_int_distribution<int64_t> u(1, 1 << 20);
+    const int64_t kv = 1 + u(rng) % 2, q = kv * (1 + u(rng) % 3);
+    const int64_t c = 64 * (1 + u(rng) % 5);
+    const bool dca = u(rng) % 4 != 0;
+    all.push_back({q, kv, u(rng) % 2 ? 64 : 128, dca ? c + 64 * (u(rng) % 3) : 0, dca ? c : 0,
+                   1 + u(rng) % 64, 1 + u(rng) % 400, 1 + u(rng) % 1000});
+  }
+  for (const Geometry& g : all) {
+    std::vector<int64_t> budgets(2 * g.q_heads);
+    std::uniform_int_distribution<int64_t> budget(1, 1 + rng() % 600);
+    for (int64_t& b : budgets) b = budget(rng);
+    VerticalSlashPrefillArgs a;
+    a.q = fake;
+    a.out = fake;
+    a.kv.k = fake;
+    a.kv.v = fake;
+    a.kv.block_table = reinterpret_cast<const int32_t*>(uintptr_t{256});
+    a.kv.num_blocks = 1;
+    a.kv.block_size = 64;
+    a.kv.kv_heads = g.kv_heads;
+    a.kv.head_dim = g.head_dim;
+    a.q_heads = g.q_heads;
+    a.chunk_size = g.chunk_size;
+    a.chunk_len = g.chunk_len;
+    a.scale = 0.1f;
+    a.last_q = g.last_q;
+    a.budgets = budgets.data();
+    int64_t largest = 0, arg_e = 0, arg_n = 0;
+    for (int64_t e = 1; e <= g.max_keys; ++e) {
+      for (int64_t n = 1; n <= std::min(g.max_queries, e); ++n) {
+        a.num_queries = n;
+        a.query_begin = e - n;
+        const int64_t w = VerticalSlashPrefillWorkspaceBytes(a);
+        if (w > largest) {
+          largest = w;
+          arg_e = e;
+          arg_n = n;
+        }
+      }
+    }
+    ASSERT_GT(largest, 0);
+    EXPECT_EQ(VerticalSlashPrefillMaxWorkspaceBytes(a, g.max_queries, g.max_keys), largest)
+        << "q_heads " << g.q_heads << " chunk_len " << g.chunk_len << " max_queries "
+        << g.max_queries << " max_keys " << g.max_keys << " last_q " << g.last_q
+        << ": the largest run ends at " << arg_e << " with " << arg_n << " queries";
+  }
+  VerticalSlashPrefillArgs bad;
+  bad.kv.head_dim = 96;
+  EXPECT_EQ(VerticalSlashPrefillMaxWorkspaceBytes(bad, 64, 1000), 0);
+}
+
 }  // namespace
 }  // namespace mp::cuda

@@ -25,15 +25,19 @@
 #include "runtime/backend.h"
 #include "runtime/stage_executor.h"
 #include "tests/unit/runtime/forwarding_backend.h"
+#include "tests/unit/runtime/sparse_test_util.h"
 #include "tests/unit/runtime/tiny_model.h"
 
 namespace mp {
 namespace {
 
 using ::absl::StatusCode;
+using testing::EffectiveBudgets;
+using testing::HeadConfig;
 using testing::HostIds;
 using testing::RandomIds;
 using testing::RowRelativeError;
+using testing::Settings;
 using testing::TinyConfig;
 using testing::TinyWeights;
 
@@ -316,29 +320,6 @@ TEST(BackendDefaultsTest, VerticalSlashAttentionIsUnimplementedUnlessOverridden)
 
 // ---- the stage executor --------------------------------------------------------------------
 
-SparseAttentionConfig HeadConfig(int64_t layers, int64_t heads, int64_t vertical, int64_t slash) {
-  SparseAttentionConfig c;
-  for (int64_t l = 0; l < layers; ++l) {
-    std::vector<SparseHeadConfig> row;
-    for (int64_t h = 0; h < heads; ++h) {
-      // Per layer and head distinct budgets; vertical_size 30 runs as 130.
-      row.push_back({h == 0 ? 30 : vertical + 2 * h + l, slash + 4 * h + 8 * l, 0.5});
-    }
-    c.layers.push_back(std::move(row));
-  }
-  return c;
-}
-
-std::shared_ptr<const SparsePrefillSettings> Settings(const SparseAttentionConfig& heads,
-                                                      int64_t threshold) {
-  auto s = std::make_shared<SparsePrefillSettings>();
-  s->enabled = true;
-  s->threshold = threshold;
-  s->last_q = 64;
-  s->heads = heads;
-  return s;
-}
-
 StageExecutorOptions Options(std::shared_ptr<const SparsePrefillSettings> sparse = nullptr) {
   StageExecutorOptions o;
   o.kv_cache.block_size = 16;
@@ -433,12 +414,7 @@ TEST_P(SparseExecutorTest, AboveTheThresholdPromptChunksRunSparseAndDecodeStaysD
   EXPECT_EQ(dense_ops, decode * 2);
   ASSERT_EQ(counting->budgets_seen.size(), 6u);
   for (int64_t layer = 0; layer < 2; ++layer) {
-    std::vector<int64_t> expected;
-    for (const SparseHeadConfig& h : heads.layers[layer]) {
-      expected.push_back(h.effective_vertical_size());
-      expected.push_back(h.effective_slash_size());
-    }
-    EXPECT_EQ(counting->budgets_seen[layer], expected) << "layer " << layer;
+    EXPECT_EQ(counting->budgets_seen[layer], EffectiveBudgets(heads, layer)) << "layer " << layer;
   }
   EXPECT_EQ(counting->budgets_seen[0][0], 130) << "vertical_size 30 runs as 130";
   ASSERT_EQ(got.size(), want.size());
