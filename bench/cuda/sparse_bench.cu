@@ -35,7 +35,9 @@
 // sampled row blocks of every piece and layer, the distinct attended keys of the group's q heads
 // (or of head pairs) over the sum of their attended keys -- 1: nothing in common, 1/7 (1/2):
 // every head of the group (pair) attends the same keys. It bounds what a kernel loading each
-// key once for several heads of a group could save in gather traffic.
+// key once for several heads of a group could save in gather traffic. rows_union_fraction: the
+// same for neighbouring row blocks m - 1, m of one head (1/2: the same keys), what a CTA of two
+// row blocks could save.
 //
 // Output: one JSON line per case (also to --json), then a table.
 #include <cuda_bf16.h>
@@ -177,14 +179,15 @@ double Median(std::vector<double> v) {
 // How much of the attended keys the q heads of a KV group have in common (what a kernel that
 // loads a key once for several heads of the group could save), on 4 sampled row blocks of a
 // piece: sum over heads of |keys| against |union| for the whole group and for head pairs
-// (2i, 2i + 1) of a group. Keys of a row block: its blocks' 64-key spans and its columns.
+// (2i, 2i + 1) of a group; and how much two neighbouring row blocks m - 1, m of one head have in
+// common (what a CTA of 128 rows of one head could save). Keys of a row block: its blocks'
+// 64-key spans and its columns.
 struct KeySharing {
-  double sum = 0, group_union = 0, pair_sum = 0, pair_union = 0;
+  double sum = 0, group_union = 0, pair_sum = 0, pair_union = 0, rows_sum = 0, rows_union = 0;
 };
 
 void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs, KeySharing* out) {
   const int64_t group = kHeads / kKvHeads, e = pb.piece_end;
-  std::vector<std::vector<int32_t>> blocks(3), columns(3);
   std::vector<std::vector<int32_t>> nb(3), nc(3);
   std::vector<std::vector<mp::cuda::VerticalSlashHeadSpan>> spans(3);
   int64_t key_begin[3] = {};
@@ -204,53 +207,62 @@ void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs,
     BENCH_CHECK(cudaMemcpy(spans[part].data(), x.heads, kHeads * sizeof(spans[part][0]),
                            cudaMemcpyDeviceToHost));
   }
-  std::vector<uint8_t> count(static_cast<size_t>(e)), pair(static_cast<size_t>(e));
+  // The attended keys (sequence positions) of row block m of q head h, over all parts.
+  auto keys_of = [&](int64_t h, int64_t m) {
+    std::vector<int32_t> keys;
+    const int64_t rb = h * rbs + m;
+    for (int part = 0; part < 3; ++part) {
+      if (nb[part].empty()) continue;
+      const mp::cuda::VerticalSlashHeadSpan& sp = spans[part][h];
+      std::vector<int32_t> list(size_t(std::max(nb[part][rb], 0)));
+      if (!list.empty()) {
+        BENCH_CHECK(cudaMemcpy(list.data(),
+                               pb.index[part].block_offset + sp.block_base + m * sp.max_blocks,
+                               list.size() * 4, cudaMemcpyDeviceToHost));
+      }
+      for (int32_t off : list) {
+        for (int64_t k = off; k < off + 64; ++k) keys.push_back(int32_t(key_begin[part] + k));
+      }
+      list.assign(size_t(std::max(nc[part][rb], 0)), 0);
+      if (!list.empty()) {
+        BENCH_CHECK(cudaMemcpy(
+            list.data(), pb.index[part].column_index + sp.column_base + m * sp.max_columns,
+            list.size() * 4, cudaMemcpyDeviceToHost));
+      }
+      for (int32_t k : list) keys.push_back(int32_t(key_begin[part] + k));
+    }
+    return keys;
+  };
+  // Sum and union size of several key lists (keys outside [0, e) are not counted).
+  std::vector<uint8_t> seen(static_cast<size_t>(e));
+  auto add = [&](const std::vector<const std::vector<int32_t>*>& lists, double* sum,
+                 double* uni) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (const std::vector<int32_t>* l : lists) {
+      for (int32_t k : *l) {
+        if (k < 0 || k >= e) continue;
+        *sum += 1;
+        *uni += seen[size_t(k)] == 0;
+        seen[size_t(k)] = 1;
+      }
+    }
+  };
   for (int64_t m : {rbs - 1, rbs * 3 / 4, rbs / 2, rbs / 4}) {
     for (int64_t g = 0; g < kKvHeads; ++g) {
-      std::fill(count.begin(), count.end(), 0);
       std::vector<std::vector<int32_t>> keys(group);
+      std::vector<const std::vector<int32_t>*> all;
       for (int64_t j = 0; j < group; ++j) {
-        const int64_t h = g * group + j, rb = h * rbs + m;
-        for (int part = 0; part < 3; ++part) {
-          if (nb[part].empty()) continue;
-          const mp::cuda::VerticalSlashHeadSpan& sp = spans[part][h];
-          std::vector<int32_t> list(size_t(std::max(nb[part][rb], 0)));
-          if (!list.empty()) {
-            BENCH_CHECK(cudaMemcpy(list.data(),
-                                   pb.index[part].block_offset + sp.block_base + m * sp.max_blocks,
-                                   list.size() * 4, cudaMemcpyDeviceToHost));
-          }
-          for (int32_t off : list) {
-            for (int64_t k = off; k < off + 64; ++k)
-              keys[j].push_back(int32_t(key_begin[part] + k));
-          }
-          list.assign(size_t(std::max(nc[part][rb], 0)), 0);
-          if (!list.empty()) {
-            BENCH_CHECK(cudaMemcpy(
-                list.data(), pb.index[part].column_index + sp.column_base + m * sp.max_columns,
-                list.size() * 4, cudaMemcpyDeviceToHost));
-          }
-          for (int32_t k : list) keys[j].push_back(int32_t(key_begin[part] + k));
-        }
-        for (int32_t k : keys[j]) {
-          if (k >= 0 && k < e) count[size_t(k)] = uint8_t(std::min(count[size_t(k)] + 1, 255));
-        }
+        keys[j] = keys_of(g * group + j, m);
+        all.push_back(&keys[j]);
       }
-      for (int64_t k = 0; k < e; ++k) {
-        out->sum += count[size_t(k)];
-        out->group_union += count[size_t(k)] > 0;
-      }
+      add(all, &out->sum, &out->group_union);
       for (int64_t j = 0; j + 1 < group; j += 2) {
-        std::fill(pair.begin(), pair.end(), 0);
-        for (int64_t i = j; i < j + 2; ++i) {
-          for (int32_t k : keys[i]) {
-            if (k >= 0 && k < e) {
-              pair[size_t(k)] = 1;
-              out->pair_sum += 1;
-            }
-          }
-        }
-        for (int64_t k = 0; k < e; ++k) out->pair_union += pair[size_t(k)];
+        add({&keys[j], &keys[j + 1]}, &out->pair_sum, &out->pair_union);
+      }
+      if (m < 1) continue;
+      for (int64_t j = 0; j < group; ++j) {
+        const std::vector<int32_t> before = keys_of(g * group + j, m - 1);
+        add({&before, &keys[j]}, &out->rows_sum, &out->rows_union);
       }
     }
   }
@@ -567,7 +579,7 @@ int main(int argc, char** argv) {
         "\"speedup_vs_dca\":%.2f,\"overhead_fraction\":%.4f,\"density\":%.5f,"
         "\"recall_vs_dca\":%.4f,\"attend_computed_tflops\":%.1f,\"workspace_gib\":%.3f,\"group_"
         "union_fraction\":%.4f,"
-        "\"pair_union_fraction\":%.4f,\"runs\":%d}",
+        "\"pair_union_fraction\":%.4f,\"rows_union_fraction\":%.4f,\"runs\":%d}",
         c.name, (long long)L, (long long)kChunk, (long long)pieces, pattern.c_str(),
         budget_source.c_str(), mean_v, mean_s, row.dense, dense_flops / (row.dense * 1e-3) / 1e12,
         row.dca, row.sparse, row.estimate, row.select, row.index, row.attend,
@@ -575,7 +587,8 @@ int main(int argc, char** argv) {
         (row.estimate + row.select + row.index) / row.sparse, row.density, row.recall,
         row.computed_tflops, double(ws_bytes) / (1024.0 * 1024.0 * 1024.0),
         sharing.group_union / std::max(sharing.sum, 1.0),
-        sharing.pair_union / std::max(sharing.pair_sum, 1.0), iters);
+        sharing.pair_union / std::max(sharing.pair_sum, 1.0),
+        sharing.rows_union / std::max(sharing.rows_sum, 1.0), iters);
     std::printf("%s\n", buf);
     std::fflush(stdout);
     lines.push_back(buf);
