@@ -58,5 +58,7 @@ inline constexpr char kActivationSeconds[] =
 inline constexpr char kKvBlocksInUse[] = "millipede_kv_blocks_in_use";
 inline constexpr char kKvBlocksCapacity[] = "millipede_kv_blocks_capacity";
 inline constexpr char kKvCacheUsageRatio[] = "millipede_kv_cache_usage_ratio";
+// Device bytes the stage set aside for the sparse prefill workspace (0: dense prefill).
+inline constexpr char kSparseWorkspaceBytes[] = "millipede_sparse_workspace_bytes";
 
 }  // namespace mp::metric_names

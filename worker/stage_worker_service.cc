@@ -199,6 +199,7 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
   response->set_sparse_workspace_bytes(static_cast<uint64_t>(*sparse_workspace));
   if (metrics_ != nullptr) {
     metrics_->kv_blocks_total.Set(static_cast<double>(loaded_.kv_blocks_total));
+    metrics_->sparse_workspace_bytes.Set(static_cast<double>(*sparse_workspace));
     metrics_->SetStage(static_cast<int>(r.stage()), static_cast<int>(r.layers().begin()),
                        static_cast<int>(r.layers().end()));
   }

@@ -53,6 +53,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& r)
       kv_blocks_total(AddGauge(r, n::kKvBlocksCapacity, "KV cache blocks of this stage")),
       kv_usage_ratio(
           AddGauge(r, n::kKvCacheUsageRatio, "Fraction of this stage's KV cache blocks in use")),
+      sparse_workspace_bytes(AddGauge(r, n::kSparseWorkspaceBytes,
+                                      "Device bytes this stage set aside for the sparse prefill "
+                                      "workspace (0: dense prefill)")),
       stage_info_(GaugeFamily(r, n::kStageInfo,
                               "The pipeline stage and layer range [layer_begin, layer_end) this "
                               "worker holds; the value is always 1")) {}

@@ -35,6 +35,7 @@ struct WorkerMetrics {
   prometheus::Gauge& kv_blocks_in_use;
   prometheus::Gauge& kv_blocks_total;
   prometheus::Gauge& kv_usage_ratio;
+  prometheus::Gauge& sparse_workspace_bytes;
 
  private:
   prometheus::Family<prometheus::Gauge>& stage_info_;

@@ -274,6 +274,10 @@ def memory():
     b.panel("Requests holding KV", "Requests whose KV each stage holds.",
             [target(staged("millipede_stage_requests_held{" + NS + "}", agg="max"),
                     "stage {{stage}}")], unit="short", minimum=0)
+    b.panel("Sparse prefill workspace", "Device memory each stage set aside for the sparse "
+            "prefill workspace (the largest chunk over the longest request; 0: dense prefill).",
+            [target(staged("millipede_sparse_workspace_bytes{" + NS + "}", agg="max"),
+                    "stage {{stage}}")], unit="bytes", minimum=0)
     b.row("KV budget (coordinator)")
     b.panel("KV budget", "KV tokens of the per-stage budget: total, and free for new requests.",
             [target(f"max by (kind) (millipede_kv_budget_tokens{{{NS}}})", "{{kind}}")],

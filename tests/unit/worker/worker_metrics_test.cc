@@ -64,7 +64,7 @@ TEST(WorkerMetricsTest, WorkerSeriesExistFromTheStart) {
   for (const char* n : {metric_names::kStageBusy, metric_names::kStageIdle,
                         metric_names::kKvBlocksInUse, metric_names::kKvBlocksCapacity,
                         metric_names::kKvCacheUsageRatio, metric_names::kStageRequestsHeld,
-                        metric_names::kStagePrefillTokens}) {
+                        metric_names::kStagePrefillTokens, metric_names::kSparseWorkspaceBytes}) {
     EXPECT_EQ(Samples(text, n).size(), 1u) << n;
   }
   EXPECT_EQ(Samples(text, metric_names::kStageSteps).size(), 3u);
