@@ -132,6 +132,10 @@ absl::Status StageWorkerService::DoAssign(const v1::AssignLayersRequest& r,
                      " (lower the KV budget or the maximum context, give the stage more memory "
                      "or fewer layers, or run dense prefill with --no-sparse)"));
   }
+  if (*sparse_workspace > 0) {
+    MP_LOG(Info) << "sparse prefill workspace: " << *sparse_workspace << " bytes for chunks of up to "
+                 << r.max_chunk_tokens() << " tokens";
+  }
   const bool first = r.stage() == 0, last = r.stage() + 1 == r.num_stages();
   if (first != ex.is_first() || last != ex.is_last()) {
     return absl::InvalidArgumentError(absl::StrCat("AssignLayers: stage ", r.stage(), " of ",
