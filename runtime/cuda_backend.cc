@@ -795,8 +795,7 @@ absl::StatusOr<int64_t> CudaBackend::ReserveVerticalSlashWorkspace(
                                                      2 * r.q_heads));
     }
     a.budgets = set.data();
-    a.num_queries = 0;
-    const std::string unsupported = cuda::VerticalSlashPrefillUnsupported(a);
+    const std::string unsupported = cuda::VerticalSlashPrefillGeometryUnsupported(a);
     if (!unsupported.empty()) return absl::InvalidArgumentError(absl::StrCat(kOp, ": ", unsupported));
     need = std::max(need, cuda::VerticalSlashPrefillMaxWorkspaceBytes(a, r.max_queries, r.max_keys));
   }

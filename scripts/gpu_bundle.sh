@@ -176,7 +176,7 @@ if [ "$mode" = all ] || [ "$mode" = tests ]; then
     rc=$?
     cat "$work/$t.log" >> "$out/tests.log"
     passed=$(grep -a -oE '^\[  PASSED  \] [0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || true)
-    failed=$(grep -a -cE '^\[  FAILED  \] [A-Za-z0-9_/.]+' "$work/$t.log" || true)
+    failed=$(grep -a -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$work/$t.log" || true)
     skipped=$(grep -a -oE '^\[  SKIPPED \] [0-9]+' "$work/$t.log" | grep -oE '[0-9]+$' || true)
     if timed_out "$rc"; then
       add "$t" TIMEOUT "killed after ${test_timeout}s in $(last_case "$work/$t.log") (tests.log)"

@@ -230,15 +230,29 @@ int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& a) {
   return MakeRunLayout(a).total;
 }
 
-int64_t VerticalSlashPrefillMaxWorkspaceBytes(const VerticalSlashPrefillArgs& shape,
-                                              int64_t max_queries, int64_t max_keys) {
+namespace {
+
+// `shape` with placeholders for what a geometry check does not look at.
+VerticalSlashPrefillArgs GeometryOf(const VerticalSlashPrefillArgs& shape) {
   VerticalSlashPrefillArgs a = shape;
-  a.num_queries = 0;  // only the geometry is checked: the rest takes placeholders
+  a.num_queries = 0;
   a.query_begin = 0;
   a.scale = 1.0f;
   a.rope_theta = 10000.0;
   a.kv.block_size = 64;
   a.kv.num_blocks = 1;
+  return a;
+}
+
+}  // namespace
+
+std::string VerticalSlashPrefillGeometryUnsupported(const VerticalSlashPrefillArgs& shape) {
+  return VerticalSlashPrefillUnsupported(GeometryOf(shape));
+}
+
+int64_t VerticalSlashPrefillMaxWorkspaceBytes(const VerticalSlashPrefillArgs& shape,
+                                              int64_t max_queries, int64_t max_keys) {
+  VerticalSlashPrefillArgs a = GeometryOf(shape);
   if (max_queries < 1 || max_keys < 1 || !VerticalSlashPrefillUnsupported(a).empty()) return 0;
   const int64_t n = std::min(max_queries, max_keys);
   // Candidate ends. A run inside one DCA chunk needs more the later it ends: the chunk's end and

@@ -58,6 +58,9 @@ inline constexpr int kVerticalSlashStageEvents = 8;
 std::string VerticalSlashPrefillUnsupported(const VerticalSlashPrefillArgs& args);
 // Bytes of device workspace the call needs (the largest piece's buffers).
 int64_t VerticalSlashPrefillWorkspaceBytes(const VerticalSlashPrefillArgs& args);
+// Empty when the geometry of `shape` (heads, head_dim, DCA, last_q and budgets) is supported;
+// its queries, pointers, scale, theta and cache are not read. Else the offending field.
+std::string VerticalSlashPrefillGeometryUnsupported(const VerticalSlashPrefillArgs& shape);
 // The workspace of the largest run of `shape`'s geometry (heads, head_dim, DCA, last_q and
 // budgets; its queries, pointers, scale and cache are not read): runs of at most max_queries
 // queries ending anywhere in [1, max_keys]. Evaluated at the ends where the need can peak (the

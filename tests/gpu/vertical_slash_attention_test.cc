@@ -616,9 +616,22 @@ TEST(VerticalSlashPrefillWorkspaceTest, MaxEqualsTheLargestRunOfEveryEndAndLengt
         << g.max_queries << " max_keys " << g.max_keys << " last_q " << g.last_q
         << ": the largest run ends at " << arg_e << " with " << arg_n << " queries";
   }
-  VerticalSlashPrefillArgs bad;
+  // The geometry alone is checked: no pointers, scale or cache needed.
+  std::vector<int64_t> budgets(8, 100);
+  VerticalSlashPrefillArgs geometry;
+  geometry.q_heads = 4;
+  geometry.kv.kv_heads = 2;
+  geometry.kv.head_dim = 64;
+  geometry.budgets = budgets.data();
+  EXPECT_EQ(VerticalSlashPrefillGeometryUnsupported(geometry), "");
+  EXPECT_GT(VerticalSlashPrefillMaxWorkspaceBytes(geometry, 64, 1000), 0);
+  VerticalSlashPrefillArgs bad = geometry;
   bad.kv.head_dim = 96;
+  EXPECT_NE(VerticalSlashPrefillGeometryUnsupported(bad).find("head_dim 96"), std::string::npos);
   EXPECT_EQ(VerticalSlashPrefillMaxWorkspaceBytes(bad, 64, 1000), 0);
+  bad = geometry;
+  bad.budgets = nullptr;
+  EXPECT_NE(VerticalSlashPrefillGeometryUnsupported(bad).find("budgets"), std::string::npos);
 }
 
 }  // namespace
