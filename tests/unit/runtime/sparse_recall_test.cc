@@ -27,6 +27,7 @@
 #include "runtime/sparse_recall_meter.h"
 #include "runtime/sparse_recall_probe.h"
 #include "runtime/stage_executor.h"
+#include "tests/unit/runtime/sparse_test_util.h"
 #include "tests/unit/runtime/tiny_model.h"
 
 namespace mp {
@@ -309,13 +310,7 @@ TEST(RecallExecutorConfigTest, RejectsAProbeWithSparsePrefillOrOfTheWrongShape) 
 class RecallMeterTest : public ::testing::Test {
  protected:
   RecallMeterTest() {
-    config_ = TinyConfig(
-        {.layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16, .max_position_embeddings = 4096});
-    DualChunkConfig d;
-    d.chunk_size = 320;
-    d.local_size = 64;
-    d.original_max_position_embeddings = 200;
-    config_.dual_chunk = d;
+    config_ = testing::TinyDcaConfig(2);
     weights_ = TinyWeights(config_, 51);
     documents_ = {RandomIds(700, config_.vocab_size, 52), RandomIds(520, config_.vocab_size, 53)};
   }

@@ -57,16 +57,7 @@ class ReservingBackend final : public ForwardingBackend {
 
 constexpr int64_t kKvTokens = 2048;  // the KV cache of every executor here (block size 16)
 
-ModelConfig DcaConfig() {
-  ModelConfig c = TinyConfig(
-      {.layers = 3, .heads = 4, .kv_heads = 2, .head_dim = 16, .max_position_embeddings = 4096});
-  DualChunkConfig d;
-  d.chunk_size = 320;
-  d.local_size = 64;
-  d.original_max_position_embeddings = 200;
-  c.dual_chunk = d;
-  return c;
-}
+ModelConfig DcaConfig() { return testing::TinyDcaConfig(3); }
 
 std::unique_ptr<StageExecutor> Make(const ModelConfig& config, const ModelWeights& weights,
                                     std::shared_ptr<Backend> backend,

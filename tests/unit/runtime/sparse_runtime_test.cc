@@ -355,15 +355,8 @@ class SparseExecutorTest : public ::testing::TestWithParam<ExecutorCase> {
  protected:
   // DCA: chunk_size 320, local 64 -> C = 256; L0 = 200 so that the temperature is active.
   ModelConfig Config() const {
-    ModelConfig c = TinyConfig(
-        {.layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 16, .max_position_embeddings = 4096});
-    if (GetParam().dca) {
-      DualChunkConfig d;
-      d.chunk_size = 320;
-      d.local_size = 64;
-      d.original_max_position_embeddings = 200;
-      c.dual_chunk = d;
-    }
+    ModelConfig c = testing::TinyDcaConfig(2);
+    if (!GetParam().dca) c.dual_chunk.reset();
     return c;
   }
   std::unique_ptr<StageExecutor> Make(const ModelConfig& config, const ModelWeights& weights,

@@ -7,9 +7,24 @@
 #include <utility>
 #include <vector>
 
+#include "model/config.h"
 #include "model/sparse_attention_config.h"
+#include "tests/unit/runtime/tiny_model.h"
 
 namespace mp::testing {
+
+// A tiny model (4 q heads, 2 KV heads, head_dim 16) with dual chunk attention S = 320, W = 64
+// (C = 256) and L0 = 200, so that the YaRN temperature is active from 201 tokens on.
+inline ModelConfig TinyDcaConfig(int64_t layers) {
+  ModelConfig c = TinyConfig(
+      {.layers = layers, .heads = 4, .kv_heads = 2, .head_dim = 16, .max_position_embeddings = 4096});
+  DualChunkConfig d;
+  d.chunk_size = 320;
+  d.local_size = 64;
+  d.original_max_position_embeddings = 200;
+  c.dual_chunk = d;
+  return c;
+}
 
 // `layers` x `heads` budgets, distinct per layer and head; head 0 has vertical_size 30 (runs as
 // 130).
