@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cooperative_groups.h>
 #include <cub/block/block_scan.cuh>
 #include <limits>
 #include <string>
@@ -415,7 +416,7 @@ __global__ void __launch_bounds__(kScoreThreads)
 
 // ---- selection -------------------------------------------------------------------------------
 
-constexpr int kSelThreads = 512;
+constexpr int kSelThreads = 256;
 constexpr int kSelItems = 16;
 constexpr uint32_t kForcedKey = 0xFF800000u;  // OrderedKey(+inf)
 
@@ -457,20 +458,33 @@ struct SelectParams {
   SelectPiece piece[kVerticalSlashSelectMaxPieces];
 };
 
-// One CTA per (q head, kind, piece): blockIdx.x is the head, blockIdx.y the kind (0: vertical,
-// 1: slash), blockIdx.z the piece.
-__global__ void __launch_bounds__(kSelThreads)
+// One cluster of kSelCluster CTAs per (q head, kind, piece): blockIdx.x / kSelCluster is the
+// head, blockIdx.y the kind (0: vertical, 1: slash), blockIdx.z the piece. CTA r of a cluster
+// owns the r-th slice of the scores (whole chunks of kSelChunk in index order). The radix
+// histograms of the slices are summed through distributed shared memory, so every CTA finds the
+// same k-th key; the number of keys equal to it in each slice (the last pass's bin) gives each
+// slice its share of the ties (lowest indices first across the whole score row), a counting pass
+// gives each slice its per-part offsets, and each slice writes its part of the lists in order.
+// The result is the single-CTA selection's, bit for bit.
+constexpr int kSelCluster = 8;
+constexpr int kSelChunk = kSelThreads * kSelItems;
+
+__global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThreads)
     SelectKernel(const __grid_constant__ SelectParams p) {
+  namespace cg = cooperative_groups;
   using IntScan = cub::BlockScan<int, kSelThreads>;
   using CountScan = cub::BlockScan<Counts3, kSelThreads>;
   __shared__ union {
     typename IntScan::TempStorage ints;
     typename CountScan::TempStorage counts;
   } scan_storage;
-  __shared__ unsigned hist[2048];
+  __shared__ unsigned hist[2][2048];  // one per radix pass, alternating (read by the cluster)
   __shared__ int found_bin, found_above;
+  __shared__ int slice_parts[3];  // selected keys of this slice per part (read by the cluster)
 
-  const int h = blockIdx.x;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = int(cluster.block_rank());
+  const int h = blockIdx.x / kSelCluster;
   const int kind = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % 32;
   const SelectPiece& piece = p.piece[blockIdx.z];
@@ -482,45 +496,61 @@ __global__ void __launch_bounds__(kSelThreads)
     return (j >= f_lo && j < f_hi) ? kForcedKey : OrderedKey(scores[j]);
   };
   const int k = min(p.k[h][kind], e);
+  // This CTA's slice [lo, hi) of the scores.
+  const int chunks = (e + kSelChunk - 1) / kSelChunk;
+  const int per_rank = (chunks + kSelCluster - 1) / kSelCluster;
+  const int lo = min(e, rank * per_rank * kSelChunk);
+  const int hi = min(e, (rank + 1) * per_rank * kSelChunk);
 
-  // Radix select: the k-th largest key, 11 + 11 + 10 bits.
+  // Radix select over the whole row: the k-th largest key, 11 + 11 + 10 bits.
   uint32_t prefix = 0, mask = 0;
   int remaining = k;
   constexpr int kShift[3] = {21, 10, 0};
   constexpr int kBits[3] = {11, 11, 10};
+  int last_buf = 0;
   for (int pass = 0; pass < 3 && k > 0; ++pass) {
+    const int buf = pass & 1;
+    last_buf = buf;
     const int nbins = 1 << kBits[pass];
     const uint32_t bin_mask = uint32_t(nbins - 1);
-    for (int b = tid; b < 2048; b += kSelThreads) hist[b] = 0;
+    for (int b = tid; b < 2048; b += kSelThreads) hist[buf][b] = 0;
     __syncthreads();
     // kSelItems independent loads per thread in flight, then the (warp-aggregated) counts.
-    for (int j0 = 0; j0 < e; j0 += kSelThreads * kSelItems) {
+    for (int j0 = lo; j0 < hi; j0 += kSelChunk) {
       uint32_t keys[kSelItems];
 #pragma unroll
       for (int i = 0; i < kSelItems; ++i) {
         const int j = j0 + i * kSelThreads + tid;
-        keys[i] = j < e ? key_of(j) : 0u;
+        keys[i] = j < hi ? key_of(j) : 0u;
       }
 #pragma unroll
       for (int i = 0; i < kSelItems; ++i) {
         const int j = j0 + i * kSelThreads + tid;
         int bin = -1;
-        if (j < e && (keys[i] & mask) == prefix) bin = int((keys[i] >> kShift[pass]) & bin_mask);
+        if (j < hi && (keys[i] & mask) == prefix) bin = int((keys[i] >> kShift[pass]) & bin_mask);
         const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], unsigned(__popc(peers)));
+        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[buf][bin], unsigned(__popc(peers)));
       }
     }
-    __syncthreads();
-    // Bins from the top: thread tid holds bins nbins - 1 - per * tid - q, q < per.
+    // Every slice's histogram is complete (and the buffer of two passes ago no longer read).
+    cluster.sync();
+    // Bins from the top, summed over the cluster: thread tid holds bins nbins - 1 - per * tid - q.
     const int per = nbins / kSelThreads;
+    int counts[2048 / kSelThreads];
     int local = 0;
-    for (int q = 0; q < per; ++q) local += int(hist[nbins - 1 - per * tid - q]);
+    for (int q = 0; q < per; ++q) {
+      const int bin = nbins - 1 - per * tid - q;
+      int c = 0;
+      for (int r = 0; r < kSelCluster; ++r) c += int(cluster.map_shared_rank(&hist[buf][0], r)[bin]);
+      counts[q] = c;
+      local += c;
+    }
     int before = 0;
     IntScan(scan_storage.ints).ExclusiveSum(local, before);
     int cum = before;
     for (int q = 0; q < per; ++q) {
       const int bin = nbins - 1 - per * tid - q;
-      const int c = int(hist[bin]);
+      const int c = counts[q];
       if (cum < remaining && remaining <= cum + c) {
         found_bin = bin;
         found_above = cum;
@@ -534,32 +564,38 @@ __global__ void __launch_bounds__(kSelThreads)
     __syncthreads();
   }
   const uint32_t tau = prefix;
-  const int take_eq = remaining;  // keys == tau taken, lowest indices first
+  // Keys == tau taken, lowest indices first over the row: after the last pass the keys of a
+  // slice in the found bin are exactly its keys equal to tau.
+  int take_eq = 0;
+  if (k > 0) {
+    int eq_before = 0;
+    for (int r = 0; r < rank; ++r) {
+      eq_before += int(cluster.map_shared_rank(&hist[last_buf][0], r)[found_bin]);
+    }
+    const int eq_here = int(hist[last_buf][found_bin]);
+    take_eq = min(max(remaining - eq_before, 0), eq_here);
+  }
 
-  // Ordered compaction into the parts.
   const SelectPart(&parts)[3] = piece.parts[kind];
-  int eq_seen = 0;
-  int part_off[3] = {0, 0, 0};
-  for (int base = 0; base < e && k > 0; base += kSelThreads * kSelItems) {
-    uint32_t keys[kSelItems];
+  // Whether the keys of one chunk of the slice are selected, with the chunk's eq ranks.
+  auto select_chunk = [&](int base, uint32_t (&keys)[kSelItems], bool (&sel)[kSelItems],
+                          int& eq_seen) {
     int eq_local = 0;
 #pragma unroll
     for (int i = 0; i < kSelItems; ++i) {
       const int j = base + tid * kSelItems + i;
-      keys[i] = j < e ? key_of(j) : 0u;
-      eq_local += (j < e && keys[i] == tau) ? 1 : 0;
+      keys[i] = j < hi ? key_of(j) : 0u;
+      eq_local += (j < hi && keys[i] == tau) ? 1 : 0;
     }
     int eq_before = 0, eq_total = 0;
     IntScan(scan_storage.ints).ExclusiveSum(eq_local, eq_before, eq_total);
     __syncthreads();
-    bool sel[kSelItems];
-    Counts3 local{{0, 0, 0}};
     int eq_rank = eq_seen + eq_before;
 #pragma unroll
     for (int i = 0; i < kSelItems; ++i) {
       const int j = base + tid * kSelItems + i;
       sel[i] = false;
-      if (j < e) {
+      if (j < hi) {
         if (keys[i] > tau) {
           sel[i] = true;
         } else if (keys[i] == tau) {
@@ -567,18 +603,11 @@ __global__ void __launch_bounds__(kSelThreads)
           ++eq_rank;
         }
       }
-      if (sel[i]) {
-#pragma unroll
-        for (int q = 0; q < 3; ++q) {
-          const SelectPart& pt = parts[q];
-          if (pt.present && j >= pt.key_begin && j < pt.key_end) ++local.v[q];
-        }
-      }
     }
-    Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
-    CountScan(scan_storage.counts)
-        .ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(), total);
-    __syncthreads();
+    eq_seen += eq_total;
+  };
+  auto part_counts = [&](int base, const bool (&sel)[kSelItems]) {
+    Counts3 c{{0, 0, 0}};
 #pragma unroll
     for (int i = 0; i < kSelItems; ++i) {
       if (!sel[i]) continue;
@@ -586,47 +615,107 @@ __global__ void __launch_bounds__(kSelThreads)
 #pragma unroll
       for (int q = 0; q < 3; ++q) {
         const SelectPart& pt = parts[q];
-        if (!pt.present || j < pt.key_begin || j >= pt.key_end) continue;
-        const int pos = part_off[q] + before.v[q]++;
-        if (pos >= pt.capacity) continue;
-        int value;
-        if (kind == 0) {
-          value = j - pt.key_begin;
-        } else if (pt.causal) {
-          value = (e - 1) - j;
-        } else {
-          value = pt.last - j;
-        }
-        pt.list[int64_t(h) * pt.capacity + pos] = value;
+        if (pt.present && j >= pt.key_begin && j < pt.key_end) ++c.v[q];
       }
     }
-#pragma unroll
-    for (int q = 0; q < 3; ++q) part_off[q] += total.v[q];
-    eq_seen += eq_total;
+    return c;
+  };
+
+  // Counting pass: this slice's selected keys per part, then its offsets in the lists.
+  int part_off[3] = {0, 0, 0};
+  int part_total[3] = {0, 0, 0};
+  if (k > 0) {
+    int eq_seen = 0;
+    Counts3 mine{{0, 0, 0}};
+    for (int base = lo; base < hi; base += kSelChunk) {
+      uint32_t keys[kSelItems];
+      bool sel[kSelItems];
+      select_chunk(base, keys, sel, eq_seen);
+      const Counts3 local = part_counts(base, sel);
+      for (int q = 0; q < 3; ++q) mine.v[q] += local.v[q];
+    }
+    Counts3 total{{0, 0, 0}}, ignored{{0, 0, 0}};
+    CountScan(scan_storage.counts)
+        .ExclusiveScan(mine, ignored, Counts3{{0, 0, 0}}, AddCounts3(), total);
+    if (tid == 0) {
+      for (int q = 0; q < 3; ++q) slice_parts[q] = total.v[q];
+    }
+  }
+  cluster.sync();
+  if (k > 0) {
+    for (int r = 0; r < kSelCluster; ++r) {
+      const int* other = cluster.map_shared_rank(&slice_parts[0], r);
+      for (int q = 0; q < 3; ++q) {
+        if (r < rank) part_off[q] += other[q];
+        part_total[q] += other[q];
+      }
+    }
   }
 
-  // Counts, the fallback for empty lists, padding.
-  for (int q = 0; q < 3; ++q) {
-    const SelectPart& pt = parts[q];
-    if (!pt.present) continue;
-    int32_t* list = pt.list + int64_t(h) * pt.capacity;
-    int count = min(part_off[q], pt.capacity);
-    const bool fallback = part_off[q] == 0 && (kind == 0 || !pt.causal);
-    if (fallback) {
-      // arange(0, klen, max(1, klen / 5)); slash lists descending.
-      const int klen = pt.klen;
-      const int step = max(1, klen / 5);
-      const int m = klen > 0 ? (klen + step - 1) / step : 0;
-      count = min(m, pt.capacity);
-      for (int i = tid; i < count; i += kSelThreads) {
-        list[i] = kind == 0 ? i * step : (m - 1 - i) * step;
+  // Ordered compaction of this slice into the parts.
+  if (k > 0) {
+    int eq_seen = 0;
+    for (int base = lo; base < hi; base += kSelChunk) {
+      uint32_t keys[kSelItems];
+      bool sel[kSelItems];
+      select_chunk(base, keys, sel, eq_seen);
+      const Counts3 local = part_counts(base, sel);
+      Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
+      CountScan(scan_storage.counts)
+          .ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(), total);
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        if (!sel[i]) continue;
+        const int j = base + tid * kSelItems + i;
+#pragma unroll
+        for (int q = 0; q < 3; ++q) {
+          const SelectPart& pt = parts[q];
+          if (!pt.present || j < pt.key_begin || j >= pt.key_end) continue;
+          const int pos = part_off[q] + before.v[q]++;
+          if (pos >= pt.capacity) continue;
+          int value;
+          if (kind == 0) {
+            value = j - pt.key_begin;
+          } else if (pt.causal) {
+            value = (e - 1) - j;
+          } else {
+            value = pt.last - j;
+          }
+          pt.list[int64_t(h) * pt.capacity + pos] = value;
+        }
       }
+#pragma unroll
+      for (int q = 0; q < 3; ++q) part_off[q] += total.v[q];
     }
-    const int32_t pad =
-        kind == 0 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min();
-    for (int i = count + tid; i < pt.capacity; i += kSelThreads) list[i] = pad;
-    if (tid == 0) pt.count[h] = count;
   }
+
+  // Counts, the fallback for empty lists, padding: the cluster's first CTA.
+  if (rank == 0) {
+    for (int q = 0; q < 3; ++q) {
+      const SelectPart& pt = parts[q];
+      if (!pt.present) continue;
+      int32_t* list = pt.list + int64_t(h) * pt.capacity;
+      int count = min(part_total[q], pt.capacity);
+      const bool fallback = part_total[q] == 0 && (kind == 0 || !pt.causal);
+      if (fallback) {
+        // arange(0, klen, max(1, klen / 5)); slash lists descending.
+        const int klen = pt.klen;
+        const int step = max(1, klen / 5);
+        const int m = klen > 0 ? (klen + step - 1) / step : 0;
+        count = min(m, pt.capacity);
+        for (int i = tid; i < count; i += kSelThreads) {
+          list[i] = kind == 0 ? i * step : (m - 1 - i) * step;
+        }
+      }
+      const int32_t pad =
+          kind == 0 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int32_t>::min();
+      for (int i = count + tid; i < pt.capacity; i += kSelThreads) list[i] = pad;
+      if (tid == 0) pt.count[h] = count;
+    }
+  }
+  // No CTA leaves while another may still read its shared memory.
+  cluster.sync();
 }
 
 std::string Num(int64_t v) { return std::to_string(v); }
@@ -834,8 +923,8 @@ cudaError_t VerticalSlashSelect(const VerticalSlashSelectArgs* pieces, int num_p
     p.k[h][0] = int(cpu::VerticalSlashVerticalK(first.budgets[2 * h], kNoCap));
     p.k[h][1] = int(cpu::VerticalSlashSlashK(first.budgets[2 * h + 1], kNoCap));
   }
-  SelectKernel<<<dim3(unsigned(first.q_heads), 2, unsigned(num_pieces)), kSelThreads, 0,
-                 stream>>>(p);
+  SelectKernel<<<dim3(unsigned(first.q_heads * kSelCluster), 2, unsigned(num_pieces)),
+                 kSelThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

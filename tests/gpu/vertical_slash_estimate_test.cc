@@ -193,6 +193,11 @@ TEST(VerticalSlashSelectGpuTest, ListsEqualTheCpuSelectionWithTies) {
       {7, 300, 390, 256, 128, 60, 140},        // succ and inter, qn = 90
       {9, 513, 520, 512, 256, 200, 400},       // qn = 7: the succ / inter slash ranges are small
       {2, 1030, 1100, 1024, 512, 5000, 5000},  // budgets above e: everything
+      // Rows longer than one CTA's slice of the selection cluster (4096 scores per chunk, 8
+      // CTAs): the k-th value and its ties spread over several slices.
+      {4, 69000, 70000, 0, 0, 3000, 9000},
+      {5, 66000, 70000, 65536, 32768, 2000, 6000},  // succ and inter parts across the slices
+      {3, 200000, 230000, 0, 0, 150000, 20000},     // every slice busy, k beyond one slice
   };
   std::mt19937_64 rng(7);
   for (const SelectCase& s : cases) {
