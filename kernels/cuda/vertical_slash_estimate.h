@@ -18,7 +18,8 @@
 //      per head by (score descending, index ascending) with k = min(e, max(budget, 30 / 100)),
 //      the split into the three DCA parts, the ~5-entry fallback for empty lists, sorting and
 //      padding, exactly as mp::cpu::SelectVerticalSlash (radix select of the k-th key, then an
-//      ordered compaction; no sort, no atomics on float data).
+//      ordered compaction; no sort, no atomics on float data), by a cluster of 8 CTAs per head,
+//      kind and piece, each over one slice of the scores.
 //
 // Tensors live on the device unless stated otherwise; everything runs on `stream` and nothing
 // synchronizes. Kernels exist only for sm_90a. Callers validate shapes with
