@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/config_args.h"
+#include "cli/sparse_flags.h"
 #include "common/signals.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/model_info.h"
@@ -15,6 +16,7 @@ namespace {
 struct CoordinatorFlags {
   CoordinatorOptions options;
   ConfigFlags config;
+  SparseFlags sparse;  // as the workers run it: its workspace counts in a stage's memory
   std::string chunk_mode = "dynamic";
   double request_timeout = 3600;
   double rebuild_wait = 3;
@@ -41,6 +43,9 @@ absl::Status Check(CoordinatorFlags& f) {
   if (f.options.stall.factor < 0) {
     return absl::InvalidArgumentError("--stall-factor must be >= 0");
   }
+  absl::StatusOr<SparsePrefillRequest> sparse = ToSparsePrefillRequest(f.sparse);
+  if (!sparse.ok()) return sparse.status();
+  f.options.sparse = *std::move(sparse);
   return absl::OkStatus();
 }
 
@@ -103,6 +108,7 @@ void RegisterCoordinatorCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--drain-timeout", f->drain_timeout,
                   "seconds running requests get to finish on SIGTERM");
   cmd->add_option("--max-message-bytes", o.max_message_bytes, "gRPC message limit");
+  AddSparseFlags(cmd, &f->sparse);
   AddConfigFlags(cmd, &f->config);
   cmd->callback([f, cmd, exit_code] {
     if (HandleConfigFlags(cmd, f->config)) return;

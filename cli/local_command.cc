@@ -113,6 +113,8 @@ absl::Status Run(const LocalFlags& f) {
   if (f.kv_tokens > 0) c.insert(c.end(), {"--kv-tokens", std::to_string(f.kv_tokens)});
   if (f.max_context > 0) c.insert(c.end(), {"--max-context", std::to_string(f.max_context)});
   if (f.max_chunk > 0) c.insert(c.end(), {"--max-chunk", std::to_string(f.max_chunk)});
+  const std::vector<std::string> sparse = SparseFlagArgs(f.sparse);
+  c.insert(c.end(), sparse.begin(), sparse.end());  // the coordinator plans the workspace
   c.insert(c.end(), f.coordinator_args.begin(), f.coordinator_args.end());
   supervisor.Add({"coordinator", c});
   for (int i = 0; i < f.stages; ++i) {
@@ -128,7 +130,6 @@ absl::Status Run(const LocalFlags& f) {
                                   "--drain-timeout",
                                   std::to_string(f.drain_timeout)};
     if (f.device != "cpu") w.insert(w.end(), {"--device", absl::StrCat("cuda:", i)});
-    const std::vector<std::string> sparse = SparseFlagArgs(f.sparse);
     w.insert(w.end(), sparse.begin(), sparse.end());
     w.insert(w.end(), f.worker_args.begin(), f.worker_args.end());
     supervisor.Add({absl::StrCat("worker ", i), w});

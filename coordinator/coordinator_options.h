@@ -7,6 +7,7 @@
 #include "absl/time/time.h"
 #include "coordinator/chunk_planner.h"
 #include "coordinator/stall_watchdog.h"
+#include "model/sparse_attention_config.h"
 
 namespace mp {
 
@@ -19,6 +20,9 @@ struct CoordinatorOptions {
   std::string model_preset;  // "qwen2.5-7b-instruct-1m" / "qwen2.5-14b-instruct-1m": random weights
   bool random_weights = false;
   uint64_t random_seed = 0;
+  // Sparse prefill as the workers run it (their --sparse-config / --no-sparse ...): the
+  // coordinator counts its workspace in each stage's memory (docs/deploy.md).
+  SparsePrefillRequest sparse;
 
   // ---- pipeline ----
   int num_stages = 0;  // 0: every registered prefill worker

@@ -50,6 +50,12 @@ StageAssignment Stage(const ModelConfig& c, const AssignmentOptions& o, const St
   if (last) params += k.head_params + (c.tie_word_embeddings && !first ? k.embed_params : 0);
   s.weight_bytes = params * o.weight_bytes_per_element;
   s.reserve_bytes = k.reserve + (last ? c.vocab_size * o.weight_bytes_per_element : 0);
+  int64_t sparse = 0;
+  for (int64_t l = begin; l < end && l < static_cast<int64_t>(o.sparse_workspace_per_layer.size());
+       ++l) {
+    sparse = std::max(sparse, o.sparse_workspace_per_layer[l]);
+  }
+  s.reserve_bytes += sparse;
   s.kv_bytes_per_token = k.kv_per_token_per_layer * n;
   if (memory == 0) {
     s.kv_tokens_fit = std::numeric_limits<int64_t>::max();

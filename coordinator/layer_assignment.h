@@ -5,9 +5,10 @@
 // MLP, plus attention over an average history of `chunk_tokens`; every decoder layer costs the
 // same) plus the LM head's one row on the last stage; the embedding lookup is free. Memory of a
 // stage: its weights (the embedding on the first stage, the final norm and LM head on the last),
-// its activation buffers for `chunk_tokens` rows, and the KV cache of its layers. Every stage
-// gets the same KV budget in tokens (a request needs its tokens on every stage): the largest that
-// fits every stage's memory, capped at `kv_tokens` when set.
+// its activation buffers for `chunk_tokens` rows, the sparse prefill workspace of its layers (the
+// largest; AssignmentOptions::sparse_workspace_per_layer), and the KV cache of its layers. Every
+// stage gets the same KV budget in tokens (a request needs its tokens on every stage): the largest
+// that fits every stage's memory, capped at `kv_tokens` when set.
 //
 // The split minimises the largest stage cost; among equal splits it maximises the KV budget.
 // FAILED_PRECONDITION (saying what is missing) when no split leaves `min_kv_tokens` of KV on
@@ -31,13 +32,16 @@ struct AssignmentOptions {
   int64_t min_kv_tokens = 1;  // every stage must hold at least this much KV
   // Activation buffers of the transfers: this many chunks in each direction.
   int64_t transfer_buffers = 4;
+  // Per layer, the sparse prefill workspace a stage holding it sets aside (a stage takes the
+  // largest of its layers'); empty: none.
+  std::vector<int64_t> sparse_workspace_per_layer;
 };
 
 struct StageAssignment {
   LayerRange layers;
   double cost = 0;            // relative units (multiply-adds)
   int64_t weight_bytes = 0;   // incl. embedding / head
-  int64_t reserve_bytes = 0;  // activation scratch and transfer buffers
+  int64_t reserve_bytes = 0;  // activation scratch, transfer buffers, sparse workspace
   int64_t kv_bytes_per_token = 0;
   int64_t kv_tokens_fit = 0;  // what the stage's memory would hold
 };

@@ -6,8 +6,46 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "runtime/backend_factory.h"
 
 namespace mp {
+
+absl::StatusOr<std::vector<int64_t>> SparseWorkspacePerLayer(const ModelConfig& config,
+                                                             const SparsePrefillSettings* sparse,
+                                                             const std::string& device,
+                                                             int64_t max_chunk,
+                                                             int64_t max_context) {
+  std::vector<int64_t> out;
+  if (sparse == nullptr || !sparse->heads.has_value() || !sparse->UseSparsePrefill(max_context) ||
+      max_chunk < 1) {
+    return out;
+  }
+  VerticalSlashReservation r;
+  r.max_queries = max_chunk;
+  r.max_keys = max_context;
+  r.q_heads = config.num_attention_heads;
+  r.kv_heads = config.num_key_value_heads;
+  r.head_dim = config.head_dim;
+  if (config.dual_chunk.has_value()) {
+    r.chunk_size = config.dual_chunk->chunk_size;
+    r.chunk_len = config.dual_chunk->chunk_len();
+  }
+  r.last_q = sparse->last_q;
+  for (const std::vector<SparseHeadConfig>& layer : sparse->heads->layers) {
+    std::vector<int64_t> budgets;
+    for (const SparseHeadConfig& h : layer) {
+      budgets.push_back(h.effective_vertical_size());
+      budgets.push_back(h.effective_slash_size());
+    }
+    r.budgets = {budgets};
+    absl::StatusOr<int64_t> bytes = SparseWorkspaceBytes(device, r);
+    if (!bytes.ok()) {
+      return Annotate(bytes.status(), absl::StrCat("sparse workspace of layer ", out.size()));
+    }
+    out.push_back(*bytes);
+  }
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<ModelInfo>> LoadModelInfo(const CoordinatorOptions& o) {
   auto info = std::make_unique<ModelInfo>();
@@ -56,6 +94,16 @@ absl::StatusOr<std::unique_ptr<ModelInfo>> LoadModelInfo(const CoordinatorOption
     return absl::InvalidArgumentError(
         "--max-context is 0 and the model's max_position_embeddings is not set");
   }
+  {
+    absl::StatusOr<std::shared_ptr<const SparsePrefillSettings>> sparse =
+        ResolveSparsePrefillRequest(o.sparse, o.model_preset.empty() ? o.model_dir : "",
+                                    info->config);
+    if (!sparse.ok()) return Annotate(sparse.status(), "sparse prefill");
+    info->sparse = *std::move(sparse);
+  }
+  MP_ASSIGN_OR_RETURN(info->sparse_workspace_per_layer,
+                      SparseWorkspacePerLayer(info->config, info->sparse.get(), o.device,
+                                              o.planner.max_chunk, info->max_context));
   return info;
 }
 

@@ -38,6 +38,7 @@ absl::StatusOr<std::shared_ptr<Pipeline>> BuildPipeline(const std::vector<Worker
   ao.weight_bytes_per_element = cuda ? 2 : 4;
   ao.kv_bytes_per_element = cuda ? 2 : 4;
   ao.kv_tokens = spec.kv_tokens > 0 ? spec.kv_tokens : spec.default_kv_tokens;
+  ao.sparse_workspace_per_layer = spec.sparse_workspace_per_layer;
   ao.min_kv_tokens = std::max<int64_t>(
       1, std::min(spec.min_kv_tokens, ao.kv_tokens > 0 ? ao.kv_tokens : spec.min_kv_tokens));
   std::vector<uint64_t> memory;

@@ -61,6 +61,7 @@ struct PipelineSpec {
   int64_t kv_block_tokens = 64;
   int64_t max_chunk = 4096;
   int64_t max_context = 0;  // longest request admitted (0: not stated)
+  std::vector<int64_t> sparse_workspace_per_layer;  // ModelInfo's (empty: none)
   absl::Duration load_timeout = absl::Minutes(15);
 };
 

@@ -202,6 +202,7 @@ std::optional<Scheduler::BuildPlan> Scheduler::PlanBuild() {
   plan.spec.kv_block_tokens = options_.kv_block_tokens;
   plan.spec.max_chunk = options_.planner.max_chunk;
   plan.spec.max_context = model_->max_context;
+  plan.spec.sparse_workspace_per_layer = model_->sparse_workspace_per_layer;
   plan.spec.load_timeout = options_.load_timeout;
   // Epochs are unique across coordinator restarts: microseconds since 1970.
   plan.epoch = std::max<uint64_t>(last_epoch_ + 1, static_cast<uint64_t>(absl::ToUnixMicros(now)));

@@ -37,6 +37,21 @@ absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const std::string& device) {
       absl::StrCat("unknown device '", device, "': expected cpu, cuda or cuda:N"));
 }
 
+absl::StatusOr<int64_t> SparseWorkspaceBytes(const std::string& device,
+                                             const VerticalSlashReservation& r) {
+  if (device == "cpu") return 0;
+  if (device != "cuda" && !absl::StartsWith(device, "cuda:")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown device '", device, "': expected cpu, cuda or cuda:N"));
+  }
+#if MP_HAVE_CUDA
+  return CudaSparseWorkspaceBytes(r);
+#else
+  (void)r;
+  return 0;
+#endif
+}
+
 absl::StatusOr<ModelWeights> RandomWeightsFor(Backend& backend, const ModelConfig& config,
                                               const WeightLoadOptions& options, uint64_t seed) {
 #if MP_HAVE_CUDA

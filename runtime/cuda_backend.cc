@@ -771,8 +771,7 @@ absl::Status CudaBackend::GrowSparseWorkspace(int64_t bytes) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<int64_t> CudaBackend::ReserveVerticalSlashWorkspace(
-    const VerticalSlashReservation& r) {
+absl::StatusOr<int64_t> CudaSparseWorkspaceBytes(const VerticalSlashReservation& r) {
   constexpr absl::string_view kOp = "ReserveVerticalSlashWorkspace";
   if (r.max_queries < 1 || r.max_keys < 1 || r.budgets.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -799,6 +798,12 @@ absl::StatusOr<int64_t> CudaBackend::ReserveVerticalSlashWorkspace(
     if (!unsupported.empty()) return absl::InvalidArgumentError(absl::StrCat(kOp, ": ", unsupported));
     need = std::max(need, cuda::VerticalSlashPrefillMaxWorkspaceBytes(a, r.max_queries, r.max_keys));
   }
+  return need;
+}
+
+absl::StatusOr<int64_t> CudaBackend::ReserveVerticalSlashWorkspace(
+    const VerticalSlashReservation& r) {
+  MP_ASSIGN_OR_RETURN(const int64_t need, CudaSparseWorkspaceBytes(r));
   MP_RETURN_IF_ERROR(UseDevice(device_));
   const absl::Status grown = GrowSparseWorkspace(need);
   if (!grown.ok()) {

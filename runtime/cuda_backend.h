@@ -73,6 +73,11 @@ class CudaEvent {
   std::shared_ptr<CUevent_st> event_;
 };
 
+// Device bytes the sparse prefill workspace of `r` needs on the CUDA backend: the largest of
+// cuda::VerticalSlashPrefillMaxWorkspaceBytes over its budget sets (host arithmetic, no GPU
+// needed). INVALID_ARGUMENT for a request the kernels do not support.
+absl::StatusOr<int64_t> CudaSparseWorkspaceBytes(const VerticalSlashReservation& r);
+
 class CudaBackend final : public Backend {
  public:
   // FAILED_PRECONDITION when there is no such device or it is not an sm_90 GPU (the kernels are

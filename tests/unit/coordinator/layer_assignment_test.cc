@@ -76,6 +76,35 @@ TEST(LayerAssignmentTest, KvBudgetIsTheSmallestStagesCapped) {
   EXPECT_EQ(capped.kv_tokens, 1000);
 }
 
+TEST(LayerAssignmentTest, SparseWorkspaceOfItsLargestLayerCountsInAStagesMemory) {
+  AssignmentOptions o;
+  o.chunk_tokens = 128;
+  const ModelConfig c = Small(6);
+  const std::vector<uint64_t> memory = {64ull << 20, 64ull << 20};
+  MP_ASSERT_OK_AND_ASSIGN(Assignment plain, AssignLayers(c, memory, o));
+  ASSERT_EQ(Sizes(plain), (std::vector<int64_t>{3, 3}));
+  // Layers 0-2 need at most 3 MiB, layers 3-5 at most 5 MiB (layer 4).
+  o.sparse_workspace_per_layer = {1 << 20, 3 << 20, 2 << 20, 1 << 20, 5 << 20, 4 << 20};
+  MP_ASSERT_OK_AND_ASSIGN(Assignment sparse, AssignLayers(c, memory, o));
+  ASSERT_EQ(Sizes(sparse), (std::vector<int64_t>{3, 3}));
+  const int64_t extra[2] = {3 << 20, 5 << 20};
+  for (int s = 0; s < 2; ++s) {
+    const StageAssignment& a = plain.stages[s];
+    const StageAssignment& b = sparse.stages[s];
+    EXPECT_EQ(b.reserve_bytes, a.reserve_bytes + extra[s]) << "stage " << s;
+    EXPECT_EQ(b.kv_tokens_fit, (static_cast<int64_t>(memory[s]) - b.weight_bytes -
+                                b.reserve_bytes) / b.kv_bytes_per_token)
+        << "stage " << s;
+    EXPECT_LT(b.kv_tokens_fit, a.kv_tokens_fit) << "stage " << s;
+  }
+  EXPECT_EQ(sparse.kv_tokens, std::min(sparse.stages[0].kv_tokens_fit,
+                                       sparse.stages[1].kv_tokens_fit));
+  // A workspace larger than a stage's memory leaves no split.
+  o.sparse_workspace_per_layer.assign(6, int64_t{1} << 30);
+  MP_EXPECT_ERROR(AssignLayers(c, memory, o), absl::StatusCode::kFailedPrecondition,
+                  "no split of 6 layers over 2 stages");
+}
+
 TEST(LayerAssignmentTest, Qwen14BAtOneMillionTokensNeedsTwoGpus) {
   // bf16 weights and KV; 48 layers x 8 KV heads x 128 dims: 192 KiB of KV per token.
   const ModelConfig c = Qwen25_14BInstruct1MConfig();
