@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "runtime/backend_factory.h"
+#include "runtime/stage_executor.h"
 
 namespace mp {
 
@@ -20,23 +21,10 @@ absl::StatusOr<std::vector<int64_t>> SparseWorkspacePerLayer(const ModelConfig& 
       max_chunk < 1) {
     return out;
   }
-  VerticalSlashReservation r;
-  r.max_queries = max_chunk;
-  r.max_keys = max_context;
-  r.q_heads = config.num_attention_heads;
-  r.kv_heads = config.num_key_value_heads;
-  r.head_dim = config.head_dim;
-  if (config.dual_chunk.has_value()) {
-    r.chunk_size = config.dual_chunk->chunk_size;
-    r.chunk_len = config.dual_chunk->chunk_len();
-  }
-  r.last_q = sparse->last_q;
+  VerticalSlashReservation r =
+      SparseReservationGeometry(config, sparse->last_q, max_chunk, max_context);
   for (const std::vector<SparseHeadConfig>& layer : sparse->heads->layers) {
-    std::vector<int64_t> budgets;
-    for (const SparseHeadConfig& h : layer) {
-      budgets.push_back(h.effective_vertical_size());
-      budgets.push_back(h.effective_slash_size());
-    }
+    const std::vector<int64_t> budgets = EffectiveBudgets(layer);
     r.budgets = {budgets};
     absl::StatusOr<int64_t> bytes = SparseWorkspaceBytes(device, r);
     if (!bytes.ok()) {

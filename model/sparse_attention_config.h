@@ -38,6 +38,18 @@ struct SparseHeadConfig {
   bool operator==(const SparseHeadConfig& other) const = default;
 };
 
+// One layer's heads as the sparse prefill op takes them: [heads * 2], (effective vertical,
+// slash) per head.
+inline std::vector<int64_t> EffectiveBudgets(const std::vector<SparseHeadConfig>& heads) {
+  std::vector<int64_t> b;
+  b.reserve(2 * heads.size());
+  for (const SparseHeadConfig& h : heads) {
+    b.push_back(h.effective_vertical_size());
+    b.push_back(h.effective_slash_size());
+  }
+  return b;
+}
+
 struct SparseAttentionConfig {
   std::vector<std::vector<SparseHeadConfig>> layers;  // [num_layers][num_q_heads]
 

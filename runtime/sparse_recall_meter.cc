@@ -77,12 +77,7 @@ absl::StatusOr<ModelRecall> SparseRecallMeter::Measure(const BudgetSets& sets) {
                                                        l, " has ", sets[l][s].size(),
                                                        " heads, the model ", heads));
       }
-      std::vector<int64_t> b;
-      for (const SparseHeadConfig& h : sets[l][s]) {
-        b.push_back(h.effective_vertical_size());
-        b.push_back(h.effective_slash_size());
-      }
-      budgets.push_back(std::move(b));
+      budgets.push_back(EffectiveBudgets(sets[l][s]));
     }
     MP_RETURN_IF_ERROR(probe_->SetBudgetSets(l, std::move(budgets)));
   }

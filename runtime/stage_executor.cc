@@ -199,12 +199,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
                         Upload(b, w.down_proj, p + "mlp.down_proj.weight", {hidden, inter}));
     ex->layer_weights_.push_back(std::move(l));
     if (options.sparse != nullptr && options.sparse->heads.has_value()) {
-      std::vector<int64_t> budgets;
-      for (const SparseHeadConfig& h : options.sparse->heads->layers[i]) {
-        budgets.push_back(h.effective_vertical_size());
-        budgets.push_back(h.effective_slash_size());
-      }
-      ex->sparse_budgets_.push_back(std::move(budgets));
+      ex->sparse_budgets_.push_back(EffectiveBudgets(options.sparse->heads->layers[i]));
     }
   }
   if (ex->is_last()) {
@@ -382,6 +377,22 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
   return out;
 }
 
+VerticalSlashReservation SparseReservationGeometry(const ModelConfig& config, int64_t last_q,
+                                                   int64_t max_queries, int64_t max_keys) {
+  VerticalSlashReservation r;
+  r.max_queries = max_queries;
+  r.max_keys = max_keys;
+  r.q_heads = config.num_attention_heads;
+  r.kv_heads = config.num_key_value_heads;
+  r.head_dim = config.head_dim;
+  if (config.dual_chunk.has_value()) {
+    r.chunk_size = config.dual_chunk->chunk_size;
+    r.chunk_len = config.dual_chunk->chunk_len();
+  }
+  r.last_q = last_q;
+  return r;
+}
+
 absl::StatusOr<int64_t> StageExecutor::ReserveSparseWorkspace(int64_t max_chunk,
                                                               int64_t max_context) {
   if (max_chunk < 1 || max_context < 0) {
@@ -396,17 +407,8 @@ absl::StatusOr<int64_t> StageExecutor::ReserveSparseWorkspace(int64_t max_chunk,
       !options_.sparse->UseSparsePrefill(longest)) {
     return 0;
   }
-  VerticalSlashReservation r;
-  r.max_queries = max_chunk;
-  r.max_keys = longest;
-  r.q_heads = config_.num_attention_heads;
-  r.kv_heads = config_.num_key_value_heads;
-  r.head_dim = config_.head_dim;
-  if (config_.dual_chunk.has_value()) {
-    r.chunk_size = config_.dual_chunk->chunk_size;
-    r.chunk_len = config_.dual_chunk->chunk_len();
-  }
-  r.last_q = options_.sparse->last_q;
+  VerticalSlashReservation r =
+      SparseReservationGeometry(config_, options_.sparse->last_q, max_chunk, longest);
   for (const std::vector<int64_t>& set : sparse_budgets_) r.budgets.emplace_back(set);
   absl::StatusOr<int64_t> held = backend_->ReserveVerticalSlashWorkspace(r);
   if (!held.ok()) {

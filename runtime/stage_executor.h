@@ -84,6 +84,12 @@ struct StageExecutorOptions {
   std::shared_ptr<SparseRecallProbe> recall_probe;
 };
 
+// The geometry of a sparse prefill workspace reservation (Backend::ReserveVerticalSlashWorkspace)
+// for `config`'s attention and DCA: chunks of up to max_queries queries over up to max_keys keys,
+// no budget sets yet.
+VerticalSlashReservation SparseReservationGeometry(const ModelConfig& config, int64_t last_q,
+                                                   int64_t max_queries, int64_t max_keys);
+
 class StageExecutor {
  public:
   // Uploads `weights` (layers weights.layers, with the embedding/head that range needs) to

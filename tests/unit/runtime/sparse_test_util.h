@@ -54,12 +54,7 @@ inline std::shared_ptr<const SparsePrefillSettings> Settings(const SparseAttenti
 
 // The effective budgets of one layer as the executor passes them: (vertical, slash) per head.
 inline std::vector<int64_t> EffectiveBudgets(const SparseAttentionConfig& heads, int64_t layer) {
-  std::vector<int64_t> b;
-  for (const SparseHeadConfig& h : heads.layers[layer]) {
-    b.push_back(h.effective_vertical_size());
-    b.push_back(h.effective_slash_size());
-  }
-  return b;
+  return mp::EffectiveBudgets(heads.layers[layer]);
 }
 
 }  // namespace mp::testing
