@@ -105,12 +105,9 @@ absl::StatusOr<std::shared_ptr<Pipeline>> BuildPipeline(const std::vector<Worker
     p->stages[i].kv_blocks_total = static_cast<int64_t>(assigned[i].kv_blocks_total());
     p->stages[i].kv_block_tokens = static_cast<int64_t>(assigned[i].kv_block_tokens());
     p->stages[i].device = assigned[i].device();
-    p->stages[i].sparse_workspace_bytes =
-        static_cast<int64_t>(assigned[i].sparse_workspace_bytes());
-    if (p->stages[i].sparse_workspace_bytes > 0) {
+    if (assigned[i].sparse_workspace_bytes() > 0) {
       MP_LOG(Info) << "stage " << i << " (" << p->stages[i].worker_id << ") holds "
-                   << p->stages[i].sparse_workspace_bytes
-                   << " bytes of sparse prefill workspace";
+                   << assigned[i].sparse_workspace_bytes() << " bytes of sparse prefill workspace";
     }
     p->blocks_total = std::min<int64_t>(p->blocks_total, p->stages[i].kv_blocks_total);
     if (p->stages[i].kv_block_tokens != p->block_tokens) {

@@ -36,7 +36,6 @@ struct PipelineStage {
   int64_t kv_blocks_total = 0;
   int64_t kv_block_tokens = 0;
   std::string device;
-  int64_t sparse_workspace_bytes = 0;  // set aside by the stage for sparse prefill
 };
 
 struct Pipeline {
