@@ -578,8 +578,8 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
 
   const SelectPart(&parts)[3] = piece.parts[kind];
   // Whether the keys of one chunk of the slice are selected, with the chunk's eq ranks.
-  auto select_chunk = [&](int base, uint32_t (&keys)[kSelItems], bool (&sel)[kSelItems],
-                          int& eq_seen) {
+  auto select_chunk = [&](int base, bool (&sel)[kSelItems], int& eq_seen) {
+    uint32_t keys[kSelItems];
     int eq_local = 0;
 #pragma unroll
     for (int i = 0; i < kSelItems; ++i) {
@@ -628,9 +628,8 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
     int eq_seen = 0;
     Counts3 mine{{0, 0, 0}};
     for (int base = lo; base < hi; base += kSelChunk) {
-      uint32_t keys[kSelItems];
       bool sel[kSelItems];
-      select_chunk(base, keys, sel, eq_seen);
+      select_chunk(base, sel, eq_seen);
       const Counts3 local = part_counts(base, sel);
       for (int q = 0; q < 3; ++q) mine.v[q] += local.v[q];
     }
@@ -656,9 +655,8 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
   if (k > 0) {
     int eq_seen = 0;
     for (int base = lo; base < hi; base += kSelChunk) {
-      uint32_t keys[kSelItems];
       bool sel[kSelItems];
-      select_chunk(base, keys, sel, eq_seen);
+      select_chunk(base, sel, eq_seen);
       const Counts3 local = part_counts(base, sel);
       Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
       CountScan(scan_storage.counts)
