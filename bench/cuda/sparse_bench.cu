@@ -28,7 +28,7 @@
 // round-robin. The sparse time is the whole procedure: per DCA piece the query rotation and
 // the two score passes ("estimate"), the top-k selection ("select"), the index builder for each
 // part ("index") and the sparse kernel ("attend"), each also reported on its own (events
-// between the stages). Goal (issue 5): >= 10x faster than dense at 1M, estimate + select +
+// between the stages). Goal: >= 10x faster than dense at 1M, estimate + select +
 // index <= 10% of the sparse time.
 //
 // Key sharing within a KV group (group_union_fraction, pair_union_fraction in the JSON): on 4
@@ -37,7 +37,8 @@
 // every head of the group (pair) attends the same keys. It bounds what a kernel loading each
 // key once for several heads of a group could save in gather traffic. rows_union_fraction: the
 // same for neighbouring row blocks m - 1, m of one head (1/2: the same keys), what a CTA of two
-// row blocks could save.
+// row blocks could save; pair_tile_fraction: the key tiles such a CTA walks (the union of the two
+// block lists, two blocks a tile, and both column lists) over the tiles of the two row blocks.
 //
 // Output: one JSON line per case (also to --json), then a table.
 #include <cuda_bf16.h>
@@ -48,6 +49,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -182,8 +184,12 @@ double Median(std::vector<double> v) {
 // (2i, 2i + 1) of a group; and how much two neighbouring row blocks m - 1, m of one head have in
 // common (what a CTA of 128 rows of one head could save). Keys of a row block: its blocks'
 // 64-key spans and its columns.
+// pair_tile_fraction: the key tiles the sparse kernel walks for two neighbouring row blocks
+// (the union of their block lists, two blocks a tile, and both column lists, 128 columns a tile)
+// over the tiles of the two walked apart.
 struct KeySharing {
   double sum = 0, group_union = 0, pair_sum = 0, pair_union = 0, rows_sum = 0, rows_union = 0;
+  double rows_tiles_sum = 0, rows_tiles_union = 0;
 };
 
 void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs, KeySharing* out) {
@@ -233,6 +239,32 @@ void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs,
     }
     return keys;
   };
+  // Key tiles of row block m of head h walked alone, and (m - 1, m) walked together.
+  auto list_of = [&](int part, bool blocks, int64_t h, int64_t m) {
+    const int64_t rb = h * rbs + m;
+    const mp::cuda::VerticalSlashHeadSpan& sp = spans[part][h];
+    std::vector<int32_t> list(size_t(std::max(blocks ? nb[part][rb] : nc[part][rb], 0)));
+    if (!list.empty()) {
+      const int32_t* src = blocks ? pb.index[part].block_offset + sp.block_base + m * sp.max_blocks
+                                  : pb.index[part].column_index + sp.column_base +
+                                        m * sp.max_columns;
+      BENCH_CHECK(cudaMemcpy(list.data(), src, list.size() * 4, cudaMemcpyDeviceToHost));
+    }
+    return list;
+  };
+  auto count_tiles = [&](int64_t h, int64_t m) {
+    auto tiles = [](size_t n, size_t per) { return double((n + per - 1) / per); };
+    for (int part = 0; part < 3; ++part) {
+      if (nb[part].empty()) continue;
+      const std::vector<int32_t> b0 = list_of(part, true, h, m - 1), b1 = list_of(part, true, h, m);
+      const size_t c0 = list_of(part, false, h, m - 1).size(), c1 = list_of(part, false, h, m).size();
+      std::vector<int32_t> u;
+      std::set_union(b0.begin(), b0.end(), b1.begin(), b1.end(), std::back_inserter(u));
+      out->rows_tiles_sum += tiles(b0.size(), 2) + tiles(b1.size(), 2) + tiles(c0, 128) +
+                             tiles(c1, 128);
+      out->rows_tiles_union += tiles(u.size(), 2) + tiles(c0 + c1, 128);
+    }
+  };
   // Sum and union size of several key lists (keys outside [0, e) are not counted).
   std::vector<uint8_t> seen(static_cast<size_t>(e));
   auto add = [&](const std::vector<const std::vector<int32_t>*>& lists, double* sum,
@@ -263,6 +295,7 @@ void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs,
       for (int64_t j = 0; j < group; ++j) {
         const std::vector<int32_t> before = keys_of(g * group + j, m - 1);
         add({&before, &keys[j]}, &out->rows_sum, &out->rows_union);
+        count_tiles(g * group + j, m);
       }
     }
   }
@@ -579,7 +612,8 @@ int main(int argc, char** argv) {
         "\"speedup_vs_dca\":%.2f,\"overhead_fraction\":%.4f,\"density\":%.5f,"
         "\"recall_vs_dca\":%.4f,\"attend_computed_tflops\":%.1f,\"workspace_gib\":%.3f,\"group_"
         "union_fraction\":%.4f,"
-        "\"pair_union_fraction\":%.4f,\"rows_union_fraction\":%.4f,\"runs\":%d}",
+        "\"pair_union_fraction\":%.4f,\"rows_union_fraction\":%.4f,\"pair_tile_fraction\":%.4f,"
+        "\"runs\":%d}",
         c.name, (long long)L, (long long)kChunk, (long long)pieces, pattern.c_str(),
         budget_source.c_str(), mean_v, mean_s, row.dense, dense_flops / (row.dense * 1e-3) / 1e12,
         row.dca, row.sparse, row.estimate, row.select, row.index, row.attend,
@@ -588,7 +622,8 @@ int main(int argc, char** argv) {
         row.computed_tflops, double(ws_bytes) / (1024.0 * 1024.0 * 1024.0),
         sharing.group_union / std::max(sharing.sum, 1.0),
         sharing.pair_union / std::max(sharing.pair_sum, 1.0),
-        sharing.rows_union / std::max(sharing.rows_sum, 1.0), iters);
+        sharing.rows_union / std::max(sharing.rows_sum, 1.0),
+        sharing.rows_tiles_union / std::max(sharing.rows_tiles_sum, 1.0), iters);
     std::printf("%s\n", buf);
     std::fflush(stdout);
     lines.push_back(buf);
