@@ -213,33 +213,7 @@ void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs,
     BENCH_CHECK(cudaMemcpy(spans[part].data(), x.heads, kHeads * sizeof(spans[part][0]),
                            cudaMemcpyDeviceToHost));
   }
-  // The attended keys (sequence positions) of row block m of q head h, over all parts.
-  auto keys_of = [&](int64_t h, int64_t m) {
-    std::vector<int32_t> keys;
-    const int64_t rb = h * rbs + m;
-    for (int part = 0; part < 3; ++part) {
-      if (nb[part].empty()) continue;
-      const mp::cuda::VerticalSlashHeadSpan& sp = spans[part][h];
-      std::vector<int32_t> list(size_t(std::max(nb[part][rb], 0)));
-      if (!list.empty()) {
-        BENCH_CHECK(cudaMemcpy(list.data(),
-                               pb.index[part].block_offset + sp.block_base + m * sp.max_blocks,
-                               list.size() * 4, cudaMemcpyDeviceToHost));
-      }
-      for (int32_t off : list) {
-        for (int64_t k = off; k < off + 64; ++k) keys.push_back(int32_t(key_begin[part] + k));
-      }
-      list.assign(size_t(std::max(nc[part][rb], 0)), 0);
-      if (!list.empty()) {
-        BENCH_CHECK(cudaMemcpy(
-            list.data(), pb.index[part].column_index + sp.column_base + m * sp.max_columns,
-            list.size() * 4, cudaMemcpyDeviceToHost));
-      }
-      for (int32_t k : list) keys.push_back(int32_t(key_begin[part] + k));
-    }
-    return keys;
-  };
-  // Key tiles of row block m of head h walked alone, and (m - 1, m) walked together.
+  // The block list (blocks) or column list of row block m of q head h in one part.
   auto list_of = [&](int part, bool blocks, int64_t h, int64_t m) {
     const int64_t rb = h * rbs + m;
     const mp::cuda::VerticalSlashHeadSpan& sp = spans[part][h];
@@ -252,6 +226,19 @@ void CountKeySharing(const mp::cuda::VerticalSlashPieceBuffers& pb, int64_t rbs,
     }
     return list;
   };
+  // The attended keys (sequence positions) of row block m of q head h, over all parts.
+  auto keys_of = [&](int64_t h, int64_t m) {
+    std::vector<int32_t> keys;
+    for (int part = 0; part < 3; ++part) {
+      if (nb[part].empty()) continue;
+      for (int32_t off : list_of(part, true, h, m)) {
+        for (int64_t k = off; k < off + 64; ++k) keys.push_back(int32_t(key_begin[part] + k));
+      }
+      for (int32_t k : list_of(part, false, h, m)) keys.push_back(int32_t(key_begin[part] + k));
+    }
+    return keys;
+  };
+  // Key tiles of row blocks m - 1 and m of head h walked apart, and walked together.
   auto count_tiles = [&](int64_t h, int64_t m) {
     auto tiles = [](size_t n, size_t per) { return double((n + per - 1) / per); };
     for (int part = 0; part < 3; ++part) {
