@@ -37,6 +37,7 @@ using ::absl::StatusCode;
 using testing::HostIds;
 using testing::RandomIds;
 using testing::TinyConfig;
+using testing::TinyDcaConfig;
 using testing::TinyWeights;
 
 // ---- the probe -------------------------------------------------------------------------------
@@ -108,20 +109,10 @@ struct ModelCase {
 class RecallExecutorTest : public ::testing::TestWithParam<ModelCase> {
  protected:
   static constexpr int64_t kLayers = 2, kHeads = 4;
-  // DCA: chunk_size 320, local 64 -> C = 256; L0 = 200, so the temperature is active.
+  // TinyDcaConfig (4 q heads; C = 256, the temperature active), without DCA when not asked for.
   ModelConfig Config() const {
-    ModelConfig c = TinyConfig({.layers = kLayers,
-                                .heads = kHeads,
-                                .kv_heads = 2,
-                                .head_dim = 16,
-                                .max_position_embeddings = 4096});
-    if (GetParam().dca) {
-      DualChunkConfig d;
-      d.chunk_size = 320;
-      d.local_size = 64;
-      d.original_max_position_embeddings = 200;
-      c.dual_chunk = d;
-    }
+    ModelConfig c = TinyDcaConfig(kLayers);
+    if (!GetParam().dca) c.dual_chunk.reset();
     return c;
   }
   static StageExecutorOptions Options(std::shared_ptr<SparseRecallProbe> probe) {
