@@ -7,11 +7,12 @@
 //   * the CTA: one q head and one 64-row block m; its key tiles are the 6 segments of
 //     SparseTilePlan (per part: blocks two at a time, then columns 128 at a time);
 //   * the producer: warpgroup 0 (128 threads). Per tile, thread t looks up column t (its
-//     sequence position from the index, its paged-cache row from the block table, one tile
-//     ahead) and writes both into the stage's lists (INT32_MAX / -1 where there is none); each
-//     warp flags whether its columns need a mask; then every thread gathers its rows' 16-byte
-//     chunks with cp.async (zero fill where there is no key) into the 128B-swizzled K stage,
-//     and one tile later the V stage. Completion: cp.async.mbarrier.arrive.noinc per thread on
+//     sequence position from the index, its paged-cache row from the block table; the two
+//     loads pipelined over the iterations before) and writes the position into the stage's
+//     key list (INT32_MAX where there is none); each warp flags whether its columns need a
+//     mask; then each warp gathers its 32 rows with cp.async, a whole 128-byte line per row and
+//     instruction (zero fill where there is no key), into the 128B-swizzled K stage, and one
+//     tile later the V stage. Completion: cp.async.mbarrier.arrive.noinc per thread on
 //     the stage's full barrier (128 arrivals), so loads of all stages are in flight at once;
 //     the consumers fence the async proxy after the wait, before wgmma reads the stage;
 //   * the consumers take even (warpgroup 1) and odd (warpgroup 2) tiles, rotate Q per part
@@ -75,23 +76,23 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   using cutlass::arch::ClusterTransactionBarrier;
   constexpr int S = Cfg::kStages;
   constexpr int kN = Cfg::kBlockN;
-  // Copy layout: 4 lanes per key row, each copying 16-byte chunks lane%4 + 4j (j < kSteps), so
-  // one warp instruction moves 8 rows x 64 contiguous bytes; warp w covers the tile's columns
-  // 32w .. 32w + 31 as 4 groups of 8 rows. A thread thus copies the rows of 4 columns only,
-  // whose cache rows it resolves itself (no exchange through shared memory), and each copy is
-  // one cp.async whose addresses are a per-column register plus a constant.
-  constexpr int kLanesPerRow = 4;
-  constexpr int kGroups = 4;                                 // row groups per warp
-  constexpr int kSteps = Cfg::kHeadDim / 8 / kLanesPerRow;   // copies per row and thread
+  // Copy layout: lane l of warp w resolves column 32w + l of every tile (its position and cache
+  // row), and the warp copies its 32 columns 4 rows per instruction, 8 lanes per row, each lane
+  // one 16-byte chunk of a 128-byte line (lane l: row 4k + l / 8 of the warp's rows in step k,
+  // chunk l % 8 of each 128-byte half of the row): every request is a whole cache line. The
+  // rows reach the copying lanes by warp shuffles.
+  constexpr int kLanesPerRow = 8;
+  constexpr int kRowSteps = 32 / (32 / kLanesPerRow);      // instructions per 32 rows
+  constexpr int kHalves = Cfg::kHeadDim * 2 / 128;         // 128-byte lines per row
   constexpr int kRowBytes = Cfg::kHeadDim * 2;
-  constexpr int kPanelBytes = kN * 128;                      // 64 dims of every tile row
+  constexpr int kPanelBytes = kN * 128;                    // 64 dims of every tile row
   static_assert(kN == 128 && Cfg::kThreads == 384, "one producer warp per 32 key columns");
-  static_assert(kSteps >= 1 && 32 / kLanesPerRow * kGroups == 32, "copy layout");
+  static_assert(kHalves >= 1 && kRowSteps == 8, "copy layout");
   const int T = plan.total();
   if (T == 0) return;
   const int tid = threadIdx.x;  // 0..127
   const int warp = tid / 32, lane = tid % 32;
-  const int r8 = lane / kLanesPerRow, quad = lane % kLanesPerRow;
+  const int r4 = lane / kLanesPerRow, chunk = lane % kLanesPerRow;
 
   if (tid == 0) {
     ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, Cfg::kQBytes);
@@ -110,19 +111,26 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   const int bs = p.block_size;
   const int bs_shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;  // -1: not a power of two
 
-  // The columns this thread copies: 32 warp + 8 g + r8 for g < kGroups; their sequence
-  // positions (INT_MAX: none) and paged-cache rows (-1: no key, or its cache block is missing).
-  // Two dependent loads (index, block table) per column: resolved one tile ahead.
-  struct Columns {
-    int key[kGroups];
-    int row[kGroups];
+  // Column 32 warp + lane of a tile takes two dependent loads, its local key from the index
+  // list and its cache block from the block table; back to back they would stall the producer
+  // for two load latencies per tile, so they are software-pipelined over three iterations: in
+  // iteration i the list entry of tile i + 2 is loaded (Local), the block-table entry of tile
+  // i + 1 (Lookup, from the Local loaded in iteration i - 1), and the cache row of tile i is
+  // formed from the Lookup loaded in iteration i - 1.
+  struct Local {
+    int local;  // local key in the part (-1: no entry)
+    int part;
+  };
+  struct Lookup {
+    int key;  // sequence position (INT_MAX: none)
+    int blk;  // its cache block as loaded from the block table
   };
   // The current segment's list of this row block (block starts or columns), found once per
   // segment: tiles are resolved in order.
   int list_seg = -1;
   const int32_t* list = nullptr;
-  auto columns_of = [&](int i) {
-    Columns c;
+  auto local_of = [&](int i) {
+    Local l;
     // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
     int seg = 0, seg_begin = 0, entries = plan.entries[0];
 #pragma unroll
@@ -134,9 +142,8 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
       }
     }
     const int t = i - seg_begin;  // tile within the segment
+    l.part = seg / 2;
     const SparsePartParams& x = p.sparse.parts[seg / 2];
-    int local[kGroups];
-    bool valid[kGroups];
     const bool blocks_seg = seg % 2 == 0;
     if (seg != list_seg) {  // uniform or per-head layout
       list_seg = seg;
@@ -150,55 +157,49 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
     }
     if (blocks_seg) {  // two 64-key blocks: warps 0-1 take the first, warps 2-3 the second
       const int b = 2 * t + warp / 2;
-      const int first = b < entries ? __ldg(list + b) : 0;
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        valid[g] = b < entries;
-        local[g] = first + (warp % 2) * 32 + g * 8 + r8;
-      }
+      l.local = b < entries ? __ldg(list + b) + (warp % 2) * 32 + lane : -1;
     } else {  // 128 columns
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        const int col = kN * t + warp * 32 + g * 8 + r8;
-        valid[g] = col < entries;
-        local[g] = valid[g] ? __ldg(list + col) : 0;
-      }
+      const int col = kN * t + warp * 32 + lane;
+      l.local = col < entries ? __ldg(list + col) : -1;
     }
-#pragma unroll
-    for (int g = 0; g < kGroups; ++g) {
-      c.key[g] = INT_MAX;
-      c.row[g] = -1;
-      if (valid[g] && local[g] >= 0 && local[g] < x.kv_len) {
-        const int key = x.key_begin + local[g];
-        const int page = bs_shift >= 0 ? key >> bs_shift : key / bs;
-        const int blk = __ldg(p.block_table + page);
-        if (blk >= 0 && blk < p.sparse.num_blocks) {
-          c.key[g] = key;
-          c.row[g] = (blk * p.sparse.kv_heads + kv_head) * bs + (key - page * bs);
-        }
-      }
+    return l;
+  };
+  auto lookup = [&](const Local& l) {
+    Lookup u{INT_MAX, -1};
+    const SparsePartParams& x = p.sparse.parts[l.part];
+    if (l.local >= 0 && l.local < x.kv_len) {
+      u.key = x.key_begin + l.local;
+      const int page = bs_shift >= 0 ? u.key >> bs_shift : u.key / bs;
+      u.blk = __ldg(p.block_table + page);
     }
-    return c;
+    return u;
+  };
+  // Position (INT_MAX: none) and paged-cache row (-1: no key, or its cache block is missing).
+  auto row_of = [&](const Lookup& u, int* key) {
+    const bool ok = u.key != INT_MAX && u.blk >= 0 && u.blk < p.sparse.num_blocks;
+    const int page = bs_shift >= 0 ? u.key >> bs_shift : u.key / bs;
+    *key = ok ? u.key : INT_MAX;
+    return ok ? (u.blk * p.sparse.kv_heads + kv_head) * bs + (u.key - page * bs) : -1;
   };
 
-  // Shared address of this thread's chunk in row 32 warp + r8 of a tile, for even and odd j
-  // (the 128B swizzle, the layout TMA writes: 16-byte chunk index XOR row % 8, row % 8 = r8).
+  // Shared address of this lane's chunk in the warp's first row of step 0 (the 128B swizzle,
+  // the layout TMA writes: 16-byte chunk index XOR row % 8).
   const uint32_t k_smem = static_cast<uint32_t>(__cvta_generic_to_shared(ss.k.data()));
   const uint32_t v_smem = static_cast<uint32_t>(__cvta_generic_to_shared(ss.v.data()));
-  const uint32_t own = uint32_t(warp * 32 + r8) * 128u + uint32_t(quad ^ r8) * 16u;
-  // Gathers the rows of one tile (cache rows `row`, -1: zero fill) into the tile at `tile`.
-  auto gather = [&](uint32_t tile, const __nv_bfloat16* cache, const int (&row)[kGroups]) {
-    const char* base = reinterpret_cast<const char*>(cache) + quad * 16;
+  // Gathers the warp's 32 rows of one tile (row: this lane's column's cache row, -1: zero
+  // fill) into the tile at `tile`.
+  auto gather = [&](uint32_t tile, const __nv_bfloat16* cache, int row) {
+    const char* base = reinterpret_cast<const char*>(cache) + chunk * 16;
 #pragma unroll
-    for (int g = 0; g < kGroups; ++g) {
-      const bool ok = row[g] >= 0;
-      const char* src = base + (ok ? int64_t(row[g]) * kRowBytes : 0);
-      const int bytes = ok ? 16 : 0;
+    for (int k = 0; k < kRowSteps; ++k) {
+      const int r = 4 * k + r4;  // the warp's row this lane copies in step k
+      const int src_row = __shfl_sync(0xffffffffu, row, r);
+      const bool ok = src_row >= 0;
+      const char* src = base + (ok ? int64_t(src_row) * kRowBytes : 0);
+      const uint32_t dst = tile + uint32_t(warp * 32 + r) * 128u + uint32_t(chunk ^ (r % 8)) * 16u;
 #pragma unroll
-      for (int j = 0; j < kSteps; ++j) {
-        const uint32_t dst = tile + (own ^ uint32_t((j % 2) * 64)) +
-                             uint32_t((j / 2) * kPanelBytes + g * 8 * 128);
-        internal::CpAsync16(dst, src + j * 64, bytes);
+      for (int h = 0; h < kHalves; ++h) {
+        internal::CpAsync16(dst + uint32_t(h * kPanelBytes), src + h * 128, ok ? 16 : 0);
       }
     }
   };
@@ -206,27 +207,24 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   // Tile i: K(i) then V(i - 1). Each thread's copies complete asynchronously onto the stage's
   // full barrier (cp.async.mbarrier.arrive.noinc: one of its 128 arrivals per phase), so the
   // producer only ever waits for free stages, never for its own loads.
-  Columns next = columns_of(0);
-  int prev_row[kGroups];  // cache rows of tile i - 1, whose V is gathered in iteration i
-#pragma unroll
-  for (int g = 0; g < kGroups; ++g) prev_row[g] = -1;
+  Local ahead = local_of(0);
+  Lookup next = lookup(ahead);
+  if (T > 1) ahead = local_of(1);
+  int prev_row = -1;  // cache row of tile i - 1, whose V is gathered in iteration i
   for (int i = 0; i <= T; ++i) {
-    int cur_row[kGroups];
+    int cur_row = -1;
     if (i < T) {
       const int stage = i % S;
       if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], ((i / S) & 1) ^ 1);
-      bool masked = false;
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        cur_row[g] = next.row[g];
-        masked |= next.row[g] < 0 || next.key[g] > first_limit;
-        if (quad == 0) ss.keys[stage][warp * 32 + g * 8 + r8] = next.key[g];
-      }
-      const unsigned any = __ballot_sync(0xffffffffu, masked);
+      int cur_key;
+      cur_row = row_of(next, &cur_key);
+      ss.keys[stage][warp * 32 + lane] = cur_key;
+      const unsigned any = __ballot_sync(0xffffffffu, cur_row < 0 || cur_key > first_limit);
       if (lane == 0) ss.key_flags[stage][warp] = any != 0u;
       gather(k_smem + uint32_t(stage * Cfg::kTileBytes), p.sparse.k_cache, cur_row);
       internal::CpAsyncArriveNoinc(&ss.k_full[stage]);
-      if (i + 1 < T) next = columns_of(i + 1);
+      if (i + 1 < T) next = lookup(ahead);
+      if (i + 2 < T) ahead = local_of(i + 2);
     }
     if (i >= 1) {
       const int pi = i - 1;
@@ -235,10 +233,7 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
       gather(v_smem + uint32_t(pstage * Cfg::kTileBytes), p.sparse.v_cache, prev_row);
       internal::CpAsyncArriveNoinc(&ss.v_full[pstage]);
     }
-    if (i < T) {
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) prev_row[g] = cur_row[g];
-    }
+    if (i < T) prev_row = cur_row;
   }
   internal::CpAsyncWait<0>();
 }
