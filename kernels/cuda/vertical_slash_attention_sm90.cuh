@@ -82,17 +82,18 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   // chunk l % 8 of each 128-byte half of the row): every request is a whole cache line. The
   // rows reach the copying lanes by warp shuffles.
   constexpr int kLanesPerRow = 8;
-  constexpr int kRowSteps = 32 / (32 / kLanesPerRow);      // instructions per 32 rows
+  constexpr int kRowsPerStep = 32 / kLanesPerRow;          // rows per copy instruction
+  constexpr int kRowSteps = 32 / kRowsPerStep;             // instructions per 32 rows
   constexpr int kHalves = Cfg::kHeadDim * 2 / 128;         // 128-byte lines per row
   constexpr int kRowBytes = Cfg::kHeadDim * 2;
   constexpr int kPanelBytes = kN * 128;                    // 64 dims of every tile row
   static_assert(kN == 128 && Cfg::kThreads == 384, "one producer warp per 32 key columns");
-  static_assert(kHalves >= 1 && kRowSteps == 8, "copy layout");
+  static_assert(kHalves >= 1 && kRowsPerStep * kLanesPerRow == 32, "copy layout");
   const int T = plan.total();
   if (T == 0) return;
   const int tid = threadIdx.x;  // 0..127
   const int warp = tid / 32, lane = tid % 32;
-  const int r4 = lane / kLanesPerRow, chunk = lane % kLanesPerRow;
+  const int step_row = lane / kLanesPerRow, chunk = lane % kLanesPerRow;
 
   if (tid == 0) {
     ClusterTransactionBarrier::arrive_and_expect_tx(&ss.q_full, Cfg::kQBytes);
@@ -192,7 +193,7 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
     const char* base = reinterpret_cast<const char*>(cache) + chunk * 16;
 #pragma unroll
     for (int k = 0; k < kRowSteps; ++k) {
-      const int r = 4 * k + r4;  // the warp's row this lane copies in step k
+      const int r = kRowsPerStep * k + step_row;  // the warp's row this lane copies in step k
       const int src_row = __shfl_sync(0xffffffffu, row, r);
       const bool ok = src_row >= 0;
       const char* src = base + (ok ? int64_t(src_row) * kRowBytes : 0);
