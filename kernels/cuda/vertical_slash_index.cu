@@ -1,8 +1,21 @@
 // The vertical-slash index builder kernel and the per-head layout; see vertical_slash_index.h.
-// One thread per row block of one part; its slash walk is the CPU reference's
-// (kernels/cpu/vertical_slash_index.cc) line by line, its vertical walk is merged into it (same
-// result). The parts of a run's pieces go in one launch (blockIdx.z), so that their row blocks
-// hide each other's latency.
+//
+// One warp per row block of one part, 32 slashes per step. The CPU reference
+// (kernels/cpu/vertical_slash_index.cc) walks the slashes one by one; the walk's only carried
+// state is the open range [start, start + 64 k). For slashes in decreasing d, lo and hi (the
+// clipped interval) never decrease and hi <= lo + 64, so after slash i the open range ends at
+// start + 64 ceil((hi_i - start) / 64), and slash i opens a new range iff lo_i lies past the
+// end the range had after the slash before it. That end lies in [hi_prev, hi_prev + 63]: a gap
+// lo_i - hi_prev <= 0 always extends, >= 64 always opens, and only a gap in between needs the
+// range's start, i.e. the decisions of the lanes before it. Those are resolved lowest lane
+// first, all lanes whose range start is already known at once. Every slash adds at most one
+// block (its lane writes it; the lanes' prefix count gives its place).
+//
+// Verticals (ascending) are taken 32 at a time once the walk has passed them: every block
+// emitted later starts at or after the end of the open range, so a vertical below that end is
+// final against the blocks emitted so far, and only the blocks of the current step can hold it
+// (had an earlier one, the end would have passed it a step earlier). Its covering block is found
+// by a binary search over the lanes' last emitted block starts.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -13,9 +26,8 @@ namespace mp::cuda {
 namespace {
 
 constexpr int kBlock = 64;
-constexpr int kThreads = 64;   // row blocks per CTA
-constexpr int kStage = 2048;   // list entries staged in shared memory at a time
-constexpr int kUnroll = 4;     // slashes read per step (one 16-byte shared load)
+constexpr int kWarps = 4;  // row blocks per CTA, one warp each
+constexpr unsigned kAll = 0xffffffffu;
 
 struct PartParams {
   VerticalSlashListsDev lists;
@@ -27,14 +39,19 @@ struct IndexParams {
   PartParams parts[kVerticalSlashIndexMaxParts];
 };
 
-__global__ void __launch_bounds__(kThreads)
+// The highest lane set in `mask`, -1 for none.
+__device__ __forceinline__ int LastLane(unsigned mask) { return 31 - __clz(mask); }
+__device__ __forceinline__ int32_t CeilBlocks(int32_t n) { return (n + kBlock - 1) / kBlock; }
+
+__global__ void __launch_bounds__(kWarps * 32)
     BuildIndexKernel(const __grid_constant__ IndexParams params) {
-  __shared__ alignas(16) int32_t staged[kStage];
   const PartParams& p = params.parts[blockIdx.z];
-  if (int64_t(blockIdx.x) * kThreads >= p.row_blocks) return;  // whole CTA past this part
+  const int lane = threadIdx.x % 32;
+  const int m = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (m >= p.row_blocks) return;  // the whole warp
+  const unsigned below = (1u << lane) - 1;  // lanes before this one
+  const unsigned upto = below | (1u << lane);
   const int h = blockIdx.y;
-  const int m = blockIdx.x * kThreads + threadIdx.x;
-  const bool active = m < p.row_blocks;
   const int64_t rb = int64_t(h) * p.row_blocks + m;
   int64_t block_start = rb * p.index.max_blocks, column_start = rb * p.index.max_columns;
   int64_t max_blocks = p.index.max_blocks, max_columns = p.index.max_columns;
@@ -53,86 +70,138 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t limit = p.causal ? min(kv_len, base + end_m) : kv_len;
   const int64_t top = base + end_m;  // slash d covers the keys [top - d - 64, top - d)
 
-  // Verticals (ascending), walked together with the merged slash ranges (ascending, disjoint):
-  // when a range closes, the verticals below it are placed and those inside its emitted blocks
-  // skipped. The same outcome, check for check, as the reference's second walk over the
-  // finished block list, without reading that list back.
+  // Verticals: taken in order, each final once below `bound`.
   const int n_vertical = p.lists.vertical_count[h];
   const int32_t* vertical = p.lists.vertical + int64_t(h) * p.lists.vertical_capacity;
-  int vi = 0;  // next vertical not yet placed or skipped; its value (loaded ahead) in v_next
-  int32_t v_next = n_vertical > 0 ? __ldg(vertical) : INT_MAX;
-  bool columns_done = false;
+  int vi = 0;                  // verticals taken so far
+  int32_t prev_v = INT32_MIN;  // the last one taken (duplicates of it are dropped)
   int64_t n_columns = 0;
-  int32_t last = 0;
-  // Takes the verticals below `bound`: placed as columns when `place`, else (covered) dropped.
-  auto take_below = [&](int64_t bound, bool place) {
+  bool columns_done = max_columns <= 0;
+  // bb: per lane, the start of the last block emitted at or before it (INT32_MIN for none).
+  auto take_verticals = [&](int64_t bound, int32_t bb) {
     while (!columns_done && vi < n_vertical) {
-      const int32_t v = v_next;
-      if (v >= bound) return;
-      ++vi;
-      v_next = vi < n_vertical ? __ldg(vertical + vi) : INT_MAX;
-      if (n_columns >= max_columns) {
-        columns_done = true;
-        return;
+      const bool valid = vi + lane < n_vertical;
+      const int32_t v = valid ? __ldg(vertical + vi + lane) : INT32_MAX;
+      const bool take = valid && v < bound;
+      const unsigned taken = __ballot_sync(kAll, take);
+      if (taken == 0) return;
+      int32_t before = __shfl_up_sync(kAll, v, 1);
+      if (lane == 0) before = prev_v;
+      const bool duplicate = (lane > 0 || vi > 0) && before == v;
+      // The last lane whose bb <= v (bb never decreases over the lanes): its block is the
+      // only one that may hold v.
+      int32_t cover = __shfl_sync(kAll, bb, 0);
+      const bool any_below = cover <= v;
+      int at = 0;
+      for (int step = 16; step > 0; step /= 2) {
+        const int32_t b = __shfl_sync(kAll, bb, at + step);
+        if (any_below && b <= v) {
+          at += step;
+          cover = b;
+        }
       }
-      if (v < 0) continue;
-      if (v >= limit) {  // ascending: the rest are not visible either
+      const bool covered = any_below && int64_t(v) - cover < kBlock;
+      const bool place = take && v >= 0 && v < limit && !duplicate && !covered;
+      const unsigned placed = __ballot_sync(kAll, place);
+      const int64_t slot = n_columns + __popc(placed & below);
+      if (place && slot < max_columns) columns[slot] = v;
+      n_columns = min(n_columns + __popc(placed), max_columns);
+      // v >= limit: ascending, so the rest are not visible either.
+      if (n_columns >= max_columns || __ballot_sync(kAll, take && v >= limit) != 0) {
         columns_done = true;
-        return;
       }
-      if (!place) continue;                      // covered by a block
-      if (n_columns > 0 && last == v) continue;  // duplicate input
-      columns[n_columns++] = v;
-      last = v;
+      prev_v = __shfl_sync(kAll, v, LastLane(taken));
+      vi += __popc(taken);
+      if (taken != kAll) return;
     }
   };
 
-  // Slashes -> merged ranges of whole 64-key blocks.
-  int64_t n_blocks = 0;
-  bool open = false;
-  int64_t range_start = 0, range_end = 0;
-  auto close = [&]() {
-    int64_t r = range_start;
-    for (; r < range_end && n_blocks < max_blocks; r += kBlock) blocks[n_blocks++] = int32_t(r);
-    take_below(range_start, /*place=*/true);
-    take_below(r, /*place=*/false);  // inside the blocks emitted for this range
-  };
-  auto walk = [&](int64_t d) {
-    const int64_t hi = min(top - d, limit);
-    const int64_t lo = max(top - d - kBlock, int64_t(0));
-    if (lo >= hi) return;
-    if (open && lo <= range_end) {
-      if (hi > range_end) range_end += kBlock;  // hi <= range_end + 64: one more block covers it
-    } else {
-      if (open) close();
-      open = true;
-      range_start = lo;
-      range_end = lo + kBlock;
-    }
-  };
   const int n_slash = p.lists.slash_count[h];
   const int32_t* slash = p.lists.slash + int64_t(h) * p.lists.slash_capacity;
-  for (int s0 = 0; s0 < n_slash; s0 += kStage) {
-    const int cnt = min(kStage, n_slash - s0);
-    __syncthreads();
-    for (int i = threadIdx.x; i < cnt; i += kThreads) staged[i] = slash[s0 + i];
-    __syncthreads();
-    if (!active) continue;
-    int i = 0;
-    for (; i + kUnroll <= cnt; i += kUnroll) {
-      const int4 d4 = *reinterpret_cast<const int4*>(staged + i);
-      walk(d4.x);
-      walk(d4.y);
-      walk(d4.z);
-      walk(d4.w);
-    }
-    for (; i < cnt; ++i) walk(staged[i]);
+  // The slashes d >= top lie before key 0 for the whole block: a 32-way search skips them.
+  int first = 0;
+  for (int last = n_slash; last - first > 32;) {
+    const int step = (last - first + 31) / 32;
+    const int probe = first + lane * step;
+    const unsigned before_key0 =
+        __ballot_sync(kAll, probe < last && int64_t(__ldg(slash + probe)) >= top);
+    if (before_key0 == 0) break;
+    const int n = __popc(before_key0);  // the probes before key 0 are the first n
+    last = min(last, first + n * step);
+    first += (n - 1) * step + 1;
   }
-  if (!active) return;
-  if (open) close();
-  take_below(INT64_MAX, /*place=*/true);
-  p.index.block_count[rb] = int32_t(n_blocks);
-  p.index.column_count[rb] = int32_t(n_columns);
+
+  // The walk's state: the open range [start, start + 64 k), the hi of its last slash.
+  bool open = false;
+  int32_t start = 0, k = 0, last_hi = 0;
+  int64_t n_blocks = 0;
+  bool blocks_done = max_blocks <= 0;
+  int32_t last_block = INT32_MIN;  // the last block emitted
+  int32_t bb = INT32_MIN;
+  int32_t d_next = first + lane < n_slash ? __ldg(slash + first + lane) : 0;
+  for (int s0 = first; s0 < n_slash && !blocks_done; s0 += 32) {
+    const bool valid = s0 + lane < n_slash;
+    const int64_t t = top - int64_t(d_next);
+    if (s0 + 32 + lane < n_slash) d_next = __ldg(slash + s0 + 32 + lane);
+    const int64_t lo64 = max(t - kBlock, int64_t(0)), hi64 = min(t, limit);
+    const bool vis = valid && lo64 < hi64;
+    const int32_t lo = vis ? int32_t(lo64) : 0, hi = vis ? int32_t(hi64) : 0;
+    const unsigned visible = __ballot_sync(kAll, vis);
+    const bool past_end = __ballot_sync(kAll, valid && t - kBlock >= limit) != 0;
+    if (visible != 0) {
+      // The visible lanes are consecutive; a lane's predecessor is the lane before it or,
+      // for the first, the last slash of the open range.
+      const bool pred_here = lane > 0 && ((visible >> (lane - 1)) & 1u);
+      int32_t prev_hi = __shfl_up_sync(kAll, hi, 1);
+      if (!pred_here) prev_hi = last_hi;
+      const bool has_pred = pred_here || open;
+      const int32_t gap = lo - prev_hi;
+      unsigned opens = __ballot_sync(kAll, vis && (!has_pred || gap >= kBlock));
+      unsigned pending = __ballot_sync(kAll, vis && has_pred && gap > 0 && gap < kBlock);
+      while (pending != 0) {
+        const unsigned earlier = opens & below;
+        const int src = earlier != 0 ? LastLane(earlier) : 0;
+        const int32_t src_lo = __shfl_sync(kAll, lo, src);
+        const int32_t range = earlier != 0 ? src_lo : start;
+        const unsigned after_src = earlier != 0 ? below & ~((2u << src) - 1) : below;
+        const bool ready = ((pending >> lane) & 1u) && (pending & after_src) == 0;
+        const bool opens_here = ready && lo > range + kBlock * CeilBlocks(prev_hi - range);
+        opens |= __ballot_sync(kAll, opens_here);
+        pending &= ~__ballot_sync(kAll, ready);
+      }
+      const unsigned own = opens & upto;
+      const int32_t own_lo = __shfl_sync(kAll, lo, own != 0 ? LastLane(own) : 0);
+      const int32_t range = own != 0 ? own_lo : start;
+      const int32_t k_here = vis ? CeilBlocks(hi - range) : 0;
+      int32_t k_prev = __shfl_up_sync(kAll, k_here, 1);
+      if (!pred_here) k_prev = k;
+      const bool adds = vis && (((opens >> lane) & 1u) || k_here > k_prev);
+      const int32_t block = range + kBlock * (k_here - 1);
+      const unsigned added = __ballot_sync(kAll, adds);
+      const int64_t slot = n_blocks + __popc(added & below);
+      const bool emits = adds && slot < max_blocks;
+      if (emits) blocks[slot] = block;
+      const unsigned emitted = __ballot_sync(kAll, emits);
+      n_blocks += __popc(emitted);
+      blocks_done = n_blocks >= max_blocks;
+      const unsigned upto_emitted = emitted & upto;
+      const int32_t own_block = __shfl_sync(kAll, block, upto_emitted ? LastLane(upto_emitted) : 0);
+      bb = upto_emitted != 0 ? own_block : last_block;
+      last_block = __shfl_sync(kAll, bb, 31);
+      const int lv = LastLane(visible);
+      start = __shfl_sync(kAll, range, lv);
+      k = __shfl_sync(kAll, k_here, lv);
+      last_hi = __shfl_sync(kAll, hi, lv);
+      open = true;
+      take_verticals(blocks_done ? INT64_MAX : int64_t(start) + kBlock * int64_t(k), bb);
+    }
+    if (past_end) break;  // the rest lie after the part's keys
+  }
+  take_verticals(INT64_MAX, bb);
+  if (lane == 0) {
+    p.index.block_count[rb] = int32_t(n_blocks);
+    p.index.column_count[rb] = int32_t(n_columns);
+  }
 }
 
 struct SpanParams {
@@ -240,9 +309,9 @@ cudaError_t BuildVerticalSlashIndex(const VerticalSlashIndexArgs* parts, int num
     heads = a.q_heads;
   }
   if (launched == 0) return cudaSuccess;
-  const dim3 grid(unsigned((max_row_blocks + kThreads - 1) / kThreads), unsigned(heads),
+  const dim3 grid(unsigned((max_row_blocks + kWarps - 1) / kWarps), unsigned(heads),
                   unsigned(launched));
-  BuildIndexKernel<<<grid, kThreads, 0, stream>>>(p);
+  BuildIndexKernel<<<grid, kWarps * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

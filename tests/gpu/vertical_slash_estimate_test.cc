@@ -463,6 +463,11 @@ TEST(VerticalSlashIndexGpuTest, EqualsTheCpuBuilder) {
       {3, 300, 301, true, 0, 100, 301, 0},
       {28, 2000, 40000, true, 3000, 4500, 40000, 0},
       {4, 700, 60000, false, 2500, 2100, 60700, 0},
+      // Slashes ~100 apart: many gaps of 1-63 keys between neighbouring intervals, whose
+      // merge depends on where the open range started.
+      {5, 1000, 30000, true, 500, 300, 30000, 0},
+      {3, 500, 20000, false, 300, 200, 20500, 0},
+      {4, 300, 20000, true, 200, 400, 20000, 40},  // truncation after several steps of 32
   };
   std::mt19937_64 rng(11);
   for (const IndexCase& c : cases) {
