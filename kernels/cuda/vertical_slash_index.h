@@ -3,8 +3,9 @@
 // semantics and output layout: per (q head, 64-row block) the merged slash ranges as 64-key
 // block starts (block_offset / block_count) and the verticals outside them (column_index /
 // column_count), both ascending, causal (bottom-right, base = kv_len - q_len) or non-causal
-// (virtual frame, base = kv_len). One thread per row block; the head's lists are staged through
-// shared memory. Entries past the counts are left untouched. Device pointers; runs on `stream`.
+// (virtual frame, base = kv_len). One warp per row block, 32 slashes and 32 verticals per step
+// (the .cu says how). Entries past the counts are left untouched. Device pointers; runs on
+// `stream`.
 //
 // Layout of block_offset / column_index: uniform (the CPU one: row block m of head h at
 // (h * row_blocks + m) * max_blocks) or, when `heads` is set, per head (VerticalSlashHeadSpan,
