@@ -33,6 +33,7 @@
 #include "kernels/cuda/dca_positions.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/decode_attention_plan.h"
+#include "kernels/cuda/fast_exp2.cuh"
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
@@ -106,11 +107,7 @@ struct DecodeParams {
 
 namespace decode_detail {
 
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
+using internal::Exp2;
 
 __device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

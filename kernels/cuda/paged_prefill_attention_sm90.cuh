@@ -69,6 +69,7 @@
 #include "kernels/cuda/paged_prefill_attention_launch.h"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/dca_positions.h"
+#include "kernels/cuda/fast_exp2.cuh"
 #include "kernels/cuda/prefill_key_visits.h"
 #include "kernels/cuda/prefill_work_order.h"
 #include "kernels/cuda/rope_sincos.cuh"
@@ -295,11 +296,7 @@ __host__ __device__ inline KeyTileRange KeyTilesForQueryTile(int m_tile, int n, 
 
 namespace detail {
 
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
+using internal::Exp2;
 
 __device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

@@ -9,10 +9,12 @@
 #include <cub/block/block_scan.cuh>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cpu/vertical_slash_select.h"  // kVerticalSlashSinks, kVerticalSlashLocalBand
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/dca_positions.h"
+#include "kernels/cuda/fast_exp2.cuh"
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/vertical_slash_estimate.h"
 #include "kernels/cuda/vertical_slash_parts.h"
@@ -23,6 +25,7 @@ namespace {
 using internal::CpAsync16;
 using internal::CpAsyncCommit;
 using internal::CpAsyncWait;
+using internal::Exp2;
 
 constexpr int kTile = 64;        // keys per score tile (region boundaries are multiples of 64)
 constexpr int kRangeTiles = 32;  // tiles per CTA of a score pass
@@ -217,14 +220,19 @@ __device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4],
   }
 }
 
-// Scaled (log2-domain) logit of element (nt, j) of tile `tile`, -inf when masked (past e, or
-// causal: key > e - n + row).
-__device__ __forceinline__ float MaskedLogit(const ScoreParams& p, float dot, int tile, int row,
-                                             int col) {
+// Whether key column `col` of tile `tile` is visible to query row `row` (before e, and causal:
+// key <= e - n + row).
+__device__ __forceinline__ bool KeyVisible(const ScoreParams& p, int tile, int row, int col) {
   const int key = tile * kTile + col;
-  const bool visible = key < p.e && key <= p.e - p.n + row;
-  return visible ? dot * p.scale_log2 : -INFINITY;
+  return key < p.e && key <= p.e - p.n + row;
 }
+// Whether every key of tile `tile` is visible to every row (the tiles before the last query's
+// window), so that the passes skip the per-element mask there.
+__device__ __forceinline__ bool TileUnmasked(const ScoreParams& p, int tile) {
+  return (tile + 1) * kTile - 1 <= p.e - p.n;
+}
+template <bool kMasked>
+using MaskTag = std::integral_constant<bool, kMasked>;
 
 // Pass 1: per (range, head) and row, the max and the sum of exp2 over the range's keys.
 template <int HD>
@@ -256,26 +264,38 @@ __global__ void __launch_bounds__(kScoreThreads)
     __syncthreads();
     float acc[8][4];
     TileScores<HD>(qa, sk + buf * kBuf, lane, acc);
+    // Online max and sum of exp2 of this thread's two rows, masked on the last tiles only.
+    auto update = [&](auto masked) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = warp * 16 + lane / 4 + 8 * r;
-      float s[16];
-      float mx = m[r];
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp * 16 + lane / 4 + 8 * r;
+        float mx = m[r];
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int col = nt * 8 + 2 * (lane % 4) + c;
-          s[nt * 2 + c] = MaskedLogit(p, acc[nt][2 * r + c], t, row, col);
-          mx = fmaxf(mx, s[nt * 2 + c]);
+          for (int c = 0; c < 2; ++c) {
+            float& s = acc[nt][2 * r + c];
+            const int col = nt * 8 + 2 * (lane % 4) + c;
+            const bool visible = !decltype(masked)::value || KeyVisible(p, t, row, col);
+            s = visible ? s * p.scale_log2 : -INFINITY;
+            mx = fmaxf(mx, s);
+          }
         }
-      }
-      if (mx == -INFINITY) continue;
-      float sum = m[r] == -INFINITY ? 0.0f : l[r] * exp2f(m[r] - mx);
+        if (mx == -INFINITY) continue;
+        float sum = m[r] == -INFINITY ? 0.0f : l[r] * Exp2(m[r] - mx);
 #pragma unroll
-      for (int i = 0; i < 16; ++i) sum += exp2f(s[i] - mx);
-      m[r] = mx;
-      l[r] = sum;
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) sum += Exp2(acc[nt][2 * r + c] - mx);
+        }
+        m[r] = mx;
+        l[r] = sum;
+      }
+    };
+    if (TileUnmasked(p, t)) {
+      update(MaskTag<false>{});
+    } else {
+      update(MaskTag<true>{});
     }
     __syncthreads();  // the buffer is refilled by the next iteration's prefetch
   }
@@ -287,8 +307,8 @@ __global__ void __launch_bounds__(kScoreThreads)
       const float lo = __shfl_xor_sync(0xffffffffu, l[r], off);
       const float mx = fmaxf(m[r], mo);
       float sum = 0.0f;
-      if (m[r] != -INFINITY) sum += l[r] * exp2f(m[r] - mx);
-      if (mo != -INFINITY) sum += lo * exp2f(mo - mx);
+      if (m[r] != -INFINITY) sum += l[r] * Exp2(m[r] - mx);
+      if (mo != -INFINITY) sum += lo * Exp2(mo - mx);
       m[r] = mx;
       l[r] = sum;
     }
@@ -371,40 +391,59 @@ __global__ void __launch_bounds__(kScoreThreads)
     }
     float acc[8][4];
     TileScores<HD>(qa, sk + buf * kBuf, lane, acc);
+    // Normalized probabilities of this thread's two rows into sp (0 for masked keys and for the
+    // rows past n), masked on the last tiles only.
+    auto probabilities = [&](auto masked) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = warp * 16 + lane / 4 + 8 * r;
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp * 16 + lane / 4 + 8 * r;
+        const float neg_max = -row_max[r];
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int col = nt * 8 + 2 * (lane % 4);
-        float pr[2];
+        for (int nt = 0; nt < 8; ++nt) {
+          const int col = nt * 8 + 2 * (lane % 4);
+          float pr[2];
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float s = MaskedLogit(p, acc[nt][2 * r + c], t, row, col + c);
-          pr[c] = (row < n && s != -INFINITY) ? exp2f(s - row_max[r]) * row_inv[r] : 0.0f;
+          for (int c = 0; c < 2; ++c) {
+            const bool visible =
+                row < n && (!decltype(masked)::value || KeyVisible(p, t, row, col + c));
+            pr[c] = visible ? Exp2(fmaf(acc[nt][2 * r + c], p.scale_log2, neg_max)) * row_inv[r]
+                            : 0.0f;
+          }
+          *reinterpret_cast<float2*>(sp + row * Smem::kPStride + col) = make_float2(pr[0], pr[1]);
         }
-        *reinterpret_cast<float2*>(sp + row * Smem::kPStride + col) = make_float2(pr[0], pr[1]);
       }
+    };
+    if (TileUnmasked(p, t)) {
+      probabilities(MaskTag<false>{});
+    } else {
+      probabilities(MaskTag<true>{});
     }
     __syncthreads();
     const int j0 = t * kTile;
+    // Threads 0-63 sum the columns, threads 64-127 the diagonals (n rows each at most). The
+    // loops are unrolled so that their shared loads overlap; the additions stay in row order.
     if (tid < 64) {
-      if (t >= t0) {
-        const int c = tid, key = j0 + c;
-        if (key < e) {
-          float v = 0.0f;
-          for (int r = 0; r < n; ++r) v += sp[r * Smem::kPStride + c];
-          p.vertical[int64_t(h) * e + key] = v;
-          // Diagonal key: rows r >= n - 1 - c have their key in this tile.
-          float s = carry[cb * 64 + c];
-          for (int r = max(0, n - 1 - c); r < n; ++r) s += sp[r * Smem::kPStride + c - n + 1 + r];
-          p.slash[int64_t(h) * e + key] = s;
-        }
+      const int c = tid, key = j0 + c;
+      if (t >= t0 && key < e) {
+        float v = 0.0f;
+#pragma unroll 8
+        for (int r = 0; r < n; ++r) v += sp[r * Smem::kPStride + c];
+        p.vertical[int64_t(h) * e + key] = v;
       }
     } else {
-      const int c = tid - 64;  // diagonal j0 + 64 + c: rows 0 .. n - 2 - c lie in this tile
+      const int c = tid - 64;
+      // Diagonal j0 + c: the carry (its rows with keys in the tile before), then the rows
+      // r >= n - 1 - c, whose keys lie in this tile.
+      if (t >= t0 && j0 + c < e) {
+        float s = carry[cb * 64 + c];
+#pragma unroll 8
+        for (int r = max(0, n - 1 - c); r < n; ++r) s += sp[r * Smem::kPStride + c - n + 1 + r];
+        p.slash[int64_t(h) * e + j0 + c] = s;
+      }
+      // Diagonal j0 + 64 + c: rows 0 .. n - 2 - c lie in this tile.
       if (c < n - 1) {
         float s = 0.0f;
+#pragma unroll 8
         for (int r = 0; r <= n - 2 - c; ++r) s += sp[r * Smem::kPStride + 64 + c - n + 1 + r];
         carry[(cb ^ 1) * 64 + c] = s;
       }

@@ -1,0 +1,14 @@
+// 2^x by the special function unit (ex2.approx.ftz: relative error about 2^-22, denormal results
+// flushed to zero, -inf -> +0), for the softmax of the attention kernels and the estimation's
+// score passes. Device code; include from .cu files only.
+#pragma once
+
+namespace mp::cuda::internal {
+
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+}  // namespace mp::cuda::internal
