@@ -1,4 +1,4 @@
-// 2^x by the special function unit (ex2.approx.ftz: relative error about 2^-22, denormal results
+// 2^x by the special function unit (ex2.approx.ftz: an approximation, denormal inputs and results
 // flushed to zero, -inf -> +0), for the softmax of the attention kernels and the estimation's
 // score passes. Device code; include from .cu files only.
 #pragma once
