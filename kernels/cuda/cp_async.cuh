@@ -1,5 +1,6 @@
-// cp.async (16-byte global -> shared copies with zero fill), warp-level mma.sync and ldmatrix
-// helpers shared by the vertical-slash kernels. Device code; include from .cu files only.
+// cp.async (16-byte global -> shared copies with zero fill) and its mbarrier arrive, an mbarrier
+// wait, warp-level mma.sync and ldmatrix helpers shared by the vertical-slash kernels. Device code;
+// include from .cu files only.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,6 +24,15 @@ __device__ __forceinline__ void CpAsync16(uint32_t smem, const void* gmem, int b
                "r"(bytes)
                : "memory");
 }
+// The same with the zero fill chosen by a predicate (cp.async's ignore-src operand): 16 zero
+// bytes when `zero`; gmem must still be a valid address.
+__device__ __forceinline__ void CpAsync16OrZero(uint32_t smem, const void* gmem, bool zero) {
+  asm volatile(
+      "{\n\t.reg .pred z;\n\tsetp.ne.b32 z, %2, 0;\n\t"
+      "cp.async.cg.shared.global [%0], [%1], 16, z;\n\t}\n" ::"r"(smem),
+      "l"(gmem), "r"(int(zero))
+      : "memory");
+}
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -37,6 +47,22 @@ __device__ __forceinline__ void CpAsyncWait() {
 __device__ __forceinline__ void CpAsyncArriveNoinc(uint64_t* bar) {
   const uint32_t b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(b) : "memory");
+}
+
+// The same with the barrier's shared-memory address.
+__device__ __forceinline__ void CpAsyncArriveNoinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// Waits until the mbarrier at shared address `bar` has completed the phase of the given parity.
+__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\t"
+      "WAIT_%=:\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
+      "@!p bra WAIT_%=;\n\t}" ::"r"(bar),
+      "r"(parity)
+      : "memory");
 }
 
 // Makes the calling thread's generic-proxy shared-memory writes (st.shared, completed cp.async)

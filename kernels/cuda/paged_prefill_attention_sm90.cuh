@@ -975,10 +975,22 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
   using Visit = std::conditional_t<Cfg::kSparse, SparseVisit, KeyVisit>;
   // Sparse: masks the columns of stage `stage` that hold no key or a key after the row's
   // position (the producer flags the tiles that need it).
+  // The flags are read as soon as the stage is full (sparse_flags, into tile_masked), so that
+  // the shared load completes under the S GEMM.
+  [[maybe_unused]] bool tile_masked = true;
+  auto sparse_flags = [&](int stage) {
+    if constexpr (Cfg::kSparse) {
+      const uint32_t a = cute::cast_smem_ptr_to_uint(&ss.key_flags[stage][0]);
+      int4 f;
+      asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(f.x), "=r"(f.y), "=r"(f.z), "=r"(f.w)
+                   : "r"(a));
+      tile_masked = (f.x | f.y | f.z | f.w) != 0;
+    }
+  };
   auto sparse_mask = [&](int stage) {
     if constexpr (Cfg::kSparse) {
-      const int4 f = *reinterpret_cast<const int4*>(ss.key_flags[stage]);
-      if ((f.x | f.y | f.z | f.w) == 0) return;
+      if (!tile_masked) return;
       const int32_t* keys = ss.keys[stage];
 #pragma unroll
       for (int i = 0; i < size(tSrS); i += 2) {
@@ -1054,6 +1066,7 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       const int stage = i % S;
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
       sparse_fence();
+      sparse_flags(stage);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
       pingpong_pass();
@@ -1075,12 +1088,12 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     };
 
     // Visit i after visit ip of this warpgroup (Q already right for i): S of visit i with the
-    // PV of visit ip.
+    // PV of visit ip. (Sparse: the proxy fence after the V wait covers the K stage too.)
     auto step = [&](int i, int ip, const Visit& cur) {
       const int stage = i % S;
       const int pstage = ip % S;
       ClusterBarrier::wait(&ss.k_full[stage], (i / S) & 1);
-      sparse_fence();
+      sparse_flags(stage);
       wait_v_and_fix(ip, prev);
       pingpong_wait();
       IssueGemm(mma_qk, tSrQ, tSrK(_, _, _, stage), tSrS, true);
@@ -1101,12 +1114,16 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     };
 
     if constexpr (Cfg::kSparse) {
-      // Every second visit (the other warpgroup takes the rest); the rotation follows the part.
-      for (int j = 1; j < my_visits; ++j) {
-        const int i = first_visit + kStep * j;
-        const SparseVisit cur{i, plan.part_of(i)};
-        prepare_q_part(cur.part);
-        step(i, i - kStep, cur);
+      // Every second visit (the other warpgroup takes the rest), part after part: the rotation
+      // is looked at once per part, not per visit.
+      int i = first_visit + kStep;
+#pragma unroll 1
+      for (int part = 0; part < 3; ++part) {
+        const int part_end =
+            part == 0 ? plan.seg_end[1] : (part == 1 ? plan.seg_end[3] : plan.seg_end[5]);
+        if (i >= part_end) continue;
+        prepare_q_part(part);
+        for (; i < part_end; i += kStep) step(i, i - kStep, SparseVisit{i, part});
       }
     } else if constexpr (Cfg::kDcaSegments) {
       // Outer loop: one pass per DCA chunk of keys (the only place where a row's rotation can

@@ -72,7 +72,6 @@ __device__ __forceinline__ SparseTilePlan MakeSparseTilePlan(const PrefillParams
 template <class Cfg>
 __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStorage& ss, int m,
                                int q_head, int kv_head, const SparseTilePlan& plan) {
-  using cutlass::arch::ClusterBarrier;
   using cutlass::arch::ClusterTransactionBarrier;
   constexpr int S = Cfg::kStages;
   constexpr int kN = Cfg::kBlockN;
@@ -117,59 +116,76 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   // for two load latencies per tile, so they are software-pipelined over three iterations: in
   // iteration i the list entry of tile i + 2 is loaded (Local), the block-table entry of tile
   // i + 1 (Lookup, from the Local loaded in iteration i - 1), and the cache row of tile i is
-  // formed from the Lookup loaded in iteration i - 1.
+  // formed from the Lookup loaded in iteration i - 1. Nothing uses a loaded value in the
+  // iteration that loads it (the block lanes' offset is added in Lookup).
   struct Local {
-    int local;  // local key in the part (-1: no entry)
+    int entry;   // list entry (-1: none)
+    int offset;  // added to the entry: the lane's key within a listed block (0 for columns)
     int part;
   };
   struct Lookup {
     int key;  // sequence position (INT_MAX: none)
     int blk;  // its cache block as loaded from the block table
   };
-  // The current segment's list of this row block (block starts or columns), found once per
-  // segment: tiles are resolved in order.
-  int list_seg = -1;
+  // The segment of the tiles being resolved (tiles are resolved in order, so it is looked up
+  // only when a tile leaves it): its first tile, the tile after it, its entry count and its
+  // list of this row block (block starts or columns).
+  int seg_begin = 0, seg_stop = 0, seg_entries = 0, seg_part = 0;
+  bool seg_blocks = true;
   const int32_t* list = nullptr;
   auto local_of = [&](int i) {
-    Local l;
-    // Segment of tile i, its first tile and its entry count (unrolled: no local arrays).
-    int seg = 0, seg_begin = 0, entries = plan.entries[0];
+    if (i >= seg_stop) {  // uniform: at most once per segment
+      int seg = 0, begin = 0;
 #pragma unroll
-    for (int s = 0; s < 5; ++s) {
-      if (i >= plan.seg_end[s]) {
-        seg = s + 1;
-        seg_begin = plan.seg_end[s];
-        entries = plan.entries[s + 1];
+      for (int s = 0; s < 5; ++s) {
+        if (i >= plan.seg_end[s]) {
+          seg = s + 1;
+          begin = plan.seg_end[s];
+        }
       }
-    }
-    const int t = i - seg_begin;  // tile within the segment
-    l.part = seg / 2;
-    const SparsePartParams& x = p.sparse.parts[seg / 2];
-    const bool blocks_seg = seg % 2 == 0;
-    if (seg != list_seg) {  // uniform or per-head layout
-      list_seg = seg;
-      int64_t start = rb * (blocks_seg ? x.max_blocks : x.max_columns);
-      if (x.heads != nullptr) {
+      int entries = plan.entries[0], stop = plan.seg_end[0];
+#pragma unroll
+      for (int s = 1; s < 6; ++s) {
+        if (seg == s) {
+          entries = plan.entries[s];
+          stop = plan.seg_end[s];
+        }
+      }
+      seg_begin = begin;
+      seg_stop = stop;
+      seg_entries = entries;
+      seg_part = seg / 2;
+      seg_blocks = seg % 2 == 0;
+      const SparsePartParams& x = p.sparse.parts[seg_part];
+      int64_t start = rb * (seg_blocks ? x.max_blocks : x.max_columns);
+      if (x.heads != nullptr) {  // per-head layout
         const VerticalSlashHeadSpan* span = x.heads + q_head;
-        start = blocks_seg ? __ldg(&span->block_base) + int64_t(m) * __ldg(&span->max_blocks)
+        start = seg_blocks ? __ldg(&span->block_base) + int64_t(m) * __ldg(&span->max_blocks)
                            : __ldg(&span->column_base) + int64_t(m) * __ldg(&span->max_columns);
       }
-      list = (blocks_seg ? x.block_offset : x.column_index) + start;
+      list = (seg_blocks ? x.block_offset : x.column_index) + start;
     }
-    if (blocks_seg) {  // two 64-key blocks: warps 0-1 take the first, warps 2-3 the second
+    const int t = i - seg_begin;  // tile within the segment
+    Local l{-1, 0, seg_part};
+    if (seg_blocks) {  // two 64-key blocks: warps 0-1 take the first, warps 2-3 the second
       const int b = 2 * t + warp / 2;
-      l.local = b < entries ? __ldg(list + b) + (warp % 2) * 32 + lane : -1;
+      if (b < seg_entries) {
+        l.entry = __ldg(list + b);
+        l.offset = (warp % 2) * 32 + lane;
+      }
     } else {  // 128 columns
       const int col = kN * t + warp * 32 + lane;
-      l.local = col < entries ? __ldg(list + col) : -1;
+      if (col < seg_entries) l.entry = __ldg(list + col);
     }
     return l;
   };
   auto lookup = [&](const Local& l) {
     Lookup u{INT_MAX, -1};
     const SparsePartParams& x = p.sparse.parts[l.part];
-    if (l.local >= 0 && l.local < x.kv_len) {
-      u.key = x.key_begin + l.local;
+    // Unsigned: a negative entry (none, or a corrupt list) falls outside the part's keys.
+    const uint32_t local = uint32_t(l.entry) + uint32_t(l.offset);
+    if (l.entry >= 0 && local < uint32_t(x.kv_len)) {
+      u.key = x.key_begin + int(local);
       const int page = bs_shift >= 0 ? u.key >> bs_shift : u.key / bs;
       u.blk = __ldg(p.block_table + page);
     }
@@ -183,58 +199,107 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
     return ok ? (u.blk * p.sparse.kv_heads + kv_head) * bs + (u.key - page * bs) : -1;
   };
 
-  // Shared address of this lane's chunk in the warp's first row of step 0 (the 128B swizzle,
-  // the layout TMA writes: 16-byte chunk index XOR row % 8).
-  const uint32_t k_smem = static_cast<uint32_t>(__cvta_generic_to_shared(ss.k.data()));
-  const uint32_t v_smem = static_cast<uint32_t>(__cvta_generic_to_shared(ss.v.data()));
-  // Gathers the warp's 32 rows of one tile (row: this lane's column's cache row, -1: zero
-  // fill) into the tile at `tile`.
-  auto gather = [&](uint32_t tile, const __nv_bfloat16* cache, int row) {
-    const char* base = reinterpret_cast<const char*>(cache) + chunk * 16;
+  // Shared addresses (cvta once): the storage, the barriers, the rings, and this lane's chunk
+  // in the warp's first row of copy step 0 (even steps) and 1 (odd steps) with the 128B
+  // swizzle, the layout TMA writes (16-byte chunk index XOR row % 8; row 4k + step_row has
+  // row % 8 = step_row + 4 (k % 2)).
+  static_assert(kRowsPerStep == 4, "the swizzle offsets below assume 4 rows per step");
+  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(&ss));
+  auto offset_of = [&](const void* member) {
+    return uint32_t(reinterpret_cast<uintptr_t>(member) - reinterpret_cast<uintptr_t>(&ss));
+  };
+  const uint32_t k_full = smem + offset_of(&ss.k_full[0]);
+  const uint32_t k_empty = smem + offset_of(&ss.k_empty[0]);
+  const uint32_t v_full = smem + offset_of(&ss.v_full[0]);
+  const uint32_t v_empty = smem + offset_of(&ss.v_empty[0]);
+  const uint32_t key_list = smem + offset_of(&ss.keys[0][0]) + uint32_t(tid) * 4u;
+  const uint32_t key_flag = smem + offset_of(&ss.key_flags[0][0]) + uint32_t(warp) * 4u;
+  const uint32_t lane_dst = uint32_t(warp * 32 + step_row) * 128u;
+  const uint32_t dst_even = lane_dst + uint32_t(chunk ^ step_row) * 16u;
+  const uint32_t dst_odd = lane_dst + uint32_t(chunk ^ (step_row + 4)) * 16u;
+  const uint32_t k_ring = smem + offset_of(ss.k.data());
+  const uint32_t v_ring = smem + offset_of(ss.v.data());
+  // The lanes' source bases as per-thread registers (left uniform, the compiler would add the
+  // cache base to every copy's address in two more instructions).
+  auto lane_base = [&](const void* cache) {
+    uint64_t a = reinterpret_cast<uint64_t>(cache) + uint64_t(chunk * 16);
+    asm volatile("mov.b64 %0, %0;" : "+l"(a));
+    return reinterpret_cast<const char*>(a);
+  };
+  const char* k_src = lane_base(p.sparse.k_cache);
+  const char* v_src = lane_base(p.sparse.v_cache);
+  // Gathers the warp's 32 rows of one tile into the tile at `tile`: `row` is this lane's
+  // column's cache row (any valid row where there is none), bit l of `present` whether lane
+  // l's column has a key (zero fill otherwise). Per step: one shuffle, one address, the
+  // predicate from the lane's shifted mask, one copy per 128-byte line.
+  auto gather = [&](uint32_t tile, const char* lane_src, int row, unsigned present) {
+    const unsigned lane_rows = present >> step_row;  // bit 4k: the row of step k
 #pragma unroll
     for (int k = 0; k < kRowSteps; ++k) {
-      const int r = kRowsPerStep * k + step_row;  // the warp's row this lane copies in step k
-      const int src_row = __shfl_sync(0xffffffffu, row, r);
-      const bool ok = src_row >= 0;
-      const char* src = base + (ok ? int64_t(src_row) * kRowBytes : 0);
-      const uint32_t dst = tile + uint32_t(warp * 32 + r) * 128u + uint32_t(chunk ^ (r % 8)) * 16u;
+      const uint32_t src_row =
+          uint32_t(__shfl_sync(0xffffffffu, row, kRowsPerStep * k + step_row));
+      const char* src = lane_src + uint64_t(src_row) * uint64_t(kRowBytes);
+      const bool zero = ((lane_rows >> (kRowsPerStep * k)) & 1u) == 0u;
+      const uint32_t dst = tile + (k % 2 ? dst_odd : dst_even) + uint32_t(k * kRowsPerStep * 128);
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
-        internal::CpAsync16(dst + uint32_t(h * kPanelBytes), src + h * 128, ok ? 16 : 0);
+        internal::CpAsync16OrZero(dst + uint32_t(h * kPanelBytes), src + h * 128, zero);
       }
     }
   };
 
-  // Tile i: K(i) then V(i - 1). Each thread's copies complete asynchronously onto the stage's
-  // full barrier (cp.async.mbarrier.arrive.noinc: one of its 128 arrivals per phase), so the
-  // producer only ever waits for free stages, never for its own loads.
+  // Tile i: K(i) then V(i - 1), tile i in stage i % S of round i / S (counted, not divided).
+  // Each thread's copies complete asynchronously onto the stage's full barrier
+  // (cp.async.mbarrier.arrive.noinc: one of its 128 arrivals per phase), so the producer only
+  // ever waits for free stages, never for its own loads.
   Local ahead = local_of(0);
   Lookup next = lookup(ahead);
   if (T > 1) ahead = local_of(1);
-  int prev_row = -1;  // cache row of tile i - 1, whose V is gathered in iteration i
+  int prev_row = 0;            // cache row of tile i - 1, whose V is gathered in iteration i
+  unsigned prev_present = 0u;  // and which of its columns have a key
+  int stage = 0, pstage = 0;   // stages of tiles i and i - 1
+  uint32_t parity = 0, pparity = 0;  // their rounds' parities
   for (int i = 0; i <= T; ++i) {
-    int cur_row = -1;
+    int cur_row = 0;
+    unsigned cur_present = 0u;
     if (i < T) {
-      const int stage = i % S;
-      if (i >= S) ClusterBarrier::wait(&ss.k_empty[stage], ((i / S) & 1) ^ 1);
+      if (i >= S) internal::MbarrierWait(k_empty + uint32_t(stage) * 8u, parity ^ 1u);
       int cur_key;
-      cur_row = row_of(next, &cur_key);
-      ss.keys[stage][warp * 32 + lane] = cur_key;
-      const unsigned any = __ballot_sync(0xffffffffu, cur_row < 0 || cur_key > first_limit);
-      if (lane == 0) ss.key_flags[stage][warp] = any != 0u;
-      gather(k_smem + uint32_t(stage * Cfg::kTileBytes), p.sparse.k_cache, cur_row);
-      internal::CpAsyncArriveNoinc(&ss.k_full[stage]);
+      const int row = row_of(next, &cur_key);
+      asm volatile("st.shared.b32 [%0], %1;" ::"r"(key_list + uint32_t(stage * kN) * 4u),
+                   "r"(cur_key)
+                   : "memory");
+      // A column without a key has position INT_MAX, above first_limit: masked.
+      const unsigned masked = __ballot_sync(0xffffffffu, cur_key > first_limit);
+      cur_present = __ballot_sync(0xffffffffu, row >= 0);
+      cur_row = row >= 0 ? row : 0;
+      if (lane == 0) {
+        asm volatile("st.shared.b32 [%0], %1;" ::"r"(key_flag + uint32_t(stage) * 16u),
+                     "r"(int(masked != 0u))
+                     : "memory");
+      }
+      gather(k_ring + uint32_t(stage * Cfg::kTileBytes), k_src, cur_row, cur_present);
+      internal::CpAsyncArriveNoinc(k_full + uint32_t(stage) * 8u);
       if (i + 1 < T) next = lookup(ahead);
       if (i + 2 < T) ahead = local_of(i + 2);
     }
     if (i >= 1) {
-      const int pi = i - 1;
-      const int pstage = pi % S;
-      if (pi >= S) ClusterBarrier::wait(&ss.v_empty[pstage], ((pi / S) & 1) ^ 1);
-      gather(v_smem + uint32_t(pstage * Cfg::kTileBytes), p.sparse.v_cache, prev_row);
-      internal::CpAsyncArriveNoinc(&ss.v_full[pstage]);
+      if (i - 1 >= S) internal::MbarrierWait(v_empty + uint32_t(pstage) * 8u, pparity ^ 1u);
+      gather(v_ring + uint32_t(pstage * Cfg::kTileBytes), v_src, prev_row, prev_present);
+      internal::CpAsyncArriveNoinc(v_full + uint32_t(pstage) * 8u);
+      if (++pstage == S) {
+        pstage = 0;
+        pparity ^= 1u;
+      }
     }
-    if (i < T) prev_row = cur_row;
+    if (i < T) {
+      prev_row = cur_row;
+      prev_present = cur_present;
+      if (++stage == S) {
+        stage = 0;
+        parity ^= 1u;
+      }
+    }
   }
   internal::CpAsyncWait<0>();
 }
