@@ -973,10 +973,9 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
     int part = 0;
   };
   using Visit = std::conditional_t<Cfg::kSparse, SparseVisit, KeyVisit>;
-  // Sparse: masks the columns of stage `stage` that hold no key or a key after the row's
-  // position (the producer flags the tiles that need it).
-  // The flags are read as soon as the stage is full (sparse_flags, into tile_masked), so that
-  // the shared load completes under the S GEMM.
+  // Sparse: whether the tile in a stage needs a mask (the producer's per-warp flags), read as
+  // soon as the stage is full (sparse_flags, into tile_masked) so that the shared load
+  // completes under the S GEMM.
   [[maybe_unused]] bool tile_masked = true;
   auto sparse_flags = [&](int stage) {
     if constexpr (Cfg::kSparse) {
@@ -988,6 +987,8 @@ __device__ void Consumer(const PrefillParams& p, typename Cfg::SharedStorage& ss
       tile_masked = (f.x | f.y | f.z | f.w) != 0;
     }
   };
+  // Sparse: masks the columns of stage `stage` that hold no key or a key after the row's
+  // position, in the flagged tiles.
   auto sparse_mask = [&](int stage) {
     if constexpr (Cfg::kSparse) {
       if (!tile_masked) return;
