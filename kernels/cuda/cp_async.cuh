@@ -1,6 +1,6 @@
-// cp.async (16-byte global -> shared copies with zero fill) and its mbarrier arrive, an mbarrier
-// wait, warp-level mma.sync and ldmatrix helpers shared by the vertical-slash kernels. Device code;
-// include from .cu files only.
+// cp.async (16-byte global -> shared copies with zero fill) and its mbarrier arrive, warp-level
+// mma.sync and ldmatrix helpers shared by the vertical-slash kernels. Device code; include from
+// .cu files only.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -17,15 +17,9 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes)
                : "memory");
 }
-// The same with a shared-memory address (cvta done once by the caller) and the byte count
-// (16, or 0 for zero fill).
-__device__ __forceinline__ void CpAsync16(uint32_t smem, const void* gmem, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(bytes)
-               : "memory");
-}
-// The same with the zero fill chosen by a predicate (cp.async's ignore-src operand): 16 zero
-// bytes when `zero`; gmem must still be a valid address.
+// The same with a shared-memory address (cvta done once by the caller) and the zero fill chosen
+// by a predicate (cp.async's ignore-src operand): 16 zero bytes when `zero`; gmem must still be
+// a valid address.
 __device__ __forceinline__ void CpAsync16OrZero(uint32_t smem, const void* gmem, bool zero) {
   asm volatile(
       "{\n\t.reg .pred z;\n\tsetp.ne.b32 z, %2, 0;\n\t"
@@ -42,27 +36,10 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Arrives on the mbarrier at `bar` (shared memory) once every cp.async the calling thread issued
+// Arrives on the mbarrier at shared address `bar` once every cp.async the calling thread issued
 // so far has completed; counts as one of the barrier's expected arrivals (.noinc).
-__device__ __forceinline__ void CpAsyncArriveNoinc(uint64_t* bar) {
-  const uint32_t b = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(b) : "memory");
-}
-
-// The same with the barrier's shared-memory address.
 __device__ __forceinline__ void CpAsyncArriveNoinc(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-
-// Waits until the mbarrier at shared address `bar` has completed the phase of the given parity.
-__device__ __forceinline__ void MbarrierWait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n\t"
-      "WAIT_%=:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
-      "@!p bra WAIT_%=;\n\t}" ::"r"(bar),
-      "r"(parity)
-      : "memory");
 }
 
 // Makes the calling thread's generic-proxy shared-memory writes (st.shared, completed cp.async)

@@ -34,6 +34,7 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/decode_attention_plan.h"
 #include "kernels/cuda/fast_exp2.cuh"
+#include "kernels/cuda/mbarrier.cuh"
 #include "kernels/cuda/rope_sincos.cuh"
 #include "kernels/cuda/tma_tensor_map.h"
 
@@ -114,14 +115,7 @@ __device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
 }
 
 __device__ __forceinline__ void MbarWait(const uint64_t* bar, uint32_t parity) {
-  const uint32_t addr = cute::cast_smem_ptr_to_uint(bar);
-  asm volatile(
-      "{\n\t.reg .pred p;\n\t"
-      "WAIT_%=:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
-      "@!p bra WAIT_%=;\n\t}"
-      ::"r"(addr), "r"(parity)
-      : "memory");
+  internal::MbarrierWait(cute::cast_smem_ptr_to_uint(bar), parity);
 }
 
 __device__ __forceinline__ void MbarArrive(const uint64_t* bar) {

@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cp_async.cuh"
+#include "kernels/cuda/mbarrier.cuh"
 #include "kernels/cuda/paged_prefill_attention_sm90.cuh"
 #include "kernels/cuda/vertical_slash_attention.h"
 #include "kernels/cuda/vertical_slash_parts.h"
