@@ -11,6 +11,8 @@
 #include <string>
 #include <type_traits>
 
+#include "cute/arch/mma_sm90_desc.hpp"
+#include "cute/arch/mma_sm90_gmma.hpp"
 #include "kernels/cpu/vertical_slash_select.h"  // kVerticalSlashSinks, kVerticalSlashLocalBand
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/dca_positions.h"
@@ -113,14 +115,23 @@ struct ScoreParams {
   float* slash;           // [heads, e]
 };
 
+// Shared memory of the score passes. Pass 1: two key tiles in the 128-byte-swizzled K-major
+// layout that wgmma reads (dims 64 p .. 64 p + 63 of key row r in panel p at r * 128 bytes,
+// 16-byte chunk c at position c ^ (r % 8)), from a base rounded up to the 1024-byte swizzle atom
+// (kAlign more bytes asked for). Pass 2 (mma.sync, whose extra registers for wgmma would cost it
+// a CTA per SM): two padded key tiles, the probabilities and the diagonal carries.
 template <int HD>
 struct ScoreSmem {
+  static constexpr int kSwizzledTileBytes = kTile * HD * 2;
+  static constexpr int kAlign = 1024;
+  static constexpr int kBytes1 = 2 * kSwizzledTileBytes + kAlign;
   static constexpr int kKStride = HD + 8;  // bf16 per key row (16-byte rows, no ldmatrix conflicts)
   static constexpr int kPStride = 72;      // floats per probability row
   static constexpr int kKBytes = 2 * kTile * kKStride * 2;
   static constexpr int kPBytes = kTile * kPStride * 4;
   static constexpr int kCarryBytes = 2 * kTile * 4;
   static constexpr int kBytes = kKBytes + kPBytes + kCarryBytes;
+  static_assert(HD % 64 == 0, "whole 128-byte panels");
 };
 
 __device__ __forceinline__ int QueryCopyOfKey(const ScoreParams& p, int key) {
@@ -135,11 +146,12 @@ __device__ __forceinline__ void RangeTiles(const ScoreParams& p, int range, int*
   *t1 = min(*t0 + kRangeTiles, p.ranges.tile_end[g]);
 }
 
-// Key rows of tile `tile` of kv head kvh into dst [64][kKStride] (zeros past e or for block ids
-// outside the pool).
-template <int HD>
+// Key rows of tile `tile` of kv head kvh into shared memory: copy(row, chunk, src, valid) copies
+// 16-byte chunk `chunk` of key row `row` from src, or zeros (past e or for block ids outside the
+// pool).
+template <int HD, class Copy>
 __device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int tile,
-                                            __nv_bfloat16* dst) {
+                                            const Copy& copy) {
   constexpr int kChunks = HD / 8;
   if (p.block_size % kTile == 0) {
     // The tile lies in one cache block: one block-table lookup per tile, not per copy.
@@ -153,8 +165,7 @@ __device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int t
     for (int c = threadIdx.x; c < kTile * kChunks; c += kScoreThreads) {
       const int row = c / kChunks, ch = c % kChunks;
       const bool valid = page_ok && key0 + row < p.e;
-      CpAsync16(dst + row * ScoreSmem<HD>::kKStride + ch * 8,
-                valid ? rows + row * HD + ch * 8 : p.k, valid);
+      copy(row, ch, valid ? rows + row * HD + ch * 8 : p.k, valid);
     }
     return;
   }
@@ -171,8 +182,34 @@ __device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int t
               ch * 8;
       }
     }
-    CpAsync16(dst + row * ScoreSmem<HD>::kKStride + ch * 8, src, valid);
+    copy(row, ch, src, valid);
   }
+}
+
+// Pass 2's copy: tile `dst` [64][kKStride].
+template <int HD>
+__device__ __forceinline__ auto PaddedTileCopy(__nv_bfloat16* dst) {
+  return [dst](int row, int ch, const __nv_bfloat16* src, bool valid) {
+    CpAsync16(dst + row * ScoreSmem<HD>::kKStride + ch * 8, src, valid);
+  };
+}
+// Pass 1's copy: the swizzled tile at shared address `dst` (panel ch / 8, chunk ch % 8 swizzled
+// by row % 8).
+__device__ __forceinline__ auto SwizzledTileCopy(uint32_t dst) {
+  return [dst](int row, int ch, const __nv_bfloat16* src, bool valid) {
+    const uint32_t at =
+        dst + uint32_t((ch / 8) * kTile * 128 + row * 128 + (((ch % 8) ^ (row % 8)) * 16));
+    internal::CpAsync16OrZero(at, src, !valid);
+  };
+}
+
+// Waits for this thread's copies up to the newest N groups, makes them visible to wgmma (the
+// async proxy) and synchronizes the CTA.
+template <int N>
+__device__ __forceinline__ void KeyTileReady() {
+  CpAsyncWait<N>();
+  internal::FenceProxyAsyncShared();
+  __syncthreads();
 }
 
 // The A fragments (m16n8k16, row-major) of this warp's 16 query rows of copy `copy`, head h.
@@ -220,6 +257,48 @@ __device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4],
   }
 }
 
+// TileScores with one wgmma m64n64k16 per 16 dims for the CTA's warpgroup: Q from the registers
+// (the m16n8k16 A fragments are the wgmma A operand's registers), K from the swizzled tile at
+// shared address `sk`; the accumulator layout is the same.
+template <int HD>
+__device__ __forceinline__ void TileScoresWgmma(const uint32_t (&qa)[HD / 16][4], uint32_t sk,
+                                                float (&acc)[8][4]) {
+  using Mma = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<cute::SM90::GMMA::Major::K,
+                                                           cute::SM90::GMMA::Major::K>;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(acc[nt][j])::"memory");
+  }
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) {
+    // K-major, 128-byte swizzle: 8-row groups 1024 bytes apart; k step ks is 32 bytes into
+    // panel ks / 4.
+    cute::GmmaDescriptor desc;
+    desc.bitfield.start_address_ =
+        uint16_t((sk + uint32_t((ks / 4) * kTile * 128 + (ks % 4) * 32)) >> 4);
+    desc.bitfield.leading_byte_offset_ = 1;
+    desc.bitfield.stride_byte_offset_ = 1024 >> 4;
+    desc.bitfield.base_offset_ = 0;
+    desc.bitfield.layout_type_ = uint8_t(cute::SM90::GMMA::LayoutType::B128);
+    Mma::fma(qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], desc.desc_, acc[0][0], acc[0][1],
+             acc[0][2], acc[0][3], acc[1][0], acc[1][1], acc[1][2], acc[1][3], acc[2][0],
+             acc[2][1], acc[2][2], acc[2][3], acc[3][0], acc[3][1], acc[3][2], acc[3][3],
+             acc[4][0], acc[4][1], acc[4][2], acc[4][3], acc[5][0], acc[5][1], acc[5][2],
+             acc[5][3], acc[6][0], acc[6][1], acc[6][2], acc[6][3], acc[7][0], acc[7][1],
+             acc[7][2], acc[7][3],
+             ks == 0 ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One);
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(acc[nt][j])::"memory");
+  }
+}
+
 // Whether key column `col` of tile `tile` is visible to query row `row` (before e, and causal:
 // key <= e - n + row).
 __device__ __forceinline__ bool KeyVisible(const ScoreParams& p, int tile, int row, int col) {
@@ -238,9 +317,11 @@ using MaskTag = std::integral_constant<bool, kMasked>;
 template <int HD>
 __global__ void __launch_bounds__(kScoreThreads)
     ScoresPass1(const __grid_constant__ ScoreParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  auto* sk = reinterpret_cast<__nv_bfloat16*>(smem);
-  constexpr int kBuf = kTile * ScoreSmem<HD>::kKStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t sk =
+      (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + ScoreSmem<HD>::kAlign - 1) &
+      ~uint32_t(ScoreSmem<HD>::kAlign - 1);
+  constexpr uint32_t kBuf = ScoreSmem<HD>::kSwizzledTileBytes;
   const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
   const int kvh = h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -250,20 +331,19 @@ __global__ void __launch_bounds__(kScoreThreads)
   LoadQueryFragments<HD>(p, QueryCopyOfKey(p, t0 * kTile), h, warp, lane, qa);
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  LoadKeyTile<HD>(p, kvh, t0, sk);
+  LoadKeyTile<HD>(p, kvh, t0, SwizzledTileCopy(sk));
   CpAsyncCommit();
   for (int t = t0; t < t1; ++t) {
     const int buf = (t - t0) & 1;
     if (t + 1 < t1) {
-      LoadKeyTile<HD>(p, kvh, t + 1, sk + (buf ^ 1) * kBuf);
+      LoadKeyTile<HD>(p, kvh, t + 1, SwizzledTileCopy(sk + (buf ^ 1) * kBuf));
       CpAsyncCommit();
-      CpAsyncWait<1>();
+      KeyTileReady<1>();
     } else {
-      CpAsyncWait<0>();
+      KeyTileReady<0>();
     }
-    __syncthreads();
     float acc[8][4];
-    TileScores<HD>(qa, sk + buf * kBuf, lane, acc);
+    TileScoresWgmma<HD>(qa, sk + buf * kBuf, acc);
     // Online max and sum of exp2 of this thread's two rows, masked on the last tiles only.
     auto update = [&](auto masked) {
 #pragma unroll
@@ -372,12 +452,12 @@ __global__ void __launch_bounds__(kScoreThreads)
   int copy = -1;
   uint32_t qa[HD / 16][4];
   int cb = 0;  // carry[cb] holds the carry into the current tile
-  LoadKeyTile<HD>(p, kvh, first, sk);
+  LoadKeyTile<HD>(p, kvh, first, PaddedTileCopy<HD>(sk));
   CpAsyncCommit();
   for (int t = first; t < t1; ++t) {
     const int buf = (t - first) & 1;
     if (t + 1 < t1) {
-      LoadKeyTile<HD>(p, kvh, t + 1, sk + (buf ^ 1) * kBuf);
+      LoadKeyTile<HD>(p, kvh, t + 1, PaddedTileCopy<HD>(sk + (buf ^ 1) * kBuf));
       CpAsyncCommit();
       CpAsyncWait<1>();
     } else {
@@ -505,10 +585,39 @@ struct SelectParams {
 // slice its share of the ties (lowest indices first across the whole score row), a counting pass
 // gives each slice its per-part offsets, and each slice writes its part of the lists in order.
 // The result is the single-CTA selection's, bit for bit.
+//
+// Only the first radix pass needs every key: a key whose top bits lie below the bin it finds
+// can be neither selected nor counted by a later pass. A second read of the slice copies the
+// others (its candidates, about the k keys above the k-th and the rest of its bin) in index
+// order into shared memory, and the later passes, the counting and the compaction read that
+// list. A slice with more than kSelCandidates candidates reads its scores again instead, pass
+// after pass (the same result; its cluster then takes the time of a full read per pass).
 constexpr int kSelCluster = 8;
 constexpr int kSelChunk = kSelThreads * kSelItems;
+constexpr int kSelCandidates = 3584;
 
-__global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThreads)
+// A slice's keys in index order, at positions [begin, end): the scores themselves, or the
+// candidate list in shared memory. At(q) gives the key at position q and its score index.
+struct GlobalSliceKeys {
+  const float* scores;
+  int f_lo, f_hi;  // forced keys: [f_lo, f_hi)
+  int begin, end;
+  __device__ __forceinline__ void At(int q, uint32_t& key, int& j) const {
+    j = q;
+    key = (q >= f_lo && q < f_hi) ? kForcedKey : OrderedKey(__ldg(scores + q));
+  }
+};
+struct SharedSliceKeys {
+  const uint32_t* key;
+  const int* index;
+  int begin, end;
+  __device__ __forceinline__ void At(int q, uint32_t& k, int& j) const {
+    k = key[q];
+    j = index[q];
+  }
+};
+
+__global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThreads, 4)
     SelectKernel(const __grid_constant__ SelectParams p) {
   namespace cg = cooperative_groups;
   using IntScan = cub::BlockScan<int, kSelThreads>;
@@ -520,6 +629,8 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
   __shared__ unsigned hist[2][2048];  // one per radix pass, alternating (read by the cluster)
   __shared__ int found_bin, found_above;
   __shared__ int slice_parts[3];  // selected keys of this slice per part (read by the cluster)
+  __shared__ uint32_t cand_key[kSelCandidates];
+  __shared__ int cand_index[kSelCandidates];
 
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = int(cluster.block_rank());
@@ -528,47 +639,51 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
   const int tid = threadIdx.x, lane = tid % 32;
   const SelectPiece& piece = p.piece[blockIdx.z];
   const int e = piece.e;
-  const float* scores = piece.scores[kind] + int64_t(h) * e;
-  const int f_lo = kind == 0 ? 0 : max(0, e - int(cpu::kVerticalSlashLocalBand));
-  const int f_hi = kind == 0 ? min(e, int(cpu::kVerticalSlashSinks)) : e;
-  auto key_of = [&](int j) -> uint32_t {
-    return (j >= f_lo && j < f_hi) ? kForcedKey : OrderedKey(scores[j]);
-  };
   const int k = min(p.k[h][kind], e);
   // This CTA's slice [lo, hi) of the scores.
   const int chunks = (e + kSelChunk - 1) / kSelChunk;
   const int per_rank = (chunks + kSelCluster - 1) / kSelCluster;
-  const int lo = min(e, rank * per_rank * kSelChunk);
-  const int hi = min(e, (rank + 1) * per_rank * kSelChunk);
+  const GlobalSliceKeys slice{piece.scores[kind] + int64_t(h) * e,
+                              kind == 0 ? 0 : max(0, e - int(cpu::kVerticalSlashLocalBand)),
+                              kind == 0 ? min(e, int(cpu::kVerticalSlashSinks)) : e,
+                              min(e, rank * per_rank * kSelChunk),
+                              min(e, (rank + 1) * per_rank * kSelChunk)};
 
-  // Radix select over the whole row: the k-th largest key, 11 + 11 + 10 bits.
+  // Radix select over the whole row: the k-th largest key, 11 + 11 + 10 bits. Pass `pass` over
+  // the keys of `src` that match the bits found so far.
   uint32_t prefix = 0, mask = 0;
   int remaining = k;
   constexpr int kShift[3] = {21, 10, 0};
   constexpr int kBits[3] = {11, 11, 10};
-  int last_buf = 0;
-  for (int pass = 0; pass < 3 && k > 0; ++pass) {
+  auto radix_pass = [&](int pass, const auto& src) {
     const int buf = pass & 1;
-    last_buf = buf;
     const int nbins = 1 << kBits[pass];
     const uint32_t bin_mask = uint32_t(nbins - 1);
     for (int b = tid; b < 2048; b += kSelThreads) hist[buf][b] = 0;
     __syncthreads();
     // kSelItems independent loads per thread in flight, then the (warp-aggregated) counts.
-    for (int j0 = lo; j0 < hi; j0 += kSelChunk) {
+    for (int q0 = src.begin; q0 < src.end; q0 += kSelChunk) {
       uint32_t keys[kSelItems];
 #pragma unroll
       for (int i = 0; i < kSelItems; ++i) {
-        const int j = j0 + i * kSelThreads + tid;
-        keys[i] = j < hi ? key_of(j) : 0u;
+        const int q = q0 + i * kSelThreads + tid;
+        int j;
+        keys[i] = 0u;
+        if (q < src.end) src.At(q, keys[i], j);
       }
 #pragma unroll
       for (int i = 0; i < kSelItems; ++i) {
-        const int j = j0 + i * kSelThreads + tid;
+        const int q = q0 + i * kSelThreads + tid;
         int bin = -1;
-        if (j < hi && (keys[i] & mask) == prefix) bin = int((keys[i] >> kShift[pass]) & bin_mask);
+        if (q < src.end && (keys[i] & mask) == prefix) {
+          bin = int((keys[i] >> kShift[pass]) & bin_mask);
+        }
+        // After the first pass most keys of a warp miss the prefix: no match then.
+        if (pass > 0 && !__any_sync(0xffffffffu, bin >= 0)) continue;
         const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[buf][bin], unsigned(__popc(peers)));
+        if (bin >= 0 && lane == __ffs(peers) - 1) {
+          atomicAdd(&hist[buf][bin], unsigned(__popc(peers)));
+        }
       }
     }
     // Every slice's histogram is complete (and the buffer of two passes ago no longer read).
@@ -580,7 +695,9 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
     for (int q = 0; q < per; ++q) {
       const int bin = nbins - 1 - per * tid - q;
       int c = 0;
-      for (int r = 0; r < kSelCluster; ++r) c += int(cluster.map_shared_rank(&hist[buf][0], r)[bin]);
+      for (int r = 0; r < kSelCluster; ++r) {
+        c += int(cluster.map_shared_rank(&hist[buf][0], r)[bin]);
+      }
       counts[q] = c;
       local += c;
     }
@@ -601,130 +718,200 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
     mask |= bin_mask << kShift[pass];
     remaining -= found_above;
     __syncthreads();
-  }
-  const uint32_t tau = prefix;
-  // Keys == tau taken, lowest indices first over the row: after the last pass the keys of a
-  // slice in the found bin are exactly its keys equal to tau.
-  int take_eq = 0;
-  if (k > 0) {
-    int eq_before = 0;
-    for (int r = 0; r < rank; ++r) {
-      eq_before += int(cluster.map_shared_rank(&hist[last_buf][0], r)[found_bin]);
-    }
-    const int eq_here = int(hist[last_buf][found_bin]);
-    take_eq = min(max(remaining - eq_before, 0), eq_here);
-  }
+  };
 
-  const SelectPart(&parts)[3] = piece.parts[kind];
-  // Whether the keys of one chunk of the slice are selected, with the chunk's eq ranks.
-  auto select_chunk = [&](int base, bool (&sel)[kSelItems], int& eq_seen) {
-    uint32_t keys[kSelItems];
-    int eq_local = 0;
+  // The candidates of the slice (keys >= prefix after the first pass) into the shared list, in
+  // index order; returns their number (those past kSelCandidates are not stored).
+  auto gather_candidates = [&]() {
+    int n = 0;
+    for (int base = slice.begin; base < slice.end; base += kSelChunk) {
+      uint32_t keys[kSelItems];
+      int mine = 0;
 #pragma unroll
-    for (int i = 0; i < kSelItems; ++i) {
-      const int j = base + tid * kSelItems + i;
-      keys[i] = j < hi ? key_of(j) : 0u;
-      eq_local += (j < hi && keys[i] == tau) ? 1 : 0;
-    }
-    int eq_before = 0, eq_total = 0;
-    IntScan(scan_storage.ints).ExclusiveSum(eq_local, eq_before, eq_total);
-    __syncthreads();
-    int eq_rank = eq_seen + eq_before;
+      for (int i = 0; i < kSelItems; ++i) {
+        const int q = base + tid * kSelItems + i;
+        int j;
+        keys[i] = 0u;
+        if (q < slice.end) slice.At(q, keys[i], j);
+        mine += (q < slice.end && keys[i] >= prefix) ? 1 : 0;
+      }
+      int before = 0, total = 0;
+      IntScan(scan_storage.ints).ExclusiveSum(mine, before, total);
+      __syncthreads();
+      int pos = n + before;
 #pragma unroll
-    for (int i = 0; i < kSelItems; ++i) {
-      const int j = base + tid * kSelItems + i;
-      sel[i] = false;
-      if (j < hi) {
-        if (keys[i] > tau) {
-          sel[i] = true;
-        } else if (keys[i] == tau) {
-          sel[i] = eq_rank < take_eq;
-          ++eq_rank;
+      for (int i = 0; i < kSelItems; ++i) {
+        const int q = base + tid * kSelItems + i;
+        if (q < slice.end && keys[i] >= prefix) {
+          if (pos < kSelCandidates) {
+            cand_key[pos] = keys[i];
+            cand_index[pos] = q;
+          }
+          ++pos;
         }
       }
+      n += total;
     }
-    eq_seen += eq_total;
-  };
-  auto part_counts = [&](int base, const bool (&sel)[kSelItems]) {
-    Counts3 c{{0, 0, 0}};
-#pragma unroll
-    for (int i = 0; i < kSelItems; ++i) {
-      if (!sel[i]) continue;
-      const int j = base + tid * kSelItems + i;
-#pragma unroll
-      for (int q = 0; q < 3; ++q) {
-        const SelectPart& pt = parts[q];
-        if (pt.present && j >= pt.key_begin && j < pt.key_end) ++c.v[q];
-      }
-    }
-    return c;
+    __syncthreads();
+    return n;
   };
 
-  // Counting pass: this slice's selected keys per part, then its offsets in the lists.
+  const SelectPart(&parts)[3] = piece.parts[kind];
   int part_off[3] = {0, 0, 0};
   int part_total[3] = {0, 0, 0};
-  if (k > 0) {
-    int eq_seen = 0;
-    Counts3 mine{{0, 0, 0}};
-    for (int base = lo; base < hi; base += kSelChunk) {
-      bool sel[kSelItems];
-      select_chunk(base, sel, eq_seen);
-      const Counts3 local = part_counts(base, sel);
-      for (int q = 0; q < 3; ++q) mine.v[q] += local.v[q];
-    }
-    Counts3 total{{0, 0, 0}}, ignored{{0, 0, 0}};
-    CountScan(scan_storage.counts)
-        .ExclusiveScan(mine, ignored, Counts3{{0, 0, 0}}, AddCounts3(), total);
-    if (tid == 0) {
-      for (int q = 0; q < 3; ++q) slice_parts[q] = total.v[q];
-    }
-  }
-  cluster.sync();
-  if (k > 0) {
-    for (int r = 0; r < kSelCluster; ++r) {
-      const int* other = cluster.map_shared_rank(&slice_parts[0], r);
-      for (int q = 0; q < 3; ++q) {
-        if (r < rank) part_off[q] += other[q];
-        part_total[q] += other[q];
-      }
-    }
-  }
 
-  // Ordered compaction of this slice into the parts.
-  if (k > 0) {
-    int eq_seen = 0;
-    for (int base = lo; base < hi; base += kSelChunk) {
-      bool sel[kSelItems];
-      select_chunk(base, sel, eq_seen);
-      const Counts3 local = part_counts(base, sel);
-      Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
-      CountScan(scan_storage.counts)
-          .ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(), total);
+  // The passes after the first, the ties, the counting and the compaction over `src`.
+  auto finish = [&](const auto& src) {
+    for (int pass = 1; pass < 3 && k > 0; ++pass) radix_pass(pass, src);
+    const uint32_t tau = prefix;
+    constexpr int kLastBuf = 0;  // pass 2's buffer
+    // Keys == tau taken, lowest indices first over the row: after the last pass the keys of a
+    // slice in the found bin are exactly its keys equal to tau. Only when the slice takes some
+    // but not all of them do their ranks matter (`ranked`).
+    int take_eq = 0;
+    bool ranked = false;
+    if (k > 0) {
+      int eq_before = 0;
+      for (int r = 0; r < rank; ++r) {
+        eq_before += int(cluster.map_shared_rank(&hist[kLastBuf][0], r)[found_bin]);
+      }
+      const int eq_here = int(hist[kLastBuf][found_bin]);
+      take_eq = min(max(remaining - eq_before, 0), eq_here);
+      ranked = take_eq > 0 && take_eq < eq_here;
+    }
+
+    // Whether the keys of one chunk of the slice are selected (and their score indices), with
+    // the chunk's eq ranks.
+    auto select_chunk = [&](int base, bool(&sel)[kSelItems], int(&idx)[kSelItems],
+                            int& eq_seen) {
+      uint32_t keys[kSelItems];
+      int eq_local = 0;
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        const int q = base + tid * kSelItems + i;
+        keys[i] = 0u;
+        idx[i] = 0;
+        if (q < src.end) src.At(q, keys[i], idx[i]);
+        eq_local += (q < src.end && keys[i] == tau) ? 1 : 0;
+      }
+      if (!ranked) {
+#pragma unroll
+        for (int i = 0; i < kSelItems; ++i) {
+          const int q = base + tid * kSelItems + i;
+          sel[i] = q < src.end && (keys[i] > tau || (take_eq > 0 && keys[i] == tau));
+        }
+        return;
+      }
+      int eq_before = 0, eq_total = 0;
+      IntScan(scan_storage.ints).ExclusiveSum(eq_local, eq_before, eq_total);
       __syncthreads();
+      int eq_rank = eq_seen + eq_before;
+#pragma unroll
+      for (int i = 0; i < kSelItems; ++i) {
+        const int q = base + tid * kSelItems + i;
+        sel[i] = false;
+        if (q < src.end) {
+          if (keys[i] > tau) {
+            sel[i] = true;
+          } else if (keys[i] == tau) {
+            sel[i] = eq_rank < take_eq;
+            ++eq_rank;
+          }
+        }
+      }
+      eq_seen += eq_total;
+    };
+    auto part_counts = [&](const bool(&sel)[kSelItems], const int(&idx)[kSelItems]) {
+      Counts3 c{{0, 0, 0}};
 #pragma unroll
       for (int i = 0; i < kSelItems; ++i) {
         if (!sel[i]) continue;
-        const int j = base + tid * kSelItems + i;
 #pragma unroll
         for (int q = 0; q < 3; ++q) {
           const SelectPart& pt = parts[q];
-          if (!pt.present || j < pt.key_begin || j >= pt.key_end) continue;
-          const int pos = part_off[q] + before.v[q]++;
-          if (pos >= pt.capacity) continue;
-          int value;
-          if (kind == 0) {
-            value = j - pt.key_begin;
-          } else if (pt.causal) {
-            value = (e - 1) - j;
-          } else {
-            value = pt.last - j;
-          }
-          pt.list[int64_t(h) * pt.capacity + pos] = value;
+          if (pt.present && idx[i] >= pt.key_begin && idx[i] < pt.key_end) ++c.v[q];
         }
       }
-#pragma unroll
-      for (int q = 0; q < 3; ++q) part_off[q] += total.v[q];
+      return c;
+    };
+
+    // Counting pass: this slice's selected keys per part, then its offsets in the lists.
+    if (k > 0) {
+      int eq_seen = 0;
+      Counts3 mine{{0, 0, 0}};
+      for (int base = src.begin; base < src.end; base += kSelChunk) {
+        bool sel[kSelItems];
+        int idx[kSelItems];
+        select_chunk(base, sel, idx, eq_seen);
+        const Counts3 local = part_counts(sel, idx);
+        for (int q = 0; q < 3; ++q) mine.v[q] += local.v[q];
+      }
+      Counts3 total{{0, 0, 0}}, ignored{{0, 0, 0}};
+      CountScan(scan_storage.counts)
+          .ExclusiveScan(mine, ignored, Counts3{{0, 0, 0}}, AddCounts3(), total);
+      if (tid == 0) {
+        for (int q = 0; q < 3; ++q) slice_parts[q] = total.v[q];
+      }
     }
+    cluster.sync();
+    if (k > 0) {
+      for (int r = 0; r < kSelCluster; ++r) {
+        const int* other = cluster.map_shared_rank(&slice_parts[0], r);
+        for (int q = 0; q < 3; ++q) {
+          if (r < rank) part_off[q] += other[q];
+          part_total[q] += other[q];
+        }
+      }
+    }
+
+    // Ordered compaction of this slice into the parts.
+    if (k > 0) {
+      int eq_seen = 0;
+      for (int base = src.begin; base < src.end; base += kSelChunk) {
+        bool sel[kSelItems];
+        int idx[kSelItems];
+        select_chunk(base, sel, idx, eq_seen);
+        const Counts3 local = part_counts(sel, idx);
+        Counts3 before{{0, 0, 0}}, total{{0, 0, 0}};
+        CountScan(scan_storage.counts)
+            .ExclusiveScan(local, before, Counts3{{0, 0, 0}}, AddCounts3(), total);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < kSelItems; ++i) {
+          if (!sel[i]) continue;
+          const int j = idx[i];
+#pragma unroll
+          for (int q = 0; q < 3; ++q) {
+            const SelectPart& pt = parts[q];
+            if (!pt.present || j < pt.key_begin || j >= pt.key_end) continue;
+            const int pos = part_off[q] + before.v[q]++;
+            if (pos >= pt.capacity) continue;
+            int value;
+            if (kind == 0) {
+              value = j - pt.key_begin;
+            } else if (pt.causal) {
+              value = (e - 1) - j;
+            } else {
+              value = pt.last - j;
+            }
+            pt.list[int64_t(h) * pt.capacity + pos] = value;
+          }
+        }
+#pragma unroll
+        for (int q = 0; q < 3; ++q) part_off[q] += total.v[q];
+      }
+    }
+  };
+
+  int candidates = kSelCandidates + 1;
+  if (k > 0) {
+    radix_pass(0, slice);
+    candidates = gather_candidates();
+  }
+  if (candidates <= kSelCandidates) {
+    finish(SharedSliceKeys{cand_key, cand_index, 0, candidates});
+  } else {
+    finish(slice);
   }
 
   // Counts, the fallback for empty lists, padding: the cluster's first CTA.
@@ -828,7 +1015,7 @@ namespace {
 
 template <int HD>
 cudaError_t LaunchScores(const ScoreParams& base, int num_ranges, cudaStream_t stream) {
-  constexpr int kSmem1 = ScoreSmem<HD>::kKBytes;
+  constexpr int kSmem1 = ScoreSmem<HD>::kBytes1;
   constexpr int kSmem2 = ScoreSmem<HD>::kBytes;
   cudaError_t e =
       cudaFuncSetAttribute(ScoresPass1<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem1);
