@@ -24,7 +24,6 @@
 namespace mp::cuda {
 namespace {
 
-using internal::CpAsync16;
 using internal::CpAsyncCommit;
 using internal::CpAsyncWait;
 using internal::Exp2;
@@ -115,24 +114,28 @@ struct ScoreParams {
   float* slash;           // [heads, e]
 };
 
-// Shared memory of the score passes. Pass 1: two key tiles in the 128-byte-swizzled K-major
-// layout that wgmma reads (dims 64 p .. 64 p + 63 of key row r in panel p at r * 128 bytes,
-// 16-byte chunk c at position c ^ (r % 8)), from a base rounded up to the 1024-byte swizzle atom
-// (kAlign more bytes asked for). Pass 2 (mma.sync, whose extra registers for wgmma would cost it
-// a CTA per SM): two padded key tiles, the probabilities and the diagonal carries.
+// Shared memory of a score pass: two key tiles in the 128-byte-swizzled K-major layout that
+// wgmma reads (dims 64 p .. 64 p + 63 of key row r in panel p at r * 128 bytes, 16-byte chunk c
+// at position c ^ (r % 8)), from a base rounded up to the 1024-byte swizzle atom (kAlign more
+// bytes asked for); then (pass 2) the probabilities and the diagonal carries.
 template <int HD>
 struct ScoreSmem {
   static constexpr int kSwizzledTileBytes = kTile * HD * 2;
-  static constexpr int kAlign = 1024;
-  static constexpr int kBytes1 = 2 * kSwizzledTileBytes + kAlign;
-  static constexpr int kKStride = HD + 8;  // bf16 per key row (16-byte rows, no ldmatrix conflicts)
-  static constexpr int kPStride = 72;      // floats per probability row
-  static constexpr int kKBytes = 2 * kTile * kKStride * 2;
+  static constexpr int kKBytes = 2 * kSwizzledTileBytes;
+  static constexpr int kPStride = 72;  // floats per probability row
   static constexpr int kPBytes = kTile * kPStride * 4;
   static constexpr int kCarryBytes = 2 * kTile * 4;
-  static constexpr int kBytes = kKBytes + kPBytes + kCarryBytes;
+  static constexpr int kAlign = 1024;
+  static constexpr int kBytes1 = kKBytes + kAlign;
+  static constexpr int kBytes2 = kKBytes + kPBytes + kCarryBytes + kAlign;
   static_assert(HD % 64 == 0, "whole 128-byte panels");
 };
+
+// Bytes from `raw` (the dynamic shared memory) to the first 1024-byte-aligned shared address.
+__device__ __forceinline__ uint32_t SwizzleAtomOffset(const void* raw) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  return ((a + 1023u) & ~1023u) - a;
+}
 
 __device__ __forceinline__ int QueryCopyOfKey(const ScoreParams& p, int key) {
   return key >= p.intra_begin ? 0 : (key >= p.succ_begin ? 1 : 2);
@@ -186,14 +189,7 @@ __device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int t
   }
 }
 
-// Pass 2's copy: tile `dst` [64][kKStride].
-template <int HD>
-__device__ __forceinline__ auto PaddedTileCopy(__nv_bfloat16* dst) {
-  return [dst](int row, int ch, const __nv_bfloat16* src, bool valid) {
-    CpAsync16(dst + row * ScoreSmem<HD>::kKStride + ch * 8, src, valid);
-  };
-}
-// Pass 1's copy: the swizzled tile at shared address `dst` (panel ch / 8, chunk ch % 8 swizzled
+// The copy into the swizzled tile at shared address `dst` (panel ch / 8, chunk ch % 8 swizzled
 // by row % 8).
 __device__ __forceinline__ auto SwizzledTileCopy(uint32_t dst) {
   return [dst](int row, int ch, const __nv_bfloat16* src, bool valid) {
@@ -232,36 +228,13 @@ __device__ __forceinline__ void LoadQueryFragments(const ScoreParams& p, int cop
   }
 }
 
-// acc[nt][j] = q . k (unscaled) for this warp's rows and keys 8 nt + (0..7) of the tile: element
-// j is row g + 8 (j / 2), key column 8 nt + 2 t4 + j % 2.
+// acc[nt][j] = q . k (unscaled) for this warp's rows and keys 8 nt + (0..7) of the tile at
+// shared address `sk`: element j is row g + 8 (j / 2), key column 8 nt + 2 t4 + j % 2. One wgmma
+// m64n64k16 per 16 dims for the CTA's warpgroup, Q from the registers (the m16n8k16 A fragments
+// are the wgmma A operand's registers), K from the swizzled tile: the tile is read from shared
+// memory once per CTA, not once per warp as by ldmatrix.
 template <int HD>
-__device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4],
-                                           const __nv_bfloat16* sk, int lane, float (&acc)[8][4]) {
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[nt][j] = 0.0f;
-  }
-#pragma unroll
-  for (int kp = 0; kp < HD / 32; ++kp) {
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int mi = lane / 8;
-      const int row = nt * 8 + lane % 8;
-      const int col = 16 * (2 * kp + mi / 2) + 8 * (mi % 2);
-      uint32_t b[4];
-      internal::LdMatrixX4(b, sk + row * ScoreSmem<HD>::kKStride + col);
-      internal::MmaBf16(acc[nt], qa[2 * kp], b[0], b[1]);
-      internal::MmaBf16(acc[nt], qa[2 * kp + 1], b[2], b[3]);
-    }
-  }
-}
-
-// TileScores with one wgmma m64n64k16 per 16 dims for the CTA's warpgroup: Q from the registers
-// (the m16n8k16 A fragments are the wgmma A operand's registers), K from the swizzled tile at
-// shared address `sk`; the accumulator layout is the same.
-template <int HD>
-__device__ __forceinline__ void TileScoresWgmma(const uint32_t (&qa)[HD / 16][4], uint32_t sk,
+__device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4], uint32_t sk,
                                                 float (&acc)[8][4]) {
   using Mma = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<cute::SM90::GMMA::Major::K,
                                                            cute::SM90::GMMA::Major::K>;
@@ -318,9 +291,8 @@ template <int HD>
 __global__ void __launch_bounds__(kScoreThreads)
     ScoresPass1(const __grid_constant__ ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t sk =
-      (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + ScoreSmem<HD>::kAlign - 1) &
-      ~uint32_t(ScoreSmem<HD>::kAlign - 1);
+  const uint32_t sk = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) +
+                      SwizzleAtomOffset(smem_raw);
   constexpr uint32_t kBuf = ScoreSmem<HD>::kSwizzledTileBytes;
   const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
   const int kvh = h / p.group;
@@ -343,7 +315,7 @@ __global__ void __launch_bounds__(kScoreThreads)
       KeyTileReady<0>();
     }
     float acc[8][4];
-    TileScoresWgmma<HD>(qa, sk + buf * kBuf, acc);
+    TileScores<HD>(qa, sk + buf * kBuf, acc);
     // Online max and sum of exp2 of this thread's two rows, masked on the last tiles only.
     auto update = [&](auto masked) {
 #pragma unroll
@@ -420,14 +392,15 @@ __global__ void CombineRowStats(const float2* partial, float2* rowstat, int num_
 // the tile holding key t were summed by the previous tile (the carry); the first tile of a range
 // recomputes the tile before it for that carry.
 template <int HD>
-__global__ void __launch_bounds__(kScoreThreads)
+__global__ void __launch_bounds__(kScoreThreads, 4)
     ScoresPass2(const __grid_constant__ ScoreParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   using Smem = ScoreSmem<HD>;
-  auto* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+  unsigned char* smem = smem_raw + SwizzleAtomOffset(smem_raw);
+  const uint32_t sk = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   auto* sp = reinterpret_cast<float*>(smem + Smem::kKBytes);                     // [64][kPStride]
   auto* carry = reinterpret_cast<float*>(smem + Smem::kKBytes + Smem::kPBytes);  // [2][64]
-  constexpr int kBuf = kTile * Smem::kKStride;
+  constexpr uint32_t kBuf = Smem::kSwizzledTileBytes;
   const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
   const int kvh = h / p.group;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -452,25 +425,24 @@ __global__ void __launch_bounds__(kScoreThreads)
   int copy = -1;
   uint32_t qa[HD / 16][4];
   int cb = 0;  // carry[cb] holds the carry into the current tile
-  LoadKeyTile<HD>(p, kvh, first, PaddedTileCopy<HD>(sk));
+  LoadKeyTile<HD>(p, kvh, first, SwizzledTileCopy(sk));
   CpAsyncCommit();
   for (int t = first; t < t1; ++t) {
     const int buf = (t - first) & 1;
     if (t + 1 < t1) {
-      LoadKeyTile<HD>(p, kvh, t + 1, PaddedTileCopy<HD>(sk + (buf ^ 1) * kBuf));
+      LoadKeyTile<HD>(p, kvh, t + 1, SwizzledTileCopy(sk + (buf ^ 1) * kBuf));
       CpAsyncCommit();
-      CpAsyncWait<1>();
+      KeyTileReady<1>();
     } else {
-      CpAsyncWait<0>();
+      KeyTileReady<0>();
     }
-    __syncthreads();
     const int want = QueryCopyOfKey(p, t * kTile);
     if (want != copy) {
       LoadQueryFragments<HD>(p, want, h, warp, lane, qa);
       copy = want;
     }
     float acc[8][4];
-    TileScores<HD>(qa, sk + buf * kBuf, lane, acc);
+    TileScores<HD>(qa, sk + buf * kBuf, acc);
     // Normalized probabilities of this thread's two rows into sp (0 for masked keys and for the
     // rows past n), masked on the last tiles only.
     auto probabilities = [&](auto masked) {
@@ -1016,7 +988,7 @@ namespace {
 template <int HD>
 cudaError_t LaunchScores(const ScoreParams& base, int num_ranges, cudaStream_t stream) {
   constexpr int kSmem1 = ScoreSmem<HD>::kBytes1;
-  constexpr int kSmem2 = ScoreSmem<HD>::kBytes;
+  constexpr int kSmem2 = ScoreSmem<HD>::kBytes2;
   cudaError_t e =
       cudaFuncSetAttribute(ScoresPass1<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem1);
   if (e != cudaSuccess) return e;
