@@ -149,13 +149,17 @@ __device__ __forceinline__ void RangeTiles(const ScoreParams& p, int range, int*
   *t1 = min(*t0 + kRangeTiles, p.ranges.tile_end[g]);
 }
 
-// Key rows of tile `tile` of kv head kvh into shared memory: copy(row, chunk, src, valid) copies
-// 16-byte chunk `chunk` of key row `row` from src, or zeros (past e or for block ids outside the
-// pool).
-template <int HD, class Copy>
-__device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int tile,
-                                            const Copy& copy) {
+// Key rows of tile `tile` of kv head kvh into the swizzled tile at shared address `dst` (16-byte
+// chunk ch of a row in panel ch / 8, at position ch % 8 XOR row % 8; zeros past e or for block
+// ids outside the pool).
+template <int HD>
+__device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int tile, uint32_t dst) {
   constexpr int kChunks = HD / 8;
+  auto copy = [dst](int row, int ch, const __nv_bfloat16* src, bool valid) {
+    const uint32_t at =
+        dst + uint32_t((ch / 8) * kTile * 128 + row * 128 + (((ch % 8) ^ (row % 8)) * 16));
+    internal::CpAsync16OrZero(at, src, !valid);
+  };
   if (p.block_size % kTile == 0) {
     // The tile lies in one cache block: one block-table lookup per tile, not per copy.
     const int key0 = tile * kTile;
@@ -187,16 +191,6 @@ __device__ __forceinline__ void LoadKeyTile(const ScoreParams& p, int kvh, int t
     }
     copy(row, ch, src, valid);
   }
-}
-
-// The copy into the swizzled tile at shared address `dst` (panel ch / 8, chunk ch % 8 swizzled
-// by row % 8).
-__device__ __forceinline__ auto SwizzledTileCopy(uint32_t dst) {
-  return [dst](int row, int ch, const __nv_bfloat16* src, bool valid) {
-    const uint32_t at =
-        dst + uint32_t((ch / 8) * kTile * 128 + row * 128 + (((ch % 8) ^ (row % 8)) * 16));
-    internal::CpAsync16OrZero(at, src, !valid);
-  };
 }
 
 // Waits for this thread's copies up to the newest N groups, makes them visible to wgmma (the
@@ -235,7 +229,7 @@ __device__ __forceinline__ void LoadQueryFragments(const ScoreParams& p, int cop
 // memory once per CTA, not once per warp as by ldmatrix.
 template <int HD>
 __device__ __forceinline__ void TileScores(const uint32_t (&qa)[HD / 16][4], uint32_t sk,
-                                                float (&acc)[8][4]) {
+                                           float (&acc)[8][4]) {
   using Mma = cute::SM90::GMMA::MMA_64x64x16_F32BF16BF16_RS<cute::SM90::GMMA::Major::K,
                                                            cute::SM90::GMMA::Major::K>;
 #pragma unroll
@@ -291,8 +285,8 @@ template <int HD>
 __global__ void __launch_bounds__(kScoreThreads)
     ScoresPass1(const __grid_constant__ ScoreParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t sk = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) +
-                      SwizzleAtomOffset(smem_raw);
+  const uint32_t sk =
+      static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw + SwizzleAtomOffset(smem_raw)));
   constexpr uint32_t kBuf = ScoreSmem<HD>::kSwizzledTileBytes;
   const int range = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
   const int kvh = h / p.group;
@@ -303,12 +297,12 @@ __global__ void __launch_bounds__(kScoreThreads)
   LoadQueryFragments<HD>(p, QueryCopyOfKey(p, t0 * kTile), h, warp, lane, qa);
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  LoadKeyTile<HD>(p, kvh, t0, SwizzledTileCopy(sk));
+  LoadKeyTile<HD>(p, kvh, t0, sk);
   CpAsyncCommit();
   for (int t = t0; t < t1; ++t) {
     const int buf = (t - t0) & 1;
     if (t + 1 < t1) {
-      LoadKeyTile<HD>(p, kvh, t + 1, SwizzledTileCopy(sk + (buf ^ 1) * kBuf));
+      LoadKeyTile<HD>(p, kvh, t + 1, sk + (buf ^ 1) * kBuf);
       CpAsyncCommit();
       KeyTileReady<1>();
     } else {
@@ -425,12 +419,12 @@ __global__ void __launch_bounds__(kScoreThreads, 4)
   int copy = -1;
   uint32_t qa[HD / 16][4];
   int cb = 0;  // carry[cb] holds the carry into the current tile
-  LoadKeyTile<HD>(p, kvh, first, SwizzledTileCopy(sk));
+  LoadKeyTile<HD>(p, kvh, first, sk);
   CpAsyncCommit();
   for (int t = first; t < t1; ++t) {
     const int buf = (t - first) & 1;
     if (t + 1 < t1) {
-      LoadKeyTile<HD>(p, kvh, t + 1, SwizzledTileCopy(sk + (buf ^ 1) * kBuf));
+      LoadKeyTile<HD>(p, kvh, t + 1, sk + (buf ^ 1) * kBuf);
       CpAsyncCommit();
       KeyTileReady<1>();
     } else {
@@ -612,7 +606,7 @@ __global__ void __cluster_dims__(kSelCluster, 1, 1) __launch_bounds__(kSelThread
   const SelectPiece& piece = p.piece[blockIdx.z];
   const int e = piece.e;
   const int k = min(p.k[h][kind], e);
-  // This CTA's slice [lo, hi) of the scores.
+  // This CTA's slice [begin, end) of the scores.
   const int chunks = (e + kSelChunk - 1) / kSelChunk;
   const int per_rank = (chunks + kSelCluster - 1) / kSelCluster;
   const GlobalSliceKeys slice{piece.scores[kind] + int64_t(h) * e,
