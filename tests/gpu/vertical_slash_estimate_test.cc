@@ -196,6 +196,7 @@ TEST(VerticalSlashSelectGpuTest, ListsEqualTheCpuSelectionWithTies) {
       // Rows longer than one CTA's slice of the selection cluster (4096 scores per chunk, 8
       // CTAs): the k-th value and its ties spread over several slices.
       {4, 69000, 70000, 0, 0, 3000, 9000},
+      {2, 399000, 400000, 0, 0, 5000, 7000},  // 13 chunks per slice
       {5, 66000, 70000, 65536, 32768, 2000, 6000},  // succ and inter parts across the slices
       {3, 200000, 230000, 0, 0, 150000, 20000},     // every slice busy, k beyond one slice
   };
@@ -219,6 +220,16 @@ TEST(VerticalSlashSelectGpuTest, ListsEqualTheCpuSelectionWithTies) {
       for (float& x : *arr) x = u(rng) < 0.1f ? 0.0f : u(rng);
     }
     CompareSelection(s, vertical, slash, what + " continuous");
+    // Mass on the last 8000 scores only (as on recent keys and near diagonals): the last slice of
+    // a long row has more candidates than its shared list holds, the chunks before them none.
+    for (auto* arr : {&vertical, &slash}) {
+      for (int64_t h = 0; h < s.heads; ++h) {
+        for (int64_t j = 0; j < s.e; ++j) {
+          (*arr)[h * s.e + j] = j + 8000 < s.e ? 0.0f : 0.5f + 0.5f * u(rng);
+        }
+      }
+    }
+    CompareSelection(s, vertical, slash, what + " concentrated");
   }
 }
 
