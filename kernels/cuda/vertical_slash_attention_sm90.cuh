@@ -136,20 +136,15 @@ __device__ void SparseProducer(const PrefillParams& p, typename Cfg::SharedStora
   const int32_t* list = nullptr;
   auto local_of = [&](int i) {
     if (i >= seg_stop) {  // uniform: at most once per segment
-      int seg = 0, begin = 0;
+      // The last segment that begins at or before tile i (unrolled: no local arrays).
+      int seg = 0, begin = 0, entries = plan.entries[0], stop = plan.seg_end[0];
 #pragma unroll
       for (int s = 0; s < 5; ++s) {
         if (i >= plan.seg_end[s]) {
           seg = s + 1;
           begin = plan.seg_end[s];
-        }
-      }
-      int entries = plan.entries[0], stop = plan.seg_end[0];
-#pragma unroll
-      for (int s = 1; s < 6; ++s) {
-        if (seg == s) {
-          entries = plan.entries[s];
-          stop = plan.seg_end[s];
+          entries = plan.entries[s + 1];
+          stop = plan.seg_end[s + 1];
         }
       }
       seg_begin = begin;
