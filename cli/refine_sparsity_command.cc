@@ -8,7 +8,9 @@
 // get both budgets raised by --step (2048) until they reach it (or the caps / --max-rounds).
 // The start is --config, the model directory's sparse_attention_config.json, or with
 // --initial-search the cheapest of MInference's base candidates that reaches the target. Prints
-// a per-layer table (recall before -> after) and writes --out in Qwen's format.
+// a per-layer table (recall and density before -> after; density = the keys the sparse index
+// gives the calibration queries over their causal keys, what the budgets cost) and writes --out
+// in Qwen's format.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -63,6 +65,7 @@ struct RefineFlags {
   int64_t max_budget = 0;
   int64_t max_rounds = 16;
   int64_t steps_per_pass = 2;
+  int64_t measure_from = 0;
   bool quiet = false;
   DcaFlags dca;
 };
@@ -184,6 +187,10 @@ absl::Status CheckFlags(const RefineFlags& f) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max-rounds must be >= 0, got ", f.max_rounds));
   }
+  if (f.measure_from < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--measure-from must be >= 0, got ", f.measure_from));
+  }
   if (f.steps_per_pass < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--steps-per-pass must be >= 1, got ", f.steps_per_pass));
@@ -195,9 +202,11 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
                  const RefinementOptions& o) {
   std::printf(
       "\n| layer | recall before | recall after | worst head before | worst head after |"
-      " raised | below target | passes | mean budget (v, s) after |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+      " density before | density after | raised | below target | passes |"
+      " mean budget (v, s) after |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   double before = 0.0, after = 0.0, worst_before = 1.0, worst_after = 1.0;
+  double density_before = 0.0, density_after = 0.0;
   int64_t raised = 0, below = 0, heads = 0;
   double v_before = 0.0, s_before = 0.0, v_after = 0.0, s_after = 0.0;
   for (size_t l = 0; l < r.layers.size(); ++l) {
@@ -213,13 +222,18 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
     v_after += v;
     s_after += s;
     heads += static_cast<int64_t>(n);
-    std::printf("| %zu | %.4f | %.4f | %.4f | %.4f | %lld/%lld | %lld | %lld | %.0f, %.0f |\n", l,
-                x.recall_before, x.recall_after, x.min_head_before, x.min_head_after,
-                static_cast<long long>(x.heads_raised), static_cast<long long>(n),
+    std::printf(
+        "| %zu | %.4f | %.4f | %.4f | %.4f | %.2f%% | %.2f%% | %lld/%lld | %lld | %lld | %.0f, %.0f "
+        "|\n",
+        l, x.recall_before, x.recall_after, x.min_head_before, x.min_head_after,
+        100.0 * x.density_before, 100.0 * x.density_after,
+        static_cast<long long>(x.heads_raised), static_cast<long long>(n),
                 static_cast<long long>(x.heads_below_target), static_cast<long long>(x.rounds),
                 v / n, s / n);
     before += x.recall_before * n;
     after += x.recall_after * n;
+    density_before += x.density_before * n;
+    density_after += x.density_after * n;
     worst_before = std::min(worst_before, x.min_head_before);
     worst_after = std::min(worst_after, x.min_head_after);
     raised += x.heads_raised;
@@ -227,10 +241,12 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
   }
   std::printf(
       "\nall %lld heads (%s recall, target %.3f): %.4f -> %.4f, worst head %.4f -> %.4f, "
-      "%lld raised, %lld below target; mean budget (v, s) (%.0f, %.0f) -> (%.0f, %.0f)\n",
+      "%lld raised, %lld below target; density %.2f%% -> %.2f%%; mean budget (v, s) (%.0f, "
+      "%.0f) -> (%.0f, %.0f)\n",
       static_cast<long long>(heads), o.aggregate == RecallAggregate::kMean ? "mean" : "p05",
       o.target_recall, before / heads, after / heads, worst_before, worst_after,
-      static_cast<long long>(raised), static_cast<long long>(below), v_before / heads,
+      static_cast<long long>(raised), static_cast<long long>(below),
+      100.0 * density_before / heads, 100.0 * density_after / heads, v_before / heads,
       s_before / heads, v_after / heads, s_after / heads);
 }
 
@@ -322,6 +338,7 @@ absl::Status Run(const RefineFlags& f) {
   SparseRecallMeterOptions mo;
   mo.chunk_size = f.chunk_size;
   mo.last_q = settings->last_q;
+  mo.measure_from = f.measure_from;
   if (backend->device() != DeviceKind::kCpu) mo.mlp_block_rows = 8192;
   if (!f.quiet) {
     mo.on_document = [&](int64_t pass, int64_t doc, double seconds) {
@@ -329,19 +346,21 @@ absl::Status Run(const RefineFlags& f) {
                    names[doc].c_str(), documents[doc].size(), seconds);
     };
   }
-  MP_ASSIGN_OR_RETURN(std::unique_ptr<SparseRecallMeter> meter,
-                      SparseRecallMeter::Create(config, weights, backend, documents, mo));
+  absl::StatusOr<std::unique_ptr<SparseRecallMeter>> created =
+      SparseRecallMeter::Create(config, weights, backend, documents, mo);
+  if (!created.ok() && f.measure_from > 0) return Annotate(created.status(), "--measure-from");
+  MP_ASSIGN_OR_RETURN(std::unique_ptr<SparseRecallMeter> meter, std::move(created));
   weights = ModelWeights();
   const ModelRecallFn measure = [&](const BudgetSets& sets) { return meter->Measure(sets); };
 
   const auto t0 = std::chrono::steady_clock::now();
   std::printf(
       "refine-sparsity: %s, %zu documents (%lld tokens, longest %lld), engine chunk %lld, "
-      "threshold %lld, last_q %lld, device %s\n",
+      "threshold %lld, last_q %lld, measured from token %lld, device %s\n",
       f.model_dir.c_str(), documents.size(), static_cast<long long>(total),
       static_cast<long long>(longest), static_cast<long long>(f.chunk_size),
       static_cast<long long>(settings->threshold), static_cast<long long>(settings->last_q),
-      f.device.c_str());
+      static_cast<long long>(f.measure_from), f.device.c_str());
   if (config.dual_chunk.has_value()) {
     const DualChunkConfig& d = *config.dual_chunk;
     std::printf("dca: chunk_size %lld, local_size %lld (chunk length %lld), L0 %lld\n",
@@ -422,6 +441,9 @@ void RegisterRefineSparsityCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--max-budget", f->max_budget,
                   "cap of each budget (default: the longest document's length)");
   cmd->add_option("--max-rounds", f->max_rounds, "raises per head at most");
+  cmd->add_option("--measure-from", f->measure_from,
+                  "measure only the engine chunks that start at or after this token (e.g. the "
+                  "last chunk of a long document); earlier chunks run dense only");
   cmd->add_option("--steps-per-pass", f->steps_per_pass,
                   "budget levels measured per calibration pass (more levels: fewer passes)");
   cmd->add_flag("--quiet", f->quiet, "no per-document progress on stderr");

@@ -24,6 +24,8 @@ namespace mp {
 struct HeadRecall {
   double mean = 0.0;  // mean over the calibration queries
   double p05 = 0.0;   // 5th percentile
+  // Keys the sparse index gave those queries over their causal keys (0: not measured).
+  double density = 0.0;
 };
 
 // Measures layer `layer` with the given per-head configs (effective budgets are the caller's
@@ -59,6 +61,8 @@ struct LayerRefinement {
   double recall_after = 0.0;
   double min_head_before = 0.0;  // worst head
   double min_head_after = 0.0;
+  double density_before = 0.0;  // mean over heads of HeadRecall::density
+  double density_after = 0.0;
   int64_t heads_raised = 0;
   int64_t heads_below_target = 0;  // after refinement (at the caps or out of rounds)
   int64_t rounds = 0;              // measurements of this layer after the first

@@ -66,6 +66,11 @@ absl::Status ValidateVerticalSlashScalars(const VerticalSlashAttentionParams& p,
                        " budget of head ", i / 2, " must be in [1, 2^31 - 1], got ", p.budgets[i]));
     }
   }
+  if (!p.index_keys.empty() && static_cast<int64_t>(p.index_keys.size()) != q_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("VerticalSlashAttention: index_keys holds ",
+                                                   p.index_keys.size(), " values, expected ",
+                                                   q_heads, " (one per q head)"));
+  }
   return absl::OkStatus();
 }
 

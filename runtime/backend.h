@@ -95,6 +95,10 @@ struct DcaAttentionParams {
 //   * logits carry scale * temperature^2; out [n, q_heads, head_dim]; lse [q_heads, n] f32
 //     (optional): natural-log sum of exp(logit) over the attended keys.
 //   * budgets: [q_heads, 2] effective budgets (vertical_size 30 already raised to 130), > 0.
+//   * index_keys (optional, host [q_heads]): the op adds, per head, the keys its index gives the
+//     n queries: for each query, 64 per listed block plus the listed columns of its 64-row block,
+//     over the pieces and regions (whole blocks, so up to 63 keys past a row's causal limit
+//     count). Over the sum of (p_i + 1) it is the density of the selection.
 //   * Requirements: those of DcaAttentionParams when chunk_size > 0; last_q in [1, 64].
 struct VerticalSlashAttentionParams {
   const Tensor* q = nullptr;  // [n, q_heads, head_dim], not rotated
@@ -109,6 +113,7 @@ struct VerticalSlashAttentionParams {
   std::span<const int64_t> budgets;  // [q_heads * 2]
   Tensor* out = nullptr;             // [n, q_heads, head_dim]
   Tensor* lse = nullptr;             // [q_heads, n] f32, may be null
+  std::span<int64_t> index_keys;     // host [q_heads], added to; may be empty
 };
 
 // The largest vertical-slash prefill a stage will run, for Backend::ReserveVerticalSlashWorkspace:

@@ -356,7 +356,8 @@ class CpuBackend final : public Backend {
     shape.last_q = p.last_q;
     cpu::VerticalSlashPrefillAttention(p.q->data_as<const float>(), ToKernelView(p.kv), shape,
                                        p.budgets.data(), p.out->data_as<float>(),
-                                       p.lse != nullptr ? p.lse->data_as<float>() : nullptr);
+                                       p.lse != nullptr ? p.lse->data_as<float>() : nullptr,
+                                       p.index_keys.empty() ? nullptr : p.index_keys.data());
     return absl::OkStatus();
   }
 

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
+#include "kernels/cpu/vertical_slash_index.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
@@ -756,10 +757,37 @@ absl::Status CudaBackend::VerticalSlashAttention(const VerticalSlashAttentionPar
   }
   MP_RETURN_IF_ERROR(GrowSparseWorkspace(cuda::VerticalSlashPrefillWorkspaceBytes(a)));
   ++stats_.sparse_prefill_calls;
-  return CudaStatus(
+  MP_RETURN_IF_ERROR(CudaStatus(
       cuda::VerticalSlashPrefill(a, sparse_workspace_.data(),
                                  static_cast<int64_t>(sparse_workspace_.nbytes()), stream_),
-      "VerticalSlashAttention");
+      "VerticalSlashAttention"));
+  if (p.index_keys.empty()) return absl::OkStatus();
+  // Every piece's index stays in the workspace until the next run: its counts, to the host.
+  std::vector<int32_t> blocks, columns;
+  for (int64_t pi = 0; pi < cuda::VerticalSlashPrefillNumPieces(a); ++pi) {
+    const cuda::VerticalSlashPieceBuffers piece =
+        cuda::VerticalSlashPrefillPiece(a, sparse_workspace_.data(), static_cast<int>(pi));
+    const int64_t qn = piece.piece_end - piece.piece_begin;
+    const size_t entries = static_cast<size_t>(q_heads * cpu::VerticalSlashRowBlocks(qn));
+    for (const cuda::VerticalSlashIndexDev& index : piece.index) {
+      if (index.block_count == nullptr) continue;
+      blocks.resize(entries);
+      columns.resize(entries);
+      MP_RETURN_IF_ERROR(CudaStatus(
+          cudaMemcpyAsync(blocks.data(), index.block_count, entries * sizeof(int32_t),
+                          cudaMemcpyDeviceToHost, stream_),
+          "VerticalSlashAttention (index keys)"));
+      MP_RETURN_IF_ERROR(CudaStatus(
+          cudaMemcpyAsync(columns.data(), index.column_count, entries * sizeof(int32_t),
+                          cudaMemcpyDeviceToHost, stream_),
+          "VerticalSlashAttention (index keys)"));
+      MP_RETURN_IF_ERROR(
+          CudaStatus(cudaStreamSynchronize(stream_), "VerticalSlashAttention (index keys)"));
+      cpu::AddVerticalSlashIndexKeys(blocks.data(), columns.data(), q_heads, qn,
+                                     p.index_keys.data());
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackend::GrowSparseWorkspace(int64_t bytes) {

@@ -33,9 +33,17 @@ absl::StatusOr<std::unique_ptr<SparseRecallMeter>> SparseRecallMeter::Create(
     }
     longest = std::max<int64_t>(longest, static_cast<int64_t>(documents[d].size()));
   }
+  // A chunk starts at every multiple of chunk_size below the document's length.
+  const int64_t last_chunk = (longest - 1) / options.chunk_size * options.chunk_size;
+  if (options.measure_from < 0 || options.measure_from > last_chunk) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "recall meter: measure_from (", options.measure_from,
+        ") must be in [0, ", last_chunk, "]: no chunk of any document starts at or after it"));
+  }
   MP_ASSIGN_OR_RETURN(SparseRecallProbe probe,
                       SparseRecallProbe::Create(config.num_hidden_layers,
                                                 config.num_attention_heads, options.last_q));
+  MP_RETURN_IF_ERROR(probe.SetMeasureFrom(options.measure_from));
   auto meter = std::unique_ptr<SparseRecallMeter>(new SparseRecallMeter());
   meter->config_ = config;
   meter->options_ = options;
@@ -99,7 +107,7 @@ absl::StatusOr<ModelRecall> SparseRecallMeter::Measure(const BudgetSets& sets) {
       std::vector<HeadRecall> per_head;
       for (int64_t h = 0; h < heads; ++h) {
         const RecallSummary r = probe_->Summary(l, static_cast<int64_t>(s), h);
-        per_head.push_back({r.mean, r.p05});
+        per_head.push_back({r.mean, r.p05, r.density});
       }
       out[l].push_back(std::move(per_head));
     }

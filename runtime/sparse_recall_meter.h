@@ -30,6 +30,9 @@ struct SparseRecallMeterOptions {
   int64_t chunk_size = 32768;  // engine chunk of the prefill, > 0
   int64_t last_q = 64;         // sparse_attention_last_q, in [1, 64]
   int64_t mlp_block_rows = 0;  // StageExecutorOptions::mlp_block_rows
+  // Only prompt chunks that start at or after this position are measured
+  // (SparseRecallProbe::SetMeasureFrom); some chunk of some document must.
+  int64_t measure_from = 0;
   // After each document of each pass: pass index (0-based), document index, seconds it took.
   std::function<void(int64_t pass, int64_t document, double seconds)> on_document;
 };

@@ -58,29 +58,51 @@ bool SparseRecallProbe::active() const {
                      [](const Layer& l) { return !l.sets.empty(); });
 }
 
+absl::Status SparseRecallProbe::SetMeasureFrom(int64_t position) {
+  if (position < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("recall probe: the first measured position must be >= 0, got ", position));
+  }
+  measure_from_ = position;
+  return absl::OkStatus();
+}
+
 void SparseRecallProbe::Reset() {
   for (Layer& l : layers_) l.acc.assign(l.acc.size(), Accumulator());
 }
 
 absl::Status SparseRecallProbe::Record(int64_t layer, int64_t set, int64_t query_begin, int64_t n,
-                                       const float* dense_lse, const float* sparse_lse) {
+                                       const float* dense_lse, const float* sparse_lse,
+                                       const int64_t* index_keys) {
   if (layer < 0 || layer >= num_layers() || set < 0 ||
       set >= static_cast<int64_t>(layers_[layer].sets.size()) || n < 0) {
     return absl::InvalidArgumentError(absl::StrCat("recall probe: no budget set ", set,
                                                    " in layer ", layer, " (or n = ", n, " < 0)"));
   }
   Layer& l = layers_[layer];
+  // Query i sees the keys [0, query_begin + i]: sum of (query_begin + i + 1) over the chunk.
+  const double causal = static_cast<double>(n) * static_cast<double>(query_begin) +
+                        static_cast<double>(n) * static_cast<double>(n + 1) / 2.0;
   for (int64_t h = 0; h < q_heads_; ++h) {
     Accumulator& a = l.acc[static_cast<size_t>(set * q_heads_ + h)];
     if (a.histogram.empty()) a.histogram.assign(kBins, 0);
+    if (index_keys != nullptr) {
+      if (index_keys[h] < 0) {
+        return absl::InternalError(absl::StrCat("recall probe: layer ", layer, " set ", set,
+                                                " head ", h, ": negative index key count ",
+                                                index_keys[h]));
+      }
+      a.index_keys += static_cast<double>(index_keys[h]);
+      a.causal_keys += causal;
+    }
     for (int64_t i = 0; i < n; ++i) {
-      const double r = std::exp(static_cast<double>(sparse_lse[h * n + i]) -
-                                static_cast<double>(dense_lse[h * n + i]));
+      const double sparse = sparse_lse[h * n + i], dense = dense_lse[h * n + i];
+      const double r = std::exp(sparse - dense);
       if (!std::isfinite(r) || r > kMaxRecall) {
-        return absl::InternalError(
-            absl::StrCat("recall probe: layer ", layer, " set ", set, " head ", h, " query ",
-                         query_begin + i, ": recall ", r, " (lse sparse ", sparse_lse[h * n + i],
-                         ", dense ", dense_lse[h * n + i], ") is not in (0, ", kMaxRecall, "]"));
+        return absl::InternalError(absl::StrCat(
+            "recall probe: layer ", layer, " set ", set, " head ", h, " query ", query_begin + i,
+            ": recall ", r, " (lse sparse ", sparse, ", dense ", dense, ") is not in (0, ",
+            kMaxRecall, "]"));
       }
       a.count += 1;
       a.sum += r;
@@ -106,6 +128,7 @@ RecallSummary SparseRecallProbe::Summary(int64_t layer, int64_t set, int64_t hea
     return s;
   }
   s.mean = a.sum / static_cast<double>(a.count);
+  s.density = a.causal_keys > 0.0 ? a.index_keys / a.causal_keys : 0.0;
   s.min = a.min;
   s.max = a.max;
   // Nearest rank: the ceil(0.05 count)-th smallest value lies in the first bin whose cumulative

@@ -38,12 +38,20 @@ struct RecallSummary {
   double min = 0.0;
   double max = 0.0;
   double p05 = 0.0;  // 5th percentile (nearest rank) from the histogram, within [min, max]
+  // Keys the sparse index gave the measured queries over their causal keys (sum of position + 1),
+  // when Record had them (0 otherwise): what the budgets cost.
+  double density = 0.0;
 };
 
 class SparseRecallProbe {
  public:
   static constexpr int kBins = 4096;
-  static constexpr double kMaxRecall = 1.05;
+  // A recall above 1 is rounding of two different kernels in bf16; on real models it is larger
+  // than on random inputs (a last-bit difference of a rotated query in a large activation
+  // component, times a large key component, moves a logit by ~0.1): up to 1.13 on SmolLM2-135M
+  // at 1M tokens (docs/benchmarks.md). Record rejects what rounding cannot give: more than 1.5
+  // times the dense mass. (The GPU tests bound the recall by 1.01 on random inputs.)
+  static constexpr double kMaxRecall = 1.5;
 
   // INVALID_ARGUMENT unless num_layers > 0, q_heads > 0 and last_q is in [1, 64].
   static absl::StatusOr<SparseRecallProbe> Create(int64_t num_layers, int64_t q_heads,
@@ -61,15 +69,21 @@ class SparseRecallProbe {
   }
   // True when any layer has a budget set.
   bool active() const;
+  // Only prompt chunks that start at or after `position` are measured: the executor runs the
+  // sparse op for them alone (0, the default: every chunk). INVALID_ARGUMENT when negative.
+  absl::Status SetMeasureFrom(int64_t position);
+  int64_t measure_from() const { return measure_from_; }
   // Clears every accumulator (the budget sets stay).
   void Reset();
 
   // One chunk of one layer: queries [query_begin, query_begin + n) of set `set`. dense_lse and
-  // sparse_lse are host [q_heads, n]. INTERNAL naming the layer, set, head and position when a
-  // recall is not finite or above kMaxRecall (a sparse selection cannot keep more than all keys;
-  // the margin is for the rounding of two different kernels in bf16).
+  // sparse_lse are host [q_heads, n]; index_keys (may be null) host [q_heads], the keys the
+  // sparse index gave those queries (VerticalSlashAttentionParams::index_keys). INTERNAL naming
+  // the layer, set, head and position when a recall is not finite or above kMaxRecall (a sparse
+  // selection cannot keep more than all keys; the margin is for rounding).
   absl::Status Record(int64_t layer, int64_t set, int64_t query_begin, int64_t n,
-                      const float* dense_lse, const float* sparse_lse);
+                      const float* dense_lse, const float* sparse_lse,
+                      const int64_t* index_keys = nullptr);
 
   RecallSummary Summary(int64_t layer, int64_t set, int64_t head) const;
 
@@ -79,6 +93,7 @@ class SparseRecallProbe {
     double sum = 0.0;
     double min = 1.0, max = 0.0;
     std::vector<int64_t> histogram;  // kBins, allocated on first use
+    double index_keys = 0.0, causal_keys = 0.0;  // of the queries recorded with index keys
   };
   struct Layer {
     std::vector<std::vector<int64_t>> sets;
@@ -90,6 +105,7 @@ class SparseRecallProbe {
   std::vector<Layer> layers_;
   int64_t q_heads_ = 0;
   int64_t last_q_ = 64;
+  int64_t measure_from_ = 0;
 };
 
 }  // namespace mp

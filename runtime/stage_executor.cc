@@ -350,9 +350,12 @@ absl::StatusOr<Tensor> StageExecutor::Forward(uint64_t seq, int64_t start, const
       options_.sparse->UseSparsePrefill(prompt_len)) {
     sparse_temperature = sparse_m();
   }
-  // Recall instrumentation: every prompt chunk (the caller chooses the prompts).
-  const float probe_temperature =
-      options_.recall_probe != nullptr && prompt_chunk ? sparse_m() : 0.0f;
+  // Recall instrumentation: every prompt chunk from the probe's first measured position on (the
+  // caller chooses the prompts).
+  const float probe_temperature = options_.recall_probe != nullptr && prompt_chunk &&
+                                          start >= options_.recall_probe->measure_from()
+                                      ? sparse_m()
+                                      : 0.0f;
 
   for (int64_t i = 0; i < static_cast<int64_t>(layer_weights_.size()); ++i) {
     const int64_t layer = layers_.begin + i;
@@ -473,6 +476,7 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
   // Q in place on the plain path); attn3 is scratch until the dense result overwrites it.
   const std::vector<std::vector<int64_t>>* probe_sets = nullptr;
   std::vector<Tensor> probe_lse;  // per set: host [heads, n]
+  std::vector<std::vector<int64_t>> probe_keys;  // per set: [heads] index keys
   Tensor dense_lse;               // [heads, n] on the backend
   if (probe_temperature > 0.0f && !options_.recall_probe->budget_sets(layer_index).empty()) {
     probe_sets = &options_.recall_probe->budget_sets(layer_index);
@@ -481,6 +485,8 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
       VerticalSlashAttentionParams params = SparseParams(q3, kv, start, probe_temperature, attn3);
       params.budgets = budgets;
       params.lse = &sparse_lse;
+      probe_keys.emplace_back(static_cast<size_t>(heads), 0);
+      params.index_keys = probe_keys.back();
       MP_RETURN_IF_ERROR(Annotate(b.VerticalSlashAttention(params), "recall probe"));
       MP_ASSIGN_OR_RETURN(Tensor host, b.ToHostF32(sparse_lse));
       probe_lse.push_back(std::move(host));
@@ -525,7 +531,8 @@ absl::Status StageExecutor::RunLayer(const Layer& w, int64_t layer_index, uint64
     for (size_t set = 0; set < probe_sets->size(); ++set) {
       MP_RETURN_IF_ERROR(options_.recall_probe->Record(layer_index, static_cast<int64_t>(set),
                                                        start, n, dense_host.data_as<float>(),
-                                                       probe_lse[set].data_as<float>()));
+                                                       probe_lse[set].data_as<float>(),
+                                                       probe_keys[set].data()));
     }
   }
   MP_RETURN_IF_ERROR(b.Linear(attn, w.o_proj, bias(w.o_bias), proj));

@@ -68,4 +68,20 @@ void BuildVerticalSlashIndex(const VerticalSlashListsView& lists,
   }
 }
 
+void AddVerticalSlashIndexKeys(const int32_t* block_count, const int32_t* column_count,
+                               int64_t q_heads, int64_t q_len, int64_t* index_keys) {
+  const int64_t row_blocks = VerticalSlashRowBlocks(q_len);
+  for (int64_t h = 0; h < q_heads; ++h) {
+    int64_t keys = 0;
+    for (int64_t m = 0; m < row_blocks; ++m) {
+      const int64_t i = h * row_blocks + m;
+      const int64_t rows = std::min<int64_t>(kVerticalSlashBlock, q_len - m * kVerticalSlashBlock);
+      const int64_t per_row = kVerticalSlashBlock * std::max<int32_t>(block_count[i], 0) +
+                              std::max<int32_t>(column_count[i], 0);
+      keys += rows * per_row;
+    }
+    index_keys[h] += keys;
+  }
+}
+
 }  // namespace mp::cpu

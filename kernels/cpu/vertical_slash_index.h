@@ -81,4 +81,11 @@ struct VerticalSlashIndexView {
 void BuildVerticalSlashIndex(const VerticalSlashListsView& lists,
                              const VerticalSlashIndexShape& shape, const VerticalSlashIndex& index);
 
+// Adds to index_keys[h] the keys a part's index gives its q_len queries: for each query, 64 per
+// listed block plus the listed columns of its 64-row block (negative counts count as 0).
+void AddVerticalSlashIndexKeys(const int32_t* block_count,   // [q_heads, row_blocks]
+                               const int32_t* column_count,  // [q_heads, row_blocks]
+                               int64_t q_heads, int64_t q_len,
+                               int64_t* index_keys);  // [q_heads]
+
 }  // namespace mp::cpu

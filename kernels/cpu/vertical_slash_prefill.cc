@@ -59,7 +59,7 @@ struct PartSelection {
 
 void VerticalSlashPrefillAttention(const float* q, const PagedKvView& kv,
                                    const VerticalSlashPrefillShape& shape, const int64_t* budgets,
-                                   float* out, float* lse) {
+                                   float* out, float* lse, int64_t* index_keys) {
   const int64_t n = shape.num_queries;
   const int64_t heads = shape.q_heads;
   const int64_t d = kv.head_dim;
@@ -165,6 +165,10 @@ void VerticalSlashPrefillAttention(const float* q, const PagedKvView& kv,
         BuildVerticalSlashIndex(view, {heads, qn, k.num_keys(), k.causal},
                                 {block_count.data(), block_offset.data(), column_count.data(),
                                  column_index.data(), max_blocks, max_columns});
+        if (index_keys != nullptr) {
+          AddVerticalSlashIndexKeys(block_count.data(), column_count.data(), heads, qn,
+                                    index_keys);
+        }
         VerticalSlashAttention(qp.data(), kv, as,
                                {block_count.data(), block_offset.data(), column_count.data(),
                                 column_index.data(), max_blocks, max_columns},

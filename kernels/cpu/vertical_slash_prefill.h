@@ -36,10 +36,13 @@ struct VerticalSlashPrefillShape {
 };
 
 // budgets: [q_heads, 2] effective (vertical, slash) per q head, or nullptr for dense.
+// index_keys (sparse only, may be null): per head, the keys of the index of every part of every
+// piece are added (AddVerticalSlashIndexKeys).
 void VerticalSlashPrefillAttention(const float* q,  // [n, q_heads, head_dim], not rotated
                                    const PagedKvView& kv, const VerticalSlashPrefillShape& shape,
                                    const int64_t* budgets,
-                                   float* out,   // [n, q_heads, head_dim]
-                                   float* lse);  // [q_heads, n] or nullptr
+                                   float* out,  // [n, q_heads, head_dim]
+                                   float* lse,  // [q_heads, n] or nullptr
+                                   int64_t* index_keys = nullptr);  // [q_heads] or nullptr
 
 }  // namespace mp::cpu

@@ -76,6 +76,8 @@ TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
   Tensor want_lse = Tensor::Host({c.q_heads, c.n}, DType::kF32);
   p.out = &want;
   p.lse = &want_lse;
+  std::vector<int64_t> cpu_keys(static_cast<size_t>(c.q_heads), 0);
+  p.index_keys = cpu_keys;
   MP_ASSERT_OK(cpu->VerticalSlashAttention(p));
 
   MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(*gpu, q.bf16));
@@ -86,9 +88,14 @@ TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
   g.kv = cache.Gpu();
   g.out = &out;
   g.lse = &lse;
+  std::vector<int64_t> gpu_keys(static_cast<size_t>(c.q_heads), 0);
+  g.index_keys = gpu_keys;
   const int64_t before = gpu->stats().sparse_prefill_calls;
   MP_ASSERT_OK(gpu->VerticalSlashAttention(g));
   EXPECT_EQ(gpu->stats().sparse_prefill_calls, before + 1);
+  // Full budgets select every key on both sides: the same index, the same key count.
+  EXPECT_EQ(gpu_keys, cpu_keys) << "index keys (full budget)";
+  EXPECT_GE(cpu_keys[0], c.n * c.query_begin + c.n * (c.n + 1) / 2) << "every causal key";
   MP_ASSERT_OK_AND_ASSIGN(Tensor got, gpu->ToHostF32(out));
   ExpectBf16Close(got, want, 1e-2, 3e-2, "sparse attention out (full budget)");
   MP_ASSERT_OK_AND_ASSIGN(Tensor got_lse, gpu->ToHostF32(lse));
@@ -101,7 +108,20 @@ TEST_P(CudaSparseOpTest, FullBudgetMatchesTheCpuBackend) {
   if (c.chunk_size > 0 && len > 400) {
     const std::vector<int64_t> small(2 * c.q_heads, 100);
     g.budgets = small;
+    std::vector<int64_t> small_keys(static_cast<size_t>(c.q_heads), 0);
+    g.index_keys = small_keys;
     MP_ASSERT_OK(gpu->VerticalSlashAttention(g));
+    // The CPU's selection from fp32 scores may differ from the GPU's on near ties: counts agree
+    // within a few percent, and stay below the full budget's.
+    std::vector<int64_t> cpu_small(static_cast<size_t>(c.q_heads), 0);
+    p.budgets = small;
+    p.index_keys = cpu_small;
+    MP_ASSERT_OK(cpu->VerticalSlashAttention(p));
+    for (int64_t h = 0; h < c.q_heads; ++h) {
+      EXPECT_NEAR(double(small_keys[h]), double(cpu_small[h]), 0.05 * double(cpu_small[h]))
+          << "index keys of head " << h << " (small budgets)";
+      EXPECT_LT(small_keys[h], gpu_keys[h]) << "head " << h;
+    }
     MP_ASSERT_OK_AND_ASSIGN(Tensor sparse, gpu->ToHostF32(out));
     double diff = 0, scale = 0;
     for (int64_t i = 0; i < sparse.numel(); ++i) {
@@ -125,6 +145,81 @@ INSTANTIATE_TEST_SUITE_P(
       return "n" + std::to_string(c.n) + "_h" + std::to_string(c.q_heads) + "x" +
              std::to_string(c.kv_heads) + "_d" + std::to_string(c.head_dim) + "_q" +
              std::to_string(c.query_begin) + "_S" + std::to_string(c.chunk_size);
+    });
+
+// A sparse selection attends a subset of the keys the dense DCA op attends: per query
+// lse_sparse <= lse_dense up to rounding (recall <= 1), for runs of many DCA pieces (each with
+// its own selection; more pieces than one selection or index launch takes) and small budgets.
+struct PiecesCase {
+  int64_t n, q_heads, kv_heads, head_dim, query_begin;
+  float stddev;  // of q and k: larger logits
+};
+
+class CudaSparseRecallBoundTest : public ::testing::TestWithParam<PiecesCase> {};
+
+TEST_P(CudaSparseRecallBoundTest, SparseLseNeverExceedsDenseDca) {
+  MP_REQUIRE_CUDA_BACKEND(gpu);
+  const PiecesCase c = GetParam();
+  const int64_t len = c.query_begin + c.n, chunk_size = 256, local = 64;  // C = 192
+  const int64_t used = (len + 63) / 64;
+  const PagedCache cache = MakePagedCache(*gpu, used + 2, c.kv_heads, 64, c.head_dim, used,
+                                          31 + c.n, c.stddev);
+  Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 32 + c.n, c.stddev);
+  MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(*gpu, q.bf16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu->Allocate({c.n, c.q_heads, c.head_dim}, DType::kBF16));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor lse_dense, gpu->Allocate({c.q_heads, c.n}, DType::kF32));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor lse_sparse, gpu->Allocate({c.q_heads, c.n}, DType::kF32));
+  // The fields both ops share.
+  auto fill = [&](auto& params, Tensor* lse) {
+    params.q = &dq;
+    params.kv = cache.Gpu();
+    params.query_begin = c.query_begin;
+    params.chunk_size = chunk_size;
+    params.chunk_len = chunk_size - local;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    params.temperature = 1.3f;
+    params.out = &out;
+    params.lse = lse;
+  };
+  DcaAttentionParams d;
+  fill(d, &lse_dense);
+  MP_ASSERT_OK(gpu->DcaAttention(d));
+  std::vector<int64_t> budgets;
+  for (int64_t h = 0; h < c.q_heads; ++h) budgets.insert(budgets.end(), {40 + 10 * h, 120 + 8 * h});
+  VerticalSlashAttentionParams p;
+  fill(p, &lse_sparse);
+  p.budgets = budgets;
+  MP_ASSERT_OK(gpu->VerticalSlashAttention(p));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor dense_host, gpu->ToHostF32(lse_dense));
+  MP_ASSERT_OK_AND_ASSIGN(Tensor sparse_host, gpu->ToHostF32(lse_sparse));
+  double worst = 0.0, mean = 0.0;
+  int64_t worst_at = 0;
+  for (int64_t i = 0; i < dense_host.numel(); ++i) {
+    const double r = std::exp(double(sparse_host.data_as<float>()[i]) -
+                              double(dense_host.data_as<float>()[i]));
+    ASSERT_TRUE(std::isfinite(r)) << i;
+    mean += r / dense_host.numel();
+    if (r > worst) {
+      worst = r;
+      worst_at = i;
+    }
+  }
+  EXPECT_LE(worst, 1.01) << "head " << worst_at / c.n << " query " << c.query_begin + worst_at % c.n
+                         << ": the sparse op attends more than every key";
+  EXPECT_LT(mean, 0.98) << "the budgets keep every key: the bound tests nothing";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Pieces, CudaSparseRecallBoundTest,
+    ::testing::Values(PiecesCase{1000, 9, 3, 64, 1500, 1.0f},   // 6 pieces, SmolLM2 heads
+                      PiecesCase{1000, 9, 3, 64, 1500, 3.0f},   // the same, larger logits
+                      PiecesCase{700, 28, 4, 128, 3000, 1.0f},  // 5 pieces, 7B heads
+                      PiecesCase{150, 28, 4, 128, 5000, 2.0f}),
+    [](const ::testing::TestParamInfo<PiecesCase>& info) {
+      const PiecesCase& c = info.param;
+      return "n" + std::to_string(c.n) + "_h" + std::to_string(c.q_heads) + "_d" +
+             std::to_string(c.head_dim) + "_q" + std::to_string(c.query_begin) + "_s" +
+             std::to_string(static_cast<int>(c.stddev));
     });
 
 // ReserveVerticalSlashWorkspace on a fresh backend: it holds the largest run of every budget

@@ -123,10 +123,11 @@ void ExpectBitwiseEqual(const Tensor& got, const Tensor& want, const std::string
 }
 
 PagedCache MakePagedCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads,
-                          int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed) {
+                          int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed,
+                          float key_stddev) {
   PagedCache c;
   c.block_size = block_size;
-  Bf16Input k = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed);
+  Bf16Input k = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed, key_stddev);
   Bf16Input v = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed + 1);
   c.cpu_k = k.f32;
   c.cpu_v = v.f32;

@@ -54,7 +54,8 @@ struct PagedCache {
   KvLayerView Gpu() const { return {gpu_k, gpu_v, gpu_table, block_size}; }
 };
 PagedCache MakePagedCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads,
-                          int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed);
+                          int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed,
+                          float key_stddev = 1.0f);
 
 // Compares a bf16 result (as f32) with an fp32 reference of the same shape:
 //   relative Frobenius error ||got - want|| / ||want|| <= fro_tol, and for every element

@@ -43,6 +43,19 @@ else
   fail "full_budget_recall_one: exit code $?"; echo "$out"
 fi
 
+# Measuring only: the last chunks of full budgets keep every key (recall 1, density >= 100%).
+if out=$("$bin" refine-sparsity "${common[@]}" --config "$tmp/full.json" --max-rounds 0 \
+    --measure-from 384 --out "$tmp/out_measure.json" 2>&1); then
+  if grep -q "measured from token 384" <<<"$out" &&
+     grep -Eq "^all 12 heads .*: 1.0000 -> 1.0000, .* density (1[0-9][0-9]\.[0-9]+)% -> \1%" <<<"$out"; then
+    ok measure_only_last_chunks
+  else
+    fail "measure_only_last_chunks: unexpected report"; echo "$out"
+  fi
+else
+  fail "measure_only_last_chunks: exit code $?"; echo "$out"
+fi
+
 # Small budgets: raised until the target holds; recall never falls.
 if out=$("$bin" refine-sparsity "${common[@]}" --config "$tmp/small.json" --step 128 --steps-per-pass 3 \
     --out "$tmp/out_small.json" 2>&1); then
@@ -138,6 +151,9 @@ expect_error bad_jsonl "line 1 of $tmp/bad.jsonl" -- refine-sparsity --model "$m
   --calibration "$tmp/bad.jsonl" --config "$tmp/full.json" --out "$tmp/o.json"
 expect_error bad_aggregate "--aggregate must be mean or p05" -- "${r[@]}" --out "$tmp/o.json" --aggregate max
 expect_error repeat_without_length "--repeat needs --max-tokens" -- "${r[@]}" --out "$tmp/o.json" --repeat
+expect_error measure_from_negative "--measure-from must be >= 0, got -5" -- "${r[@]}" --out "$tmp/o.json" --measure-from -5
+expect_error measure_from_past_end "--measure-from: recall meter: measure_from (600) must be in [0, 576]" -- \
+  "${r[@]}" --out "$tmp/o.json" --measure-from 600
 expect_error run_sparse_and_no_sparse "at most one of --sparse-config and --no-sparse" -- run \
   --model "$model" --prompt-ids "1,2" --sparse-config "$tmp/full.json" --no-sparse
 expect_error run_missing_sparse_config "--sparse-config: $tmp/none.json does not exist" -- run \

@@ -54,13 +54,15 @@ TEST(SparseRecallProbeTest, AccumulatesMeanRangeAndPercentile) {
     sparse[i] = std::log(static_cast<float>(i + 1) / 100.0f);
     sparse[60 + i] = std::log(0.5f);
   }
-  MP_ASSERT_OK(probe.Record(1, 0, 0, 60, dense.data(), sparse.data()));
+  // Index keys: queries 0..59 have 1830 causal keys, queries 60..99 another 3220.
+  const int64_t keys1[2] = {600, 1830}, keys2[2] = {1000, 3220};
+  MP_ASSERT_OK(probe.Record(1, 0, 0, 60, dense.data(), sparse.data(), keys1));
   std::vector<float> dense2(2 * 40, 3.0f), sparse2(2 * 40);
   for (int64_t i = 0; i < 40; ++i) {
     sparse2[i] = 3.0f + std::log(static_cast<float>(61 + i) / 100.0f);
     sparse2[40 + i] = 3.0f + std::log(0.5f);
   }
-  MP_ASSERT_OK(probe.Record(1, 0, 60, 40, dense2.data(), sparse2.data()));
+  MP_ASSERT_OK(probe.Record(1, 0, 60, 40, dense2.data(), sparse2.data(), keys2));
   const RecallSummary h0 = probe.Summary(1, 0, 0);
   EXPECT_EQ(h0.count, 100);
   EXPECT_NEAR(h0.mean, 0.505, 1e-5);
@@ -68,6 +70,15 @@ TEST(SparseRecallProbeTest, AccumulatesMeanRangeAndPercentile) {
   EXPECT_NEAR(h0.max, 1.0, 1e-6);
   // Nearest rank: the 5th smallest of 100 values is 0.05 (within one bin).
   EXPECT_NEAR(h0.p05, 0.05, 1.0 / SparseRecallProbe::kBins);
+  EXPECT_NEAR(h0.density, 1600.0 / 5050.0, 1e-12);
+  EXPECT_NEAR(probe.Summary(1, 0, 1).density, 1.0, 1e-12);
+  // Chunks recorded without index keys leave the density alone.
+  MP_ASSERT_OK(probe.Record(1, 0, 100, 40, dense2.data(), sparse2.data()));
+  EXPECT_NEAR(probe.Summary(1, 0, 0).density, 1600.0 / 5050.0, 1e-12);
+  EXPECT_EQ(probe.Summary(1, 0, 0).count, 140);
+  probe.Reset();
+  MP_ASSERT_OK(probe.Record(1, 0, 0, 60, dense.data(), sparse.data(), keys1));
+  MP_ASSERT_OK(probe.Record(1, 0, 60, 40, dense2.data(), sparse2.data(), keys2));
   const RecallSummary h1 = probe.Summary(1, 0, 1);
   EXPECT_NEAR(h1.mean, 0.5, 1e-6);
   EXPECT_NEAR(h1.p05, 0.5, 1e-6) << "the percentile stays within [min, max]";
@@ -91,12 +102,17 @@ TEST(SparseRecallProbeTest, RejectsBadSetsAndImpossibleRecall) {
                   "slash budget of head 1");
   MP_ASSERT_OK(probe.SetBudgetSets(0, {{1, 2, 3, 4}}));
   const float dense[2] = {0.0f, 0.0f};
-  const float above[2] = {0.0f, 0.2f};  // recall e^0.2 = 1.22 > 1: a bug, not rounding
+  const float above[2] = {0.0f, 0.5f};  // recall e^0.5 = 1.65: a bug, not rounding
   MP_EXPECT_ERROR(probe.Record(0, 0, 5, 1, dense, above), StatusCode::kInternal, "head 1 query 5");
+  const float rounding[2] = {0.12f, -1.0f};  // recall 1.13: rounding of bf16 logits
+  MP_EXPECT_OK(probe.Record(0, 0, 6, 1, dense, rounding));
   const float nan[2] = {std::numeric_limits<float>::quiet_NaN(), 0.0f};
   MP_EXPECT_ERROR(probe.Record(0, 0, 0, 1, dense, nan), StatusCode::kInternal, "head 0");
   MP_EXPECT_ERROR(probe.Record(0, 1, 0, 1, dense, dense), StatusCode::kInvalidArgument,
                   "no budget set 1");
+  const int64_t negative[2] = {1, -1};
+  MP_EXPECT_ERROR(probe.Record(0, 0, 0, 1, dense, dense, negative), StatusCode::kInternal,
+                  "head 1: negative index key count");
 }
 
 // ---- the executor hook -----------------------------------------------------------------------
@@ -270,6 +286,52 @@ TEST_P(RecallExecutorTest, LargerBudgetsNeverLowerRecall) {
       }
       EXPECT_NEAR(previous, 1.0, 1e-5) << "budgets >= L keep every key";
       EXPECT_LT(probe->Summary(l, 0, h).mean, 0.99);
+      // The index lists whole 64-key blocks: at full budgets every causal key and, per query and
+      // DCA region (at most 3), at most 63 keys of its last block past the region's keys or the
+      // query; the smallest budgets list fewer keys than the causal ones.
+      const double full = probe->Summary(l, static_cast<int64_t>(levels.size()) - 1, h).density;
+      EXPECT_GE(full, 1.0) << "layer " << l << " head " << h;
+      EXPECT_LE(full, 1.0 + 3.0 * 63.0 * L / (L * (L + 1) / 2.0)) << "layer " << l << " head " << h;
+      const double small = probe->Summary(l, 0, h).density;
+      EXPECT_GT(small, 0.0);
+      EXPECT_LT(small, 0.9) << "layer " << l << " head " << h;
+    }
+  }
+}
+
+// A probe that measures from a position on runs the sparse op for the chunks that start there or
+// later: the same recall and index keys for those chunks as a probe that measures everything.
+TEST_P(RecallExecutorTest, MeasuresOnlyTheChunksFromTheGivenPosition) {
+  const ModelConfig config = Config();
+  const ModelWeights weights = TinyWeights(config, 41);
+  const int64_t L = 650, chunk = 192;  // chunks start at 0, 192, 384, 576
+  const std::vector<int32_t> ids = RandomIds(L, config.vocab_size, 42);
+  const std::vector<std::vector<int64_t>> sets = {Uniform(130, 100)};
+  auto all = Probe(sets), late = Probe(sets);
+  MP_EXPECT_ERROR(late->SetMeasureFrom(-1), StatusCode::kInvalidArgument, ">= 0");
+  MP_ASSERT_OK(late->SetMeasureFrom(300));
+  EXPECT_EQ(late->measure_from(), 300);
+  auto ex_all = *StageExecutor::Create(config, weights, NewCpuBackend(), Options(all));
+  auto ex_late = *StageExecutor::Create(config, weights, NewCpuBackend(), Options(late));
+  const std::vector<float> logits_all = Run(*ex_all, ids, L, chunk);
+  EXPECT_EQ(Run(*ex_late, ids, L, chunk), logits_all) << "the probe never changes the output";
+  // The chunks of `late` alone, measured by an unrestricted probe on the same prefix: the
+  // recall sums and key counts of chunks 384 and 576 are those of `all` minus its first two.
+  auto early = Probe(sets);
+  auto ex_early = *StageExecutor::Create(config, weights, NewCpuBackend(), Options(early));
+  Run(*ex_early, std::vector<int32_t>(ids.begin(), ids.begin() + 384), L, chunk);
+  for (int64_t l = 0; l < kLayers; ++l) {
+    for (int64_t h = 0; h < kHeads; ++h) {
+      const RecallSummary a = all->Summary(l, 0, h), b = late->Summary(l, 0, h),
+                          e = early->Summary(l, 0, h);
+      EXPECT_EQ(b.count, L - 384) << "layer " << l << " head " << h;
+      EXPECT_EQ(e.count, 384);
+      EXPECT_NEAR(b.mean * b.count, a.mean * a.count - e.mean * e.count, 1e-6 * L);
+      // Index keys over causal keys: the late chunks' share of the whole run's.
+      const double causal_all = L * (L + 1) / 2.0, causal_early = 384 * 385 / 2.0;
+      EXPECT_NEAR(b.density * (causal_all - causal_early),
+                  a.density * causal_all - e.density * causal_early, 1e-6 * causal_all);
+      EXPECT_GT(b.density, 0.0);
     }
   }
 }
@@ -342,6 +404,8 @@ TEST_F(RecallMeterTest, FullBudgetIsOneAndRefinementNeverLowersRecall) {
     EXPECT_NEAR(l.min_head_before, 1.0, 1e-5);
     EXPECT_EQ(l.heads_raised, 0);
     EXPECT_EQ(l.rounds, 0);
+    EXPECT_GE(l.density_before, 1.0) << "full budgets list every causal key (whole blocks)";
+    EXPECT_DOUBLE_EQ(l.density_after, l.density_before);
   }
   EXPECT_EQ(meter->passes(), 1);
 
@@ -354,6 +418,9 @@ TEST_F(RecallMeterTest, FullBudgetIsOneAndRefinementNeverLowersRecall) {
     EXPECT_GE(x.recall_after, x.recall_before - 1e-9) << "layer " << l;
     EXPECT_GE(x.min_head_after, x.min_head_before - 1e-9) << "layer " << l;
     EXPECT_EQ(x.heads_below_target, 0) << "the caps (every key) always reach the target";
+    EXPECT_GT(x.density_before, 0.0) << "layer " << l;
+    EXPECT_LT(x.density_before, 1.0) << "layer " << l;
+    EXPECT_GT(x.density_after, 0.0) << "layer " << l;
     raised += x.heads_raised;
     for (const SparseHeadConfig& h : r.config.layers[l]) {
       EXPECT_GE(h.score, 0.95);
@@ -391,6 +458,19 @@ TEST_F(RecallMeterTest, RejectsBadDocumentsAndSets) {
   MP_EXPECT_ERROR(
       SparseRecallMeter::Create(config_, weights_, NewCpuBackend(), {{1, 99999}}, o).status(),
       StatusCode::kInvalidArgument, "token 99999 at position 1");
+  // The documents' last chunk starts at 512 (700 tokens in chunks of 256).
+  o.measure_from = 513;
+  MP_EXPECT_ERROR(
+      SparseRecallMeter::Create(config_, weights_, NewCpuBackend(), documents_, o).status(),
+      StatusCode::kInvalidArgument, "measure_from (513) must be in [0, 512]");
+  o.measure_from = -1;
+  MP_EXPECT_ERROR(
+      SparseRecallMeter::Create(config_, weights_, NewCpuBackend(), documents_, o).status(),
+      StatusCode::kInvalidArgument, "measure_from (-1)");
+  o.measure_from = 512;
+  MP_EXPECT_OK(
+      SparseRecallMeter::Create(config_, weights_, NewCpuBackend(), documents_, o).status());
+  o.measure_from = 0;
   o.chunk_size = 0;
   MP_EXPECT_ERROR(SparseRecallMeter::Create(config_, weights_, NewCpuBackend(), {{1}}, o).status(),
                   StatusCode::kInvalidArgument, "chunk_size");

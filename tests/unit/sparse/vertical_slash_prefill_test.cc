@@ -219,8 +219,10 @@ TEST(VerticalSlashPrefillTest, FullBudgetEqualsDenseForEveryChunking) {
 // continuous positions (§3.6), the materialized double softmax, forcing, top-k, the split table
 // of §3.4 step 5 with its fallback, then the (separately tested) index builder and sparse kernel
 // per region with the DCA positions of §2.2, merged in double.
+// index_keys[h] gets, per query, 64 per block plus the columns its row block lists in each part.
 void ReferenceSparseChunk(const Layer& a, int64_t c0, int64_t n, const std::vector<int64_t>& budgets,
-                          std::vector<double>* out, std::vector<double>* lse) {
+                          std::vector<double>* out, std::vector<double>* lse,
+                          std::vector<int64_t>* index_keys) {
   const int64_t H = a.q_heads, d = a.d, group = a.q_heads / a.kv_heads;
   out->assign(n * H * d, 0.0);
   lse->assign(H * n, -std::numeric_limits<double>::infinity());
@@ -312,6 +314,12 @@ void ReferenceSparseChunk(const Layer& a, int64_t c0, int64_t n, const std::vect
       BuildVerticalSlashIndex({v.data(), vc.data(), sl.data(), sc.data(), cap, cap},
                               {H, qn, klen, pt.causal},
                               {bc.data(), bo.data(), cc.data(), ci.data(), mb, cap});
+      index_keys->resize(H, 0);
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t x = 0; x < qn; ++x) {
+          (*index_keys)[h] += 64 * bc[h * rb + x / 64] + cc[h * rb + x / 64];
+        }
+      }
       std::vector<float> qp(qn * H * d);
       for (int64_t x = 0; x < qn; ++x) {
         const int64_t p = b + x, i = p % a.C;
@@ -362,16 +370,24 @@ TEST(VerticalSlashPrefillTest, SparseEqualsTheSpecProcedureRebuiltInTheTest) {
   for (int64_t chunk : {int64_t{700}, int64_t{150}, int64_t{64}}) {
     SCOPED_TRACE("engine chunk " + std::to_string(chunk));
     double worst_recall = 1.0;
+    int64_t attended = 0;
     for (int64_t c0 = 0; c0 < a.L; c0 += chunk) {
       const int64_t n = std::min(chunk, a.L - c0);
       std::vector<float> out(n * a.q_heads * a.d), lse(a.q_heads * n), dense(out.size()),
           dense_lse(lse.size());
+      std::vector<int64_t> keys(a.q_heads, 7);  // added to
       VerticalSlashPrefillAttention(a.q.data() + c0 * a.q_heads * a.d, a.cache.View(),
-                                    a.Shape(c0, n), budgets.data(), out.data(), lse.data());
+                                    a.Shape(c0, n), budgets.data(), out.data(), lse.data(),
+                                    keys.data());
       VerticalSlashPrefillAttention(a.q.data() + c0 * a.q_heads * a.d, a.cache.View(),
                                     a.Shape(c0, n), nullptr, dense.data(), dense_lse.data());
       std::vector<double> want, want_lse;
-      ReferenceSparseChunk(a, c0, n, budgets, &want, &want_lse);
+      std::vector<int64_t> want_keys;
+      ReferenceSparseChunk(a, c0, n, budgets, &want, &want_lse, &want_keys);
+      for (int64_t h = 0; h < a.q_heads; ++h) {
+        EXPECT_EQ(keys[h], 7 + want_keys[h]) << "index keys of head " << h << " at " << c0;
+        attended += want_keys[h];
+      }
       for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5) << c0 << " " << i;
       for (size_t i = 0; i < lse.size(); ++i) {
         ASSERT_NEAR(lse[i], want_lse[i], 1e-5 * (1 + std::abs(want_lse[i]))) << c0 << " " << i;
@@ -379,6 +395,7 @@ TEST(VerticalSlashPrefillTest, SparseEqualsTheSpecProcedureRebuiltInTheTest) {
       }
     }
     EXPECT_LT(worst_recall, 0.99) << "the budgets select everything: the test tests nothing";
+    EXPECT_GT(attended, 0);
   }
 }
 
