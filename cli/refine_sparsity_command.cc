@@ -206,7 +206,7 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
       " mean budget (v, s) after |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   double before = 0.0, after = 0.0, worst_before = 1.0, worst_after = 1.0;
-  double density_before = 0.0, density_after = 0.0;
+  double density_before = 0.0, density_after = 0.0, max_before = 0.0, max_after = 0.0;
   int64_t raised = 0, below = 0, heads = 0;
   double v_before = 0.0, s_before = 0.0, v_after = 0.0, s_after = 0.0;
   for (size_t l = 0; l < r.layers.size(); ++l) {
@@ -234,6 +234,8 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
     after += x.recall_after * n;
     density_before += x.density_before * n;
     density_after += x.density_after * n;
+    max_before = std::max(max_before, x.max_query_before);
+    max_after = std::max(max_after, x.max_query_after);
     worst_before = std::min(worst_before, x.min_head_before);
     worst_after = std::min(worst_after, x.min_head_after);
     raised += x.heads_raised;
@@ -241,12 +243,13 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
   }
   std::printf(
       "\nall %lld heads (%s recall, target %.3f): %.4f -> %.4f, worst head %.4f -> %.4f, "
-      "%lld raised, %lld below target; density %.2f%% -> %.2f%%; mean budget (v, s) (%.0f, "
-      "%.0f) -> (%.0f, %.0f)\n",
+      "%lld raised, %lld below target; density %.2f%% -> %.2f%%; highest query recall %.4f -> "
+      "%.4f; mean budget (v, s) (%.0f, %.0f) -> (%.0f, %.0f)\n",
       static_cast<long long>(heads), o.aggregate == RecallAggregate::kMean ? "mean" : "p05",
       o.target_recall, before / heads, after / heads, worst_before, worst_after,
       static_cast<long long>(raised), static_cast<long long>(below),
-      100.0 * density_before / heads, 100.0 * density_after / heads, v_before / heads,
+      100.0 * density_before / heads, 100.0 * density_after / heads, max_before, max_after,
+      v_before / heads,
       s_before / heads, v_after / heads, s_after / heads);
 }
 

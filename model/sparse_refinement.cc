@@ -141,13 +141,17 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfig(const SparseAttenti
       }
       *mean = sum / static_cast<double>(recall.size());
     };
-    auto mean_density = [&] {
+    auto density_and_max = [&](double* density, double* max) {
       double sum = 0.0;
-      for (const HeadRecall& r : recall) sum += r.density;
-      return sum / static_cast<double>(recall.size());
+      *max = 0.0;
+      for (const HeadRecall& r : recall) {
+        sum += r.density;
+        *max = std::max(*max, r.max);
+      }
+      *density = sum / static_cast<double>(recall.size());
     };
     summarize(&report.recall_before, &report.min_head_before);
-    report.density_before = mean_density();
+    density_and_max(&report.density_before, &report.max_query_before);
     std::vector<bool> raised(heads.size(), false);
     for (int64_t round = 0; round < options.max_rounds; ++round) {
       bool changed = false;
@@ -167,7 +171,7 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfig(const SparseAttenti
       ++report.rounds;
     }
     summarize(&report.recall_after, &report.min_head_after);
-    report.density_after = mean_density();
+    density_and_max(&report.density_after, &report.max_query_after);
     for (size_t h = 0; h < heads.size(); ++h) {
       heads[h].score = Aggregate(recall[h], options.aggregate);
       report.heads_raised += raised[h];
@@ -252,15 +256,19 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfigJointly(
     }
     *mean = sum / static_cast<double>(heads);
   };
-  auto mean_density = [&](int64_t l) {
+  auto density_and_max = [&](int64_t l, double* density, double* max) {
     double sum = 0.0;
-    for (const HeadRecall& r : recall[l]) sum += r.density;
-    return sum / static_cast<double>(heads);
+    *max = 0.0;
+    for (const HeadRecall& r : recall[l]) {
+      sum += r.density;
+      *max = std::max(*max, r.max);
+    }
+    *density = sum / static_cast<double>(heads);
   };
   result.layers.resize(static_cast<size_t>(layers));
   for (int64_t l = 0; l < layers; ++l) {
     summarize(l, &result.layers[l].recall_before, &result.layers[l].min_head_before);
-    result.layers[l].density_before = mean_density(l);
+    density_and_max(l, &result.layers[l].density_before, &result.layers[l].max_query_before);
   }
   std::vector<std::vector<int64_t>> steps(static_cast<size_t>(layers),
                                           std::vector<int64_t>(static_cast<size_t>(heads), 0));
@@ -318,7 +326,7 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfigJointly(
   for (int64_t l = 0; l < layers; ++l) {
     LayerRefinement& report = result.layers[l];
     summarize(l, &report.recall_after, &report.min_head_after);
-    report.density_after = mean_density(l);
+    density_and_max(l, &report.density_after, &report.max_query_after);
     for (int64_t h = 0; h < heads; ++h) {
       SparseHeadConfig& c = result.config.layers[l][h];
       c.score = Aggregate(recall[l][h], options.aggregate);

@@ -26,6 +26,8 @@ struct HeadRecall {
   double p05 = 0.0;   // 5th percentile
   // Keys the sparse index gave those queries over their causal keys (0: not measured).
   double density = 0.0;
+  // The highest recall of one query (above 1 only by rounding; 0: not measured).
+  double max = 0.0;
 };
 
 // Measures layer `layer` with the given per-head configs (effective budgets are the caller's
@@ -63,6 +65,8 @@ struct LayerRefinement {
   double min_head_after = 0.0;
   double density_before = 0.0;  // mean over heads of HeadRecall::density
   double density_after = 0.0;
+  double max_query_before = 0.0;  // the highest HeadRecall::max of the layer's heads
+  double max_query_after = 0.0;
   int64_t heads_raised = 0;
   int64_t heads_below_target = 0;  // after refinement (at the caps or out of rounds)
   int64_t rounds = 0;              // measurements of this layer after the first

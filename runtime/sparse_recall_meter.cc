@@ -107,7 +107,7 @@ absl::StatusOr<ModelRecall> SparseRecallMeter::Measure(const BudgetSets& sets) {
       std::vector<HeadRecall> per_head;
       for (int64_t h = 0; h < heads; ++h) {
         const RecallSummary r = probe_->Summary(l, static_cast<int64_t>(s), h);
-        per_head.push_back({r.mean, r.p05, r.density});
+        per_head.push_back({r.mean, r.p05, r.density, r.count > 0 ? r.max : 0.0});
       }
       out[l].push_back(std::move(per_head));
     }

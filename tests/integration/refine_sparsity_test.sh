@@ -47,7 +47,7 @@ fi
 if out=$("$bin" refine-sparsity "${common[@]}" --config "$tmp/full.json" --max-rounds 0 \
     --measure-from 384 --out "$tmp/out_measure.json" 2>&1); then
   if grep -q "measured from token 384" <<<"$out" &&
-     grep -Eq "^all 12 heads .*: 1.0000 -> 1.0000, .* density (1[0-9][0-9]\.[0-9]+)% -> \1%" <<<"$out"; then
+     grep -Eq "^all 12 heads .*: 1.0000 -> 1.0000, .* density (1[0-9][0-9]\.[0-9]+)% -> \1%; highest query recall 1.0000 -> 1.0000;" <<<"$out"; then
     ok measure_only_last_chunks
   else
     fail "measure_only_last_chunks: unexpected report"; echo "$out"

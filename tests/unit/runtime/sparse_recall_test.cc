@@ -406,6 +406,7 @@ TEST_F(RecallMeterTest, FullBudgetIsOneAndRefinementNeverLowersRecall) {
     EXPECT_EQ(l.rounds, 0);
     EXPECT_GE(l.density_before, 1.0) << "full budgets list every causal key (whole blocks)";
     EXPECT_DOUBLE_EQ(l.density_after, l.density_before);
+    EXPECT_NEAR(l.max_query_before, 1.0, 1e-5) << "every query keeps all of its mass";
   }
   EXPECT_EQ(meter->passes(), 1);
 
@@ -419,6 +420,8 @@ TEST_F(RecallMeterTest, FullBudgetIsOneAndRefinementNeverLowersRecall) {
     EXPECT_GE(x.min_head_after, x.min_head_before - 1e-9) << "layer " << l;
     EXPECT_EQ(x.heads_below_target, 0) << "the caps (every key) always reach the target";
     EXPECT_GT(x.density_before, 0.0) << "layer " << l;
+    EXPECT_LE(x.max_query_before, 1.0 + 1e-5) << "a subset of the keys keeps at most their mass";
+    EXPECT_LE(x.max_query_after, 1.0 + 1e-5);
     EXPECT_LT(x.density_before, 1.0) << "layer " << l;
     EXPECT_GT(x.density_after, 0.0) << "layer " << l;
     raised += x.heads_raised;
