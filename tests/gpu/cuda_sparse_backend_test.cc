@@ -152,7 +152,8 @@ INSTANTIATE_TEST_SUITE_P(
 // its own selection; more pieces than one selection or index launch takes) and small budgets.
 struct PiecesCase {
   int64_t n, q_heads, kv_heads, head_dim, query_begin;
-  float stddev;  // of q and k: larger logits
+  float stddev;   // of q and k: larger logits
+  float outlier;  // > 0: outlier channels of this size in q and k (AddOutlierChannels)
 };
 
 class CudaSparseRecallBoundTest : public ::testing::TestWithParam<PiecesCase> {};
@@ -163,8 +164,9 @@ TEST_P(CudaSparseRecallBoundTest, SparseLseNeverExceedsDenseDca) {
   const int64_t len = c.query_begin + c.n, chunk_size = 256, local = 64;  // C = 192
   const int64_t used = (len + 63) / 64;
   const PagedCache cache = MakePagedCache(*gpu, used + 2, c.kv_heads, 64, c.head_dim, used,
-                                          31 + c.n, c.stddev);
+                                          31 + c.n, c.stddev, c.outlier);
   Bf16Input q = RandomBf16Input({c.n, c.q_heads, c.head_dim}, 32 + c.n, c.stddev);
+  if (c.outlier > 0.0f) AddOutlierChannels(&q, c.head_dim, c.outlier, 33 + c.n);
   MP_ASSERT_OK_AND_ASSIGN(Tensor dq, ToDevice(*gpu, q.bf16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor out, gpu->Allocate({c.n, c.q_heads, c.head_dim}, DType::kBF16));
   MP_ASSERT_OK_AND_ASSIGN(Tensor lse_dense, gpu->Allocate({c.q_heads, c.n}, DType::kF32));
@@ -188,6 +190,28 @@ TEST_P(CudaSparseRecallBoundTest, SparseLseNeverExceedsDenseDca) {
   for (int64_t h = 0; h < c.q_heads; ++h) budgets.insert(budgets.end(), {40 + 10 * h, 120 + 8 * h});
   VerticalSlashAttentionParams p;
   fill(p, &lse_sparse);
+  // Full budgets first: the same keys as the dense op, so the same lse up to rounding.
+  const std::vector<int64_t> full(2 * c.q_heads, len + 1);
+  p.budgets = full;
+  MP_ASSERT_OK(gpu->VerticalSlashAttention(p));
+  {
+    MP_ASSERT_OK_AND_ASSIGN(Tensor dense_host, gpu->ToHostF32(lse_dense));
+    MP_ASSERT_OK_AND_ASSIGN(Tensor full_host, gpu->ToHostF32(lse_sparse));
+    double worst = 0.0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < dense_host.numel(); ++i) {
+      const double d = std::fabs(double(full_host.data_as<float>()[i]) -
+                                 double(dense_host.data_as<float>()[i]));
+      if (d > worst) {
+        worst = d;
+        at = i;
+      }
+    }
+    EXPECT_LE(worst, 0.01) << "full budgets, head " << at / c.n << " query "
+                           << c.query_begin + at % c.n << ": lse "
+                           << full_host.data_as<float>()[at] << " sparse, "
+                           << dense_host.data_as<float>()[at] << " dense";
+  }
   p.budgets = budgets;
   MP_ASSERT_OK(gpu->VerticalSlashAttention(p));
   MP_ASSERT_OK_AND_ASSIGN(Tensor dense_host, gpu->ToHostF32(lse_dense));
@@ -211,15 +235,18 @@ TEST_P(CudaSparseRecallBoundTest, SparseLseNeverExceedsDenseDca) {
 
 INSTANTIATE_TEST_SUITE_P(
     Pieces, CudaSparseRecallBoundTest,
-    ::testing::Values(PiecesCase{1000, 9, 3, 64, 1500, 1.0f},   // 6 pieces, SmolLM2 heads
-                      PiecesCase{1000, 9, 3, 64, 1500, 3.0f},   // the same, larger logits
-                      PiecesCase{700, 28, 4, 128, 3000, 1.0f},  // 5 pieces, 7B heads
-                      PiecesCase{150, 28, 4, 128, 5000, 2.0f}),
+    ::testing::Values(PiecesCase{1000, 9, 3, 64, 1500, 1.0f, 0.0f},   // 6 pieces, SmolLM2 heads
+                      PiecesCase{1000, 9, 3, 64, 1500, 3.0f, 0.0f},   // larger logits
+                      PiecesCase{1000, 9, 3, 64, 1500, 1.0f, 6.0f},   // outlier channels
+                      PiecesCase{700, 28, 4, 128, 3000, 1.0f, 0.0f},  // 5 pieces, 7B heads
+                      PiecesCase{700, 28, 4, 128, 3000, 1.0f, 5.0f},
+                      PiecesCase{150, 28, 4, 128, 5000, 2.0f, 0.0f}),
     [](const ::testing::TestParamInfo<PiecesCase>& info) {
       const PiecesCase& c = info.param;
       return "n" + std::to_string(c.n) + "_h" + std::to_string(c.q_heads) + "_d" +
              std::to_string(c.head_dim) + "_q" + std::to_string(c.query_begin) + "_s" +
-             std::to_string(static_cast<int>(c.stddev));
+             std::to_string(static_cast<int>(c.stddev)) + "_o" +
+             std::to_string(static_cast<int>(c.outlier));
     });
 
 // ReserveVerticalSlashWorkspace on a fresh backend: it holds the largest run of every budget

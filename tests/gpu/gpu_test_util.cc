@@ -55,6 +55,21 @@ Tensor HostBf16(const Tensor& f32) {
   return out;
 }
 
+void AddOutlierChannels(Bf16Input* x, int64_t head_dim, float size, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> magnitude(static_cast<int>(size / 2), static_cast<int>(size));
+  float* v = x->f32.data_as<float>();
+  const int64_t channels[2] = {2, head_dim / 4 + 5};
+  for (int64_t row = 0; row < x->f32.numel() / head_dim; ++row) {
+    for (const int64_t c : channels) {
+      for (const int64_t i : {c, c + head_dim / 2}) {
+        v[row * head_dim + i] = static_cast<float>(magnitude(rng) * (rng() % 2 ? 1 : -1));
+      }
+    }
+  }
+  x->bf16 = HostBf16(x->f32);
+}
+
 Bf16Input RandomBf16Input(std::vector<int64_t> shape, uint64_t seed, float stddev, float mean) {
   Bf16Input in;
   in.f32 = Tensor::Host(shape, DType::kF32);
@@ -124,10 +139,11 @@ void ExpectBitwiseEqual(const Tensor& got, const Tensor& want, const std::string
 
 PagedCache MakePagedCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads,
                           int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed,
-                          float key_stddev) {
+                          float key_stddev, float outlier) {
   PagedCache c;
   c.block_size = block_size;
   Bf16Input k = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed, key_stddev);
+  if (outlier > 0.0f) AddOutlierChannels(&k, head_dim, outlier, seed + 2);
   Bf16Input v = RandomBf16Input({num_blocks, kv_heads, block_size, head_dim}, seed + 1);
   c.cpu_k = k.f32;
   c.cpu_v = v.f32;

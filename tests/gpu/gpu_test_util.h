@@ -53,9 +53,15 @@ struct PagedCache {
   KvLayerView Cpu() const { return {cpu_k, cpu_v, cpu_table, block_size}; }
   KvLayerView Gpu() const { return {gpu_k, gpu_v, gpu_table, block_size}; }
 };
+// key_stddev scales the keys; outlier > 0 gives them outlier channels (AddOutlierChannels).
 PagedCache MakePagedCache(CudaBackend& gpu, int64_t num_blocks, int64_t kv_heads,
                           int64_t block_size, int64_t head_dim, int64_t table_len, uint64_t seed,
-                          float key_stddev = 1.0f);
+                          float key_stddev = 1.0f, float outlier = 0.0f);
+
+// The large channels of real models' queries and keys: in every row of head_dim values, the
+// RoPE pairs (c, c + head_dim / 2) of c = 2 and c = head_dim / 4 + 5 get integers of magnitude
+// in [size / 2, size] and random sign (bf16-exact up to 256); f32 and bf16 stay equal.
+void AddOutlierChannels(Bf16Input* x, int64_t head_dim, float size, uint64_t seed);
 
 // Compares a bf16 result (as f32) with an fp32 reference of the same shape:
 //   relative Frobenius error ||got - want|| / ||want|| <= fro_tol, and for every element
