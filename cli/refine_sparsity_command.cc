@@ -223,8 +223,8 @@ void PrintReport(const RefinementResult& r, const SparseAttentionConfig& initial
     s_after += s;
     heads += static_cast<int64_t>(n);
     std::printf(
-        "| %zu | %.4f | %.4f | %.4f | %.4f | %.2f%% | %.2f%% | %lld/%lld | %lld | %lld | %.0f, %.0f "
-        "|\n",
+        "| %zu | %.4f | %.4f | %.4f | %.4f | %.2f%% | %.2f%% | %lld/%lld | %lld | %lld "
+        "| %.0f, %.0f |\n",
         l, x.recall_before, x.recall_after, x.min_head_before, x.min_head_after,
         100.0 * x.density_before, 100.0 * x.density_after,
         static_cast<long long>(x.heads_raised), static_cast<long long>(n),

@@ -14,6 +14,17 @@ double Aggregate(const HeadRecall& r, RecallAggregate how) {
   return how == RecallAggregate::kMean ? r.mean : r.p05;
 }
 
+// The layer report's density (mean over the heads) and highest query recall of `recall`.
+void SummarizeCost(const std::vector<HeadRecall>& recall, double* density, double* max_query) {
+  double sum = 0.0;
+  *max_query = 0.0;
+  for (const HeadRecall& r : recall) {
+    sum += r.density;
+    *max_query = std::max(*max_query, r.max);
+  }
+  *density = recall.empty() ? 0.0 : sum / static_cast<double>(recall.size());
+}
+
 absl::Status CheckOptions(const RefinementOptions& o) {
   if (!(o.target_recall > 0.0 && o.target_recall <= 1.0)) {
     return absl::InvalidArgumentError(
@@ -141,17 +152,8 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfig(const SparseAttenti
       }
       *mean = sum / static_cast<double>(recall.size());
     };
-    auto density_and_max = [&](double* density, double* max) {
-      double sum = 0.0;
-      *max = 0.0;
-      for (const HeadRecall& r : recall) {
-        sum += r.density;
-        *max = std::max(*max, r.max);
-      }
-      *density = sum / static_cast<double>(recall.size());
-    };
     summarize(&report.recall_before, &report.min_head_before);
-    density_and_max(&report.density_before, &report.max_query_before);
+    SummarizeCost(recall, &report.density_before, &report.max_query_before);
     std::vector<bool> raised(heads.size(), false);
     for (int64_t round = 0; round < options.max_rounds; ++round) {
       bool changed = false;
@@ -171,7 +173,7 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfig(const SparseAttenti
       ++report.rounds;
     }
     summarize(&report.recall_after, &report.min_head_after);
-    density_and_max(&report.density_after, &report.max_query_after);
+    SummarizeCost(recall, &report.density_after, &report.max_query_after);
     for (size_t h = 0; h < heads.size(); ++h) {
       heads[h].score = Aggregate(recall[h], options.aggregate);
       report.heads_raised += raised[h];
@@ -256,19 +258,10 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfigJointly(
     }
     *mean = sum / static_cast<double>(heads);
   };
-  auto density_and_max = [&](int64_t l, double* density, double* max) {
-    double sum = 0.0;
-    *max = 0.0;
-    for (const HeadRecall& r : recall[l]) {
-      sum += r.density;
-      *max = std::max(*max, r.max);
-    }
-    *density = sum / static_cast<double>(heads);
-  };
   result.layers.resize(static_cast<size_t>(layers));
   for (int64_t l = 0; l < layers; ++l) {
     summarize(l, &result.layers[l].recall_before, &result.layers[l].min_head_before);
-    density_and_max(l, &result.layers[l].density_before, &result.layers[l].max_query_before);
+    SummarizeCost(recall[l], &result.layers[l].density_before, &result.layers[l].max_query_before);
   }
   std::vector<std::vector<int64_t>> steps(static_cast<size_t>(layers),
                                           std::vector<int64_t>(static_cast<size_t>(heads), 0));
@@ -326,7 +319,7 @@ absl::StatusOr<RefinementResult> RefineSparseAttentionConfigJointly(
   for (int64_t l = 0; l < layers; ++l) {
     LayerRefinement& report = result.layers[l];
     summarize(l, &report.recall_after, &report.min_head_after);
-    density_and_max(l, &report.density_after, &report.max_query_after);
+    SummarizeCost(recall[l], &report.density_after, &report.max_query_after);
     for (int64_t h = 0; h < heads; ++h) {
       SparseHeadConfig& c = result.config.layers[l][h];
       c.score = Aggregate(recall[l][h], options.aggregate);
